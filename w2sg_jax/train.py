@@ -1,0 +1,420 @@
+"""The train state, the data-parallel update step, checkpoints and the loop.
+
+Written in phases, each usable on its own:
+
+* optimizer: ``make_optimizer`` builds an Optax chain (clip, AdamW with a
+  schedule, optional gradient accumulation) from a config;
+* state: ``TrainState`` holds the trainable parameters, the frozen rest of the
+  model, the optimizer state, the step and the run's base RNG key;
+* step: ``train_step`` is a pure ``(state, batch, ...) -> (state, metrics)``;
+  ``Trainer`` ``jit``s it over a ``data`` mesh with donated state;
+* checkpoint: ``Checkpointer`` saves the state and the data position with
+  Orbax, and restores the latest one;
+* loop: ``fit`` runs steps, checks every metric for NaN/inf on the host, saves
+  every N steps and at the end, and resumes where a killed run stopped.
+
+A batch is a dict ``{"inputs": {...model kwargs...}, "targets": [B, C],
+"mask": [B]}``: ``targets`` are probabilities (one-hot ground truth or weak soft
+labels), ``mask`` marks real examples so padded or partial batches count right.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from w2sg_jax import losses as losses_lib
+from w2sg_jax import parallel
+
+PyTree = Any
+ApplyFn = Callable[[PyTree, PyTree, Mapping[str, jax.Array], jax.Array], jax.Array]
+
+
+# ------------------------------------------------------------------ optimizer
+
+
+def make_schedule(opt: Mapping[str, Any], num_steps: int) -> optax.Schedule:
+  """Learning-rate schedule from ``opt.schedule`` in {cosine, linear, constant}.
+
+  ``opt.warmup_steps`` of linear warm-up from 0 precede the decay; cosine and
+  linear decay to ``opt.end_lr_factor`` (default 0) of the peak at the end.
+  """
+  lr = float(opt["learning_rate"])
+  warmup = int(opt.get("warmup_steps", 0))
+  kind = opt.get("schedule", "cosine")
+  end = lr * float(opt.get("end_lr_factor", 0.0))
+  decay_steps = max(num_steps - warmup, 1)
+  if kind == "constant":
+    main = optax.constant_schedule(lr)
+  elif kind == "cosine":
+    main = optax.cosine_decay_schedule(lr, decay_steps, alpha=end / lr if lr else 0.0)
+  elif kind == "linear":
+    main = optax.linear_schedule(lr, end, decay_steps)
+  else:
+    raise ValueError(f"unknown schedule {kind!r}; use one of: constant, cosine, linear.")
+  if warmup <= 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def make_optimizer(
+    opt: Mapping[str, Any], num_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Clip by global norm, then AdamW (or Adam/SGD) on ``make_schedule``.
+
+  ``opt.accum_steps > 1`` wraps the chain in ``optax.MultiSteps``: the update
+  is applied every k micro-batches with their mean gradient, so an effective
+  batch of k * batch_size fits in the memory of one.
+  """
+  schedule = make_schedule(opt, num_steps)
+  name = opt.get("name", "adamw")
+  if name == "adamw":
+    base = optax.adamw(
+        schedule,
+        b1=float(opt.get("b1", 0.9)),
+        b2=float(opt.get("b2", 0.999)),
+        eps=float(opt.get("eps", 1e-8)),
+        weight_decay=float(opt.get("weight_decay", 0.0)),
+    )
+  elif name == "adam":
+    base = optax.adam(schedule, b1=float(opt.get("b1", 0.9)), b2=float(opt.get("b2", 0.999)))
+  elif name == "sgd":
+    base = optax.sgd(schedule, momentum=opt.get("momentum", None))
+  else:
+    raise ValueError(f"unknown optimizer {name!r}; use one of: adam, adamw, sgd.")
+  parts = []
+  if opt.get("grad_clip", 0.0):
+    parts.append(optax.clip_by_global_norm(float(opt["grad_clip"])))
+  tx = optax.chain(*parts, base)
+  accum = int(opt.get("accum_steps", 1))
+  if accum > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=accum)
+  return tx, schedule
+
+
+# ---------------------------------------------------------------------- state
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step reads and writes, as one pytree (so Orbax saves it whole).
+
+  ``params`` are trained; ``frozen`` is the rest of the model (frozen encoder
+  layers, buffers), passed to the step as an argument rather than closed over
+  so a large frozen encoder is not baked into the compiled program as constants.
+  ``rng`` is the run's base key; step ``t`` uses ``fold_in(rng, t)``.
+  """
+
+  step: jax.Array
+  params: PyTree
+  frozen: PyTree
+  opt_state: PyTree
+  rng: jax.Array
+
+
+def init_state(params: PyTree, frozen: PyTree, tx: optax.GradientTransformation, seed: int) -> TrainState:
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      frozen=frozen,
+      opt_state=tx.init(params),
+      rng=jax.random.PRNGKey(seed),
+  )
+
+
+def split_model(model: nnx.Module, trainable: Any = nnx.Param) -> tuple[ApplyFn, PyTree, PyTree]:
+  """Splits an NNX module into a pure ``apply_fn`` and its (trainable, frozen) state.
+
+  ``trainable`` is an NNX filter (``nnx.Param`` trains everything; see
+  ``models.trainable_filter`` for head-only and top-n-layer fine-tuning).
+  ``apply_fn(params, frozen, inputs, rng)`` calls the module on ``**inputs``.
+  """
+  graphdef, params, frozen = nnx.split(model, trainable, ...)
+
+  def apply_fn(params, frozen, inputs, rng):
+    del rng  # Models here are deterministic; the key is threaded for those that are not.
+    return nnx.merge(graphdef, params, frozen)(**inputs)
+
+  return apply_fn, params, frozen
+
+
+# ----------------------------------------------------------------------- step
+
+
+def masked_mean(values_B: jax.Array, mask_B: jax.Array) -> jax.Array:
+  """Mean over real examples only; 0 for a batch with none."""
+  mask = mask_B.astype(jnp.float32)
+  return jnp.sum(values_B * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def train_step(
+    state: TrainState,
+    batch: Mapping[str, Any],
+    *,
+    apply_fn: ApplyFn,
+    loss_fn: losses_lib.LossFn,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    num_steps: int,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update. Pure: the same inputs give the same outputs.
+
+  The per-example loss is reduced with ``batch["mask"]``, so padding rows and
+  partial final batches do not change the gradient. ``progress`` (step over
+  total steps) drives the warm-up of confidence terms such as ``logconf``.
+  """
+  rng = jax.random.fold_in(state.rng, state.step)
+  mask = batch["mask"]
+  progress = state.step.astype(jnp.float32) / max(num_steps, 1)
+
+  def loss_of(params):
+    logits = apply_fn(params, state.frozen, batch["inputs"], rng)
+    per_example = loss_fn(logits, batch["targets"], where=mask.astype(bool), progress=progress)
+    return masked_mean(per_example, mask), logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  agree = jnp.argmax(logits, -1) == jnp.argmax(batch["targets"], -1)
+  metrics = {
+      "loss": loss,
+      "grad_norm": optax.tree.norm(grads),
+      "lr": jnp.asarray(schedule(state.step), jnp.float32),
+      "target_agreement": masked_mean(agree.astype(jnp.float32), mask),
+  }
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, metrics
+
+
+class Trainer:
+  """``jit``s ``train_step`` for a mesh: state replicated, batch split on ``data``.
+
+  The state is donated, so parameters and optimizer moments are updated in
+  place instead of doubling device memory. ``num_traces`` counts how often the
+  step was traced, so tests (and users) can see that it compiles once.
+  """
+
+  def __init__(
+      self,
+      *,
+      apply_fn: ApplyFn,
+      loss_fn: losses_lib.LossFn,
+      tx: optax.GradientTransformation,
+      schedule: optax.Schedule,
+      num_steps: int,
+      mesh: jax.sharding.Mesh,
+  ):
+    self.mesh = mesh
+    self.num_traces = 0
+    self._apply_fn = apply_fn
+
+    def step(state, batch):
+      self.num_traces += 1  # Runs only while tracing.
+      return train_step(
+          state, batch, apply_fn=apply_fn, loss_fn=loss_fn, tx=tx, schedule=schedule, num_steps=num_steps
+      )
+
+    rep = parallel.replicated(mesh)
+    self._step = jax.jit(
+        step,
+        in_shardings=(rep, parallel.batch_sharding(mesh)),
+        out_shardings=(rep, rep),
+        donate_argnums=(0,),
+    )
+    self._predict = jax.jit(
+        lambda params, frozen, inputs: apply_fn(params, frozen, inputs, jax.random.PRNGKey(0)),
+        in_shardings=(rep, rep, parallel.batch_sharding(mesh)),
+        out_shardings=parallel.batch_sharding(mesh),
+    )
+
+  def step(self, state: TrainState, host_batch: Mapping[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
+    parallel.check_batch_size(len(host_batch["mask"]) * jax.process_count(), self.mesh)
+    return self._step(state, parallel.to_global(host_batch, self.mesh))
+
+  def predict(self, state: TrainState, inputs: Mapping[str, np.ndarray], batch_size: int) -> np.ndarray:
+    """Logits for every row of ``inputs``; the last batch is padded, then cut."""
+    n = len(next(iter(inputs.values())))
+    ndev = self.mesh.devices.size
+    batch_size = max(ndev, batch_size - batch_size % ndev)
+    out = []
+    for start in range(0, n, batch_size):
+      chunk = {k: np.asarray(v[start : start + batch_size]) for k, v in inputs.items()}
+      real = len(next(iter(chunk.values())))
+      if real < batch_size:
+        chunk = {k: _pad_rows(v, batch_size) for k, v in chunk.items()}
+      logits = self._predict(state.params, state.frozen, parallel.to_global(chunk, self.mesh))
+      out.append(np.asarray(jax.device_get(logits))[:real])
+    return np.concatenate(out, 0)
+
+
+def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+  pad = [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1)
+  return np.pad(x, pad)
+
+
+# ----------------------------------------------------------------- checkpoint
+
+
+class Checkpointer:
+  """Orbax checkpoints of ``{"state": TrainState, "data_position": int}``.
+
+  The data position is the number of batches consumed; the input pipelines
+  here are pure functions of (seed, position), so restoring it replays the
+  exact batches an uninterrupted run would have seen.
+  """
+
+  def __init__(self, directory: str, *, max_to_keep: int = 2):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+    )
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, state: TrainState, data_position: int) -> None:
+    step = int(jax.device_get(state.step))
+    if step in self._manager.all_steps():
+      return
+    tree = {"state": state, "data_position": np.asarray(data_position, np.int64)}
+    self._manager.save(step, args=ocp.args.StandardSave(tree))
+    self._manager.wait_until_finished()
+
+  def restore_latest(self, like: TrainState) -> tuple[TrainState, int] | None:
+    """The latest checkpoint shaped and sharded like ``like``, or None."""
+    step = self._manager.latest_step()
+    if step is None:
+      return None
+    abstract = {
+        "state": jax.tree.map(ocp.utils.to_shape_dtype_struct, like),
+        "data_position": np.asarray(0, np.int64),
+    }
+    tree = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    return tree["state"], int(tree["data_position"])
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+# ----------------------------------------------------------------------- loop
+
+
+class NonFiniteError(FloatingPointError):
+  """A metric became NaN or inf; the message names the step and the last good checkpoint."""
+
+
+@dataclasses.dataclass
+class FitResult:
+  state: TrainState
+  history: list[dict[str, float]]
+  resumed_from: int | None
+
+
+def fit(
+    trainer: Trainer,
+    state: TrainState,
+    batches: Callable[[int], Iterator[Mapping[str, Any]]],
+    *,
+    num_steps: int,
+    workdir: str,
+    save_every: int = 500,
+    log_every: int = 50,
+    desc: str = "train",
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> FitResult:
+  """Trains to ``num_steps``, resuming from ``workdir/ckpt`` when a checkpoint exists.
+
+  ``batches(position)`` returns an iterator of host batches starting at batch
+  ``position``. Metrics are fetched from the devices every ``log_every`` steps
+  (not every step, which would stall the accelerator) and checked for NaN/inf
+  before each checkpoint, so a saved checkpoint is always a finite one.
+  ``workdir/metrics.jsonl`` gets one line per logged step.
+  """
+  from tqdm.auto import tqdm
+
+  os.makedirs(workdir, exist_ok=True)
+  ckpt = Checkpointer(os.path.join(workdir, "ckpt"))
+  start, resumed_from = 0, None
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    state, start = restored
+    resumed_from = start
+  history_path = os.path.join(workdir, "metrics.jsonl")
+  history = _read_history(history_path, up_to=start)
+  pending: list[tuple[int, dict[str, jax.Array]]] = []
+  last_saved = start if resumed_from is not None else None
+
+  def drain():
+    """Brings pending metrics to the host, checks them, logs every log_every-th."""
+    nonlocal pending
+    if not pending:
+      return
+    values = jax.device_get([m for _, m in pending])
+    for (step, _), m in zip(pending, values):
+      m = {k: float(v) for k, v in m.items()}
+      bad = [k for k, v in m.items() if not math.isfinite(v)]
+      if bad:
+        where = (
+            f"the last good checkpoint (step {last_saved}) in {ckpt.directory} is intact"
+            if last_saved is not None
+            else "no checkpoint was written yet"
+        )
+        raise NonFiniteError(
+            f"non-finite {', '.join(bad)} at step {step} ({m}); {where}. "
+            "Lower the learning rate, enable grad_clip, or check the inputs for NaN."
+        )
+      if step % log_every == 0 or step == num_steps:
+        history.append({"step": step, **m})
+        with open(history_path, "a") as f:
+          f.write(json.dumps({"step": step, **m}) + "\n")
+    pending = []
+
+  it = batches(start)
+  bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, leave=False)
+  t0 = time.perf_counter()
+  try:
+    for step in range(start + 1, num_steps + 1):
+      state, metrics = trainer.step(state, next(it))
+      pending.append((step, metrics))
+      if on_step is not None:
+        on_step(step)
+      if step % log_every == 0 or step % save_every == 0 or step == num_steps:
+        drain()
+        bar.update(step - bar.n)
+        if history:
+          bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+      if step % save_every == 0 or step == num_steps:
+        ckpt.save(state, data_position=step)
+        last_saved = step
+  finally:
+    bar.close()
+    ckpt.close()
+  del t0
+  return FitResult(state=state, history=history, resumed_from=resumed_from)
+
+
+def _read_history(path: str, up_to: int) -> list[dict[str, float]]:
+  """Logged metrics up to ``up_to``; later lines (from a killed run) are dropped."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  rows = [r for r in rows if r["step"] <= up_to]
+  with open(path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  return rows
