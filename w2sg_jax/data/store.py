@@ -1,0 +1,655 @@
+"""The on-disk weak-label store: soft labels keyed by example id, content-hashed.
+
+The weak model runs once over a split; its probabilities are written here, and
+every student run (each loss, noise rate and seed) reads them back. A store is
+a directory::
+
+  <root>/<hash[:16]>/
+    labels.array_record   one record per example, in split order:
+                          msgpack {"id": str, "probs": float32[C] little-endian bytes}
+    meta.json             hash, components, num_examples, num_classes,
+                          ids_sha256, created, noise, num_corrupted
+
+``hash = content_hash(components)``, where ``components`` names everything that
+produced the labels (the weak checkpoint, the dataset and split, the
+preprocessing, and, under the reserved key ``"noise"``, the label noise). When
+any of them changes the hash changes, a new directory is used and the labels
+are recomputed; an old store is never silently reused, and a store whose ids do
+not match its dataset raises `StoreMismatchError` instead of mis-joining.
+
+Writes are atomic: everything goes to a temporary sibling directory that is
+renamed into place only when complete, so a killed write leaves no store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from w2sg_jax.data import noise as noise_lib
+
+__all__ = [
+    "StoreMismatchError",
+    "WeakLabelStore",
+    "canonical_components",
+    "check_ids",
+    "content_hash",
+    "decode_record",
+    "get_or_create_store",
+    "ids_digest",
+    "noisy_store",
+    "normalize_id",
+    "open_store",
+    "store_directory",
+    "write_store",
+]
+
+log = logging.getLogger(__name__)
+
+LABELS_FILE = "labels.array_record"
+META_FILE = "meta.json"
+FORMAT_VERSION = 1
+# Rows of a probability matrix must sum to one within this tolerance.
+SUM_TOL = 1e-4
+# group_size:1 gives grain fast random access (it logs an error otherwise);
+# records are ~30 bytes of float32, which compression would not shrink.
+_WRITER_OPTIONS = "group_size:1,uncompressed"
+_RECOVERY = (
+    "The weak model, dataset, split, preprocessing or noise changed since the "
+    "store was written, so it must be recomputed: the pipeline does that "
+    "automatically (a changed input gives a new hash and a new directory), or "
+    "delete the folder {directory} and rerun."
+)
+
+
+class StoreMismatchError(ValueError):
+  """A weak-label store does not match what the caller expected."""
+
+
+# ------------------------------------------------------------------ hashing
+
+
+def canonical_components(components: Any, _path: str = "components") -> Any:
+  """JSON-ready canonical form of hash components.
+
+  Dicts (string keys only) stay dicts, tuples become lists, numpy scalars become
+  Python scalars, paths become strings, objects with ``as_dict()`` (e.g.
+  `NoiseSpec`) become that dict, and numpy arrays are replaced by
+  ``{"__ndarray__": {"sha256": sha256(bytes), "dtype": str, "shape": list}}``,
+  so that the canonical form is itself canonical (hashing it again gives the
+  same hash) and can be stored in meta.json.
+
+  Raises:
+    TypeError: a non-string dict key or an unsupported value, naming its path.
+  """
+  if isinstance(components, Mapping):
+    out = {}
+    for k, v in components.items():
+      if not isinstance(k, str):
+        raise TypeError(
+            f"{_path}: hash component keys must be strings, got {k!r} "
+            f"({type(k).__name__}); JSON would turn it into {str(k)!r}."
+        )
+      out[k] = canonical_components(v, f"{_path}.{k}")
+    return out
+  if isinstance(components, (list, tuple)):
+    return [canonical_components(v, f"{_path}[{i}]") for i, v in enumerate(components)]
+  if components is None or isinstance(components, (bool, int, float, str)):
+    return components
+  if isinstance(components, np.ndarray):
+    arr = np.ascontiguousarray(components)
+    if arr.dtype.hasobject:
+      raise TypeError(f"{_path}: object arrays cannot be hashed; convert to a list.")
+    return {
+        "__ndarray__": {
+            "sha256": hashlib.sha256(arr.tobytes()).hexdigest(),
+            "dtype": arr.dtype.str,
+            "shape": list(arr.shape),
+        }
+    }
+  if isinstance(components, np.generic):
+    return canonical_components(components.item(), _path)
+  if isinstance(components, (pathlib.PurePath, os.PathLike)):
+    return os.fspath(components)
+  if hasattr(components, "as_dict"):
+    return canonical_components(components.as_dict(), _path)
+  raise TypeError(
+      f"{_path}: cannot hash a value of type {type(components).__name__}; use "
+      "JSON types, numpy arrays, or an object with as_dict()."
+  )
+
+
+def _canonical_json(obj: Any) -> str:
+  return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def content_hash(components: Mapping[str, Any]) -> str:
+  """sha256 hex digest of the canonical, key-sorted JSON of `components`.
+
+  Numpy arrays count through their bytes, dtype and shape. The hash of
+  ``canonical_components(c)`` equals the hash of ``c``.
+  """
+  if not isinstance(components, Mapping):
+    raise TypeError(f"components must be a dict, got {type(components).__name__}.")
+  text = _canonical_json(canonical_components(components))
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def normalize_id(x: Any) -> str:
+  """An example id as a Python str (bytes are UTF-8 decoded, 0-d arrays unwrapped)."""
+  if isinstance(x, np.ndarray):
+    if x.ndim != 0:
+      raise TypeError(f"an example id must be a scalar, got an array of shape {x.shape}.")
+    x = x.item()
+  if isinstance(x, bytes):
+    return x.decode("utf-8")
+  if isinstance(x, str):
+    return str(x)
+  raise TypeError(
+      f"example ids must be strings (or UTF-8 bytes), got {type(x).__name__} {x!r}."
+  )
+
+
+def ids_digest(ids: Sequence[str]) -> str:
+  """sha256 of the ordered ids (as a JSON list, so no separator is ambiguous)."""
+  return hashlib.sha256(_canonical_json(list(ids)).encode("utf-8")).hexdigest()
+
+
+# ------------------------------------------------------------------ records
+
+
+def _encode_record(example_id: str, probs_C: np.ndarray) -> bytes:
+  return msgpack.packb(
+      {"id": example_id, "probs": np.asarray(probs_C, "<f4").tobytes()},
+      use_bin_type=True,
+  )
+
+
+def decode_record(record: bytes) -> dict[str, Any]:
+  """One stored record -> ``{"id": str, "probs": float32 [C]}``."""
+  d = msgpack.unpackb(record, raw=False)
+  return {"id": d["id"], "probs": np.frombuffer(d["probs"], dtype="<f4").astype(np.float32)}
+
+
+def _read_records(path: str) -> tuple[list[str], np.ndarray]:
+  from array_record.python import array_record_module
+
+  try:
+    reader = array_record_module.ArrayRecordReader(path)
+    try:
+      records = reader.read_all()
+    finally:
+      reader.close()
+  except RuntimeError as e:  # array_record's error for a truncated or foreign file
+    raise StoreMismatchError(
+        f"cannot read {path} ({str(e) or 'corrupt or truncated file'}); delete its "
+        "folder and rerun the weak-label stage."
+    ) from e
+  ids, rows = [], []
+  for r in records:
+    d = msgpack.unpackb(r, raw=False)
+    ids.append(d["id"])
+    rows.append(d["probs"])
+  if not rows:
+    return ids, np.zeros((0, 0), np.float32)
+  widths = {len(b) for b in rows}
+  if len(widths) != 1:
+    raise StoreMismatchError(
+        f"{path}: records have different numbers of classes (byte widths "
+        f"{sorted(widths)}); the file is corrupt, delete its folder and rerun."
+    )
+  probs = np.frombuffer(b"".join(rows), dtype="<f4").reshape(len(rows), -1)
+  return ids, probs.astype(np.float32)
+
+
+# ------------------------------------------------------------------ the store
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class WeakLabelStore:
+  """An opened weak-label store (read-only).
+
+  Attributes:
+    directory: its folder.
+    meta: the parsed meta.json.
+    ids: example ids in split order, N strings.
+    probs: float32 [N, C] weak label distributions (read-only array).
+  """
+
+  directory: str
+  meta: dict[str, Any]
+  ids: tuple[str, ...]
+  probs: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  def __repr__(self) -> str:
+    return (
+        f"WeakLabelStore({self.directory!r}, N={len(self)}, C={self.num_classes}, "
+        f"hash={self.hash[:16]}, noise={self.meta.get('noise')})"
+    )
+
+  @property
+  def hash(self) -> str:
+    return self.meta["hash"]
+
+  @property
+  def components(self) -> dict[str, Any]:
+    """The canonical hash components (arrays appear as their digests)."""
+    return self.meta["components"]
+
+  @property
+  def num_classes(self) -> int:
+    return int(self.meta["num_classes"])
+
+  @property
+  def labels_path(self) -> str:
+    return os.path.join(self.directory, LABELS_FILE)
+
+  @property
+  def noise(self) -> noise_lib.NoiseSpec | None:
+    n = self.meta.get("noise")
+    return None if n is None else noise_lib.NoiseSpec.from_dict(n)
+
+  @property
+  def corrupted(self) -> np.ndarray:
+    """bool [N]: which rows the store's noise corrupted (recomputed from the spec)."""
+    spec = self.noise
+    if spec is None:
+      return np.zeros((len(self),), bool)
+    return noise_lib.corruption_mask(len(self), spec)
+
+  def index_of(self) -> dict[str, int]:
+    """id -> row position."""
+    return {i: k for k, i in enumerate(self.ids)}
+
+  def source(self):
+    """A grain random-access dataset over the file: element k is ``{"id", "probs"}``.
+
+    ``grain.MapDataset.source(ArrayRecordDataSource(labels)).map(decode_record)``;
+    random access reads one record from disk, so it suits stores too large to
+    hold in memory (for others `probs` is faster).
+    """
+    import grain
+
+    return grain.MapDataset.source(
+        grain.sources.ArrayRecordDataSource(self.labels_path)
+    ).map(decode_record)
+
+
+def _validate_probs(probs_NxC: Any, num_ids: int) -> np.ndarray:
+  probs = np.asarray(probs_NxC)
+  if probs.ndim != 2 or probs.shape[1] < 2:
+    raise ValueError(
+        f"weak probabilities must have shape [N, C] with C >= 2, got {probs.shape}."
+    )
+  if probs.shape[0] != num_ids:
+    raise ValueError(
+        f"{num_ids} ids but {probs.shape[0]} probability rows; they must pair up "
+        "one to one, in split order."
+    )
+  if not np.issubdtype(probs.dtype, np.floating):
+    raise ValueError(f"weak probabilities must be floating point, got {probs.dtype}.")
+  probs32 = probs.astype(np.float32)
+  bad = ~np.isfinite(probs32).all(axis=1)
+  if bad.any():
+    k = int(np.flatnonzero(bad)[0])
+    raise ValueError(
+        f"{int(bad.sum())} rows of the weak probabilities are not finite (first: "
+        f"row {k} = {probs[k]}); the weak model diverged or a softmax overflowed."
+    )
+  out = (probs32 < 0) | (probs32 > 1)
+  if out.any():
+    k = int(np.flatnonzero(out.any(axis=1))[0])
+    raise ValueError(
+        f"weak probabilities must lie in [0, 1]; row {k} = {probs[k]}. Store "
+        "softmax outputs, not logits."
+    )
+  sums = probs32.astype(np.float64).sum(axis=1)
+  off = np.abs(sums - 1.0) > SUM_TOL
+  if off.any():
+    k = int(np.flatnonzero(off)[0])
+    raise ValueError(
+        f"{int(off.sum())} rows of the weak probabilities do not sum to 1 within "
+        f"{SUM_TOL} (first: row {k} sums to {sums[k]:.6g}). Store a softmax over "
+        "the class axis."
+    )
+  return probs32
+
+
+def _validate_ids(ids: Sequence[Any]) -> list[str]:
+  ids = [normalize_id(i) for i in ids]
+  if len(set(ids)) != len(ids):
+    seen, dup = set(), None
+    for i in ids:
+      if i in seen:
+        dup = i
+        break
+      seen.add(i)
+    raise ValueError(
+        f"example ids must be unique (a join by id needs it); {dup!r} appears "
+        "more than once."
+    )
+  return ids
+
+
+def write_store(
+    directory: str | os.PathLike,
+    ids: Sequence[str],
+    probs_NxC: np.ndarray,
+    *,
+    components: Mapping[str, Any],
+    overwrite: bool = False,
+) -> WeakLabelStore:
+  """Writes a store atomically and returns it opened.
+
+  The records and meta.json go to a temporary sibling folder, which is renamed
+  to `directory` once complete: a write killed midway leaves no store (only a
+  hidden ``.<name>.tmp-*`` folder, removed on failure when Python still can).
+
+  Args:
+    directory: the store folder to create.
+    ids: N unique example ids (str), in split order.
+    probs_NxC: [N, C] weak label distributions: finite, in [0, 1], rows summing
+      to 1 within 1e-4; stored as float32.
+    components: everything that produced the labels (hashed with
+      `content_hash`). The key ``"noise"``, when present, is a
+      `NoiseSpec.as_dict()` and fills meta's noise and num_corrupted.
+    overwrite: replace an existing store at `directory`.
+
+  Returns:
+    The written store.
+
+  Raises:
+    ValueError: invalid probs or ids.
+    FileExistsError: `directory` exists and `overwrite` is False.
+  """
+  directory = os.fspath(directory)
+  ids = _validate_ids(ids)
+  probs32 = _validate_probs(probs_NxC, len(ids))
+  canon = canonical_components(components)
+  digest = content_hash(canon)
+  spec = None
+  if canon.get("noise") is not None:
+    spec = noise_lib.NoiseSpec.from_dict(canon["noise"])
+  meta = {
+      "format_version": FORMAT_VERSION,
+      "hash": digest,
+      "components": canon,
+      "num_examples": len(ids),
+      "num_classes": int(probs32.shape[1]),
+      "ids_sha256": ids_digest(ids),
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+      "noise": None if spec is None else spec.as_dict(),
+      "num_corrupted": 0 if spec is None else noise_lib.num_corrupted(len(ids), spec),
+  }
+  if os.path.exists(directory) and not overwrite:
+    raise FileExistsError(
+        f"{directory} already exists; open it with open_store, or pass "
+        "overwrite=True to replace it."
+    )
+  parent = os.path.dirname(os.path.abspath(directory))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
+  os.chmod(tmp, 0o755)  # mkdtemp makes it private; a store is shared read-only
+  try:
+    _write_records(os.path.join(tmp, LABELS_FILE), ids, probs32)
+    with open(os.path.join(tmp, META_FILE), "w") as f:
+      json.dump(meta, f, indent=1, sort_keys=True)
+      f.flush()
+      os.fsync(f.fileno())
+    _move_into_place(tmp, directory, overwrite=overwrite)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return open_store(directory, expected_hash=digest)
+
+
+def _write_records(path: str, ids: Sequence[str], probs32: np.ndarray) -> None:
+  from array_record.python import array_record_module
+
+  writer = array_record_module.ArrayRecordWriter(path, _WRITER_OPTIONS)
+  try:
+    for example_id, row in zip(ids, probs32):
+      writer.write(_encode_record(example_id, row))
+  finally:
+    writer.close()
+
+
+def _move_into_place(tmp: str, directory: str, *, overwrite: bool) -> None:
+  """Renames `tmp` to `directory`; an old store is swapped out, then deleted."""
+  old = None
+  if os.path.exists(directory):
+    if not overwrite:
+      raise FileExistsError(f"{directory} appeared while writing (another process?).")
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old-",
+                           dir=os.path.dirname(os.path.abspath(directory)))
+    os.rename(directory, os.path.join(old, "store"))
+  try:
+    os.rename(tmp, directory)
+  except OSError as e:
+    if os.path.exists(directory):
+      raise FileExistsError(f"{directory} appeared while writing (another process?).") from e
+    raise
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def open_store(
+    directory: str | os.PathLike,
+    *,
+    expected_hash: str | None = None,
+    expected_ids: Sequence[str] | None = None,
+) -> WeakLabelStore:
+  """Opens a store and checks that it is the one the caller expects.
+
+  Args:
+    directory: the store folder.
+    expected_hash: `content_hash` of the components the caller would write now.
+    expected_ids: the dataset's ids in split order.
+
+  Returns:
+    The store, with `probs` loaded as a read-only float32 [N, C] array.
+
+  Raises:
+    FileNotFoundError: no store at `directory`.
+    StoreMismatchError: a different hash, count or id order (the message says
+      which and how to recover), or a file inconsistent with its meta.json.
+  """
+  directory = os.fspath(directory)
+  meta_path = os.path.join(directory, META_FILE)
+  labels_path = os.path.join(directory, LABELS_FILE)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(
+        f"no weak-label store at {directory}; create it with write_store or "
+        "get_or_create_store (the pipeline's weak-label stage)."
+    )
+  for p in (meta_path, labels_path):
+    if not os.path.isfile(p):
+      raise FileNotFoundError(
+          f"{p} is missing, so {directory} is not a complete store; delete the "
+          "folder and rerun the weak-label stage."
+      )
+  with open(meta_path) as f:
+    meta = json.load(f)
+  recovery = _RECOVERY.format(directory=directory)
+  if meta.get("format_version") != FORMAT_VERSION:
+    raise StoreMismatchError(
+        f"{directory} has store format {meta.get('format_version')}, this code "
+        f"reads format {FORMAT_VERSION}. {recovery}"
+    )
+  if content_hash(meta["components"]) != meta["hash"]:
+    raise StoreMismatchError(
+        f"{meta_path}: the recorded hash {meta['hash']} is not the hash of the "
+        f"recorded components ({content_hash(meta['components'])}); meta.json was "
+        f"edited or corrupted. {recovery}"
+    )
+  if expected_hash is not None and expected_hash != meta["hash"]:
+    raise StoreMismatchError(
+        f"weak-label store hash mismatch at {directory}:\n"
+        f"  stored:   {meta['hash']}\n  expected: {expected_hash}\n{recovery}"
+    )
+  ids, probs = _read_records(labels_path)
+  if len(ids) != meta["num_examples"] or (
+      ids and probs.shape[1] != meta["num_classes"]
+  ):
+    raise StoreMismatchError(
+        f"{labels_path} holds {len(ids)} records of {probs.shape[1]} classes but "
+        f"meta.json says {meta['num_examples']} x {meta['num_classes']}; the file "
+        f"is truncated or corrupt. {recovery}"
+    )
+  if ids_digest(ids) != meta["ids_sha256"]:
+    raise StoreMismatchError(
+        f"{labels_path}: the ids do not match meta.json's ids_sha256; the file "
+        f"was replaced or corrupted. {recovery}"
+    )
+  if expected_ids is not None:
+    check_ids(ids, expected_ids, what=f"weak-label store {directory}")
+  probs.setflags(write=False)
+  return WeakLabelStore(directory=directory, meta=meta, ids=tuple(ids), probs=probs)
+
+
+def check_ids(stored: Sequence[str], expected: Sequence[Any], *, what: str) -> None:
+  """Raises `StoreMismatchError` unless `expected` equals `stored`, in order.
+
+  The message names the count difference, or the first differing position and
+  both ids there (and says when only the order differs).
+  """
+  expected = [normalize_id(i) for i in expected]
+  stored = list(stored)
+  if len(stored) != len(expected):
+    raise StoreMismatchError(
+        f"{what} has {len(stored)} examples but the dataset has {len(expected)}; "
+        "the split changed. Recompute the weak labels for this split."
+    )
+  if stored == expected:
+    return
+  k = next(i for i, (a, b) in enumerate(zip(stored, expected)) if a != b)
+  same_set = set(stored) == set(expected)
+  hint = (
+      "The same ids appear in a different order: the split order changed."
+      if same_set
+      else "The ids differ: the weak labels belong to another dataset or split."
+  )
+  raise StoreMismatchError(
+      f"{what}: ids differ from the dataset's at position {k}: stored "
+      f"{stored[k]!r}, dataset {expected[k]!r}. {hint} Recompute the weak labels "
+      "(the pipeline does so when its inputs change) or delete the store folder."
+  )
+
+
+# ------------------------------------------------------------------ creation
+
+
+def store_directory(directory_root: str | os.PathLike, components: Mapping[str, Any]) -> str:
+  """``directory_root/<content_hash(components)[:16]>``."""
+  return os.path.join(os.fspath(directory_root), content_hash(components)[:16])
+
+
+def get_or_create_store(
+    directory_root: str | os.PathLike,
+    components: Mapping[str, Any],
+    compute_fn: Callable[[], tuple[Sequence[str], np.ndarray]],
+    *,
+    expected_ids: Sequence[str] | None = None,
+) -> WeakLabelStore:
+  """Opens ``directory_root/<hash[:16]>`` if it matches, else computes and writes it.
+
+  `compute_fn` (e.g. the weak model's pass over the split) is called only when
+  no matching store exists, and then exactly once; it returns ``(ids, probs)``
+  with probs [N, C]. A store at that path that fails to open or to match
+  (incomplete, corrupt, or a different hash) is replaced.
+
+  Args:
+    directory_root: folder holding one subfolder per store.
+    components: everything that produced the labels; see `write_store`.
+    compute_fn: ``() -> (ids, probs_NxC)``.
+    expected_ids: when given, the store's ids must equal these, in order.
+
+  Returns:
+    The matching store.
+
+  Raises:
+    StoreMismatchError: the computed ids differ from `expected_ids`.
+  """
+  digest = content_hash(components)
+  directory = store_directory(directory_root, components)
+  if os.path.exists(directory):
+    try:
+      return open_store(directory, expected_hash=digest, expected_ids=expected_ids)
+    except (StoreMismatchError, FileNotFoundError, ValueError, OSError) as e:
+      if isinstance(e, StoreMismatchError) and expected_ids is not None and (
+          _hash_matches(directory, digest)
+      ):
+        # Same hash, other ids: the components miss whatever changed the split.
+        raise StoreMismatchError(
+            f"{e}\nThe store's hash matches the components, so they do not capture "
+            "the change in the dataset: include the dataset's identity (e.g. "
+            "ids_digest(ids)) in the components."
+        ) from e
+      log.warning("replacing the weak-label store at %s: %s", directory, e)
+  ids, probs = compute_fn()
+  if expected_ids is not None:
+    check_ids([normalize_id(i) for i in ids], expected_ids, what="compute_fn's output")
+  try:
+    return write_store(directory, ids, probs, components=components,
+                       overwrite=os.path.exists(directory))
+  except FileExistsError:
+    # Another process finished the same store first; use it.
+    return open_store(directory, expected_hash=digest, expected_ids=expected_ids)
+
+
+def _hash_matches(directory: str, digest: str) -> bool:
+  try:
+    with open(os.path.join(directory, META_FILE)) as f:
+      return json.load(f).get("hash") == digest
+  except (OSError, ValueError):
+    return False
+
+
+def noisy_store(
+    clean_store: WeakLabelStore,
+    spec: noise_lib.NoiseSpec,
+    directory_root: str | os.PathLike,
+) -> WeakLabelStore:
+  """The store of `clean_store`'s labels with `spec` applied, created once.
+
+  Its components are the clean components plus ``"noise": spec.as_dict()``, so
+  its hash differs from the clean one: a noisy run never reads clean labels nor
+  the reverse. The labels come from the clean probs through `apply_noise`; the
+  weak model is not rerun. An identity spec (rate 0 or scale 1) returns
+  `clean_store` itself.
+
+  Raises:
+    ValueError: `clean_store` already carries noise (apply noise to the clean
+      store), or `spec` is invalid for its number of classes.
+  """
+  if clean_store.noise is not None and not clean_store.noise.is_identity:
+    raise ValueError(
+        f"{clean_store.directory} already carries noise {clean_store.noise}; apply "
+        "the noise to the clean store instead, so that each noisy store is one "
+        "spec away from the weak model's labels."
+    )
+  if spec.is_identity:
+    return clean_store
+  noise_lib.check_scale(spec, clean_store.num_classes)
+  components = {**clean_store.components, "noise": spec.as_dict()}
+
+  def compute():
+    noisy, _ = noise_lib.apply_noise(clean_store.probs, spec)
+    return clean_store.ids, noisy
+
+  return get_or_create_store(directory_root, components, compute)
