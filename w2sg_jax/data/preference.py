@@ -1,0 +1,521 @@
+"""Pairwise preference datasets (HH-RLHF, CAI-Harmless) as TFDS datasets.
+
+Both are turned into the same examples, with transcripts in the HH format
+``"\\n\\nHuman: ...\\n\\nAssistant: ..."``:
+
+* ``id``: ``sha1(chosen + "\\x00" + rejected)`` in hex (order matters: the
+  swapped pair is another example with the opposite label).
+* ``prompt``: the conversation both transcripts share, up to and including the
+  final ``"\\n\\nAssistant:"``.
+* ``chosen``, ``rejected``: the full transcripts (prompt + final response).
+
+Sources (the exact files read):
+
+* ``HhRlhf`` (configs ``harmless-base``, ``helpful-base``), Anthropic/hh-rlhf
+  (MIT): ``https://huggingface.co/datasets/Anthropic/hh-rlhf/resolve/main/{subset}/{train,test}.jsonl.gz``.
+  Gzipped JSON lines, each ``{"chosen": str, "rejected": str}`` with full
+  transcripts; mapped as is.
+* ``CaiHarmless``, HuggingFaceH4/cai-conversation-harmless (Apache-2.0) at
+  revision ``51954823511ffd96d15ed6d1004949277e7af464``: the preference splits
+  ``data/train_prefs-00000-of-00001-32cbb1e30771a5e7.parquet`` and
+  ``data/test_prefs-00000-of-00001-f0c5cd137d4c1d93.parquet`` under
+  ``https://huggingface.co/datasets/HuggingFaceH4/cai-conversation-harmless/resolve/<revision>/``.
+  Parquet is the only format of this release; it is read with pyarrow, which
+  tensorflow-datasets already depends on. Of its columns only ``chosen`` and
+  ``rejected`` are read: lists of ``{"role", "content"}`` messages (the
+  revised and the initial response to the same red-team prompt), rendered
+  as ``"\\n\\nHuman: "`` (role ``user``) and ``"\\n\\nAssistant: "`` (role
+  ``assistant``) turns.
+
+Getting the files: online, ``dl_manager.download`` fetches them. Offline, put
+the same files, under the same relative paths (``harmless-base/train.jsonl.gz``,
+``data/train_prefs-...parquet``), in a directory and pass it as ``manual_dir``
+(``load_preferences(..., manual_dir=...)``, or
+``download_config=tfds.download.DownloadConfig(manual_dir=...)``); files found
+there win over downloading. When neither works, the error lists every missing
+file, its URL and where to put it.
+
+Clean-up, counted per split in the prepared ``metadata.json`` (key = split):
+``dropped_malformed`` (a record without two string transcripts),
+``dropped_no_assistant_turn``, ``dropped_prompt_mismatch`` (the two transcripts
+do not share the prompt), ``dropped_identical`` (chosen == rejected: no
+preference to learn), ``duplicates_merged`` (an exact repeat of an earlier
+pair). Nothing else is changed. ``sources`` records each file's name and
+SHA-256; when files in ``manual_dir`` differ from them, the data are prepared
+again instead of reused.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import pathlib
+import socket
+import urllib.parse
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+__all__ = [
+    "HhRlhf",
+    "CaiHarmless",
+    "DATASETS",
+    "HH_URL",
+    "CAI_URL",
+    "CAI_REVISION",
+    "CAI_FILES",
+    "ASSISTANT",
+    "HUMAN",
+    "pair_id",
+    "split_prompt",
+    "extract_prompt",
+    "render_messages",
+    "clean_pairs",
+    "read_hh_jsonl",
+    "read_cai_parquet",
+    "prepare_preferences",
+    "preference_source",
+    "load_preferences",
+    "preference_cleanup_stats",
+]
+
+HUMAN = "\n\nHuman:"
+ASSISTANT = "\n\nAssistant:"
+_ROLES = {"user": "Human", "human": "Human", "assistant": "Assistant"}
+
+HH_URL = "https://huggingface.co/datasets/Anthropic/hh-rlhf/resolve/main/"
+CAI_REVISION = "51954823511ffd96d15ed6d1004949277e7af464"
+CAI_URL = (
+    "https://huggingface.co/datasets/HuggingFaceH4/cai-conversation-harmless/"
+    f"resolve/{CAI_REVISION}/"
+)
+CAI_FILES = {
+    "train": "data/train_prefs-00000-of-00001-32cbb1e30771a5e7.parquet",
+    "test": "data/test_prefs-00000-of-00001-f0c5cd137d4c1d93.parquet",
+}
+
+
+# ------------------------------------------------------------------ examples
+
+
+def pair_id(chosen: str, rejected: str) -> str:
+  """``sha1(chosen + "\\x00" + rejected)`` as hex; the NUL keeps the split unambiguous."""
+  return hashlib.sha1((chosen + "\x00" + rejected).encode("utf-8")).hexdigest()
+
+
+def split_prompt(transcript: str) -> tuple[str, str]:
+  """Splits a transcript before its final response.
+
+  Returns:
+    ``(prompt, response)`` with ``prompt`` ending in ``"\\n\\nAssistant:"`` and
+    ``prompt + response == transcript``.
+
+  Raises:
+    ValueError: the transcript has no ``"\\n\\nAssistant:"`` turn.
+  """
+  i = transcript.rfind(ASSISTANT)
+  if i < 0:
+    raise ValueError(f"No {ASSISTANT!r} turn in transcript {transcript[:80]!r}...")
+  cut = i + len(ASSISTANT)
+  return transcript[:cut], transcript[cut:]
+
+
+def extract_prompt(chosen: str, rejected: str) -> str:
+  """The prompt both transcripts share, up to and including the final Assistant turn.
+
+  Raises:
+    ValueError: a transcript lacks an Assistant turn, or the two prompts differ.
+  """
+  p_chosen, _ = split_prompt(chosen)
+  p_rejected, _ = split_prompt(rejected)
+  if p_chosen != p_rejected:
+    raise ValueError("chosen and rejected do not share the conversation before "
+                     "their final Assistant turn.")
+  return p_chosen
+
+
+def render_messages(messages: Iterable[dict[str, str]]) -> str:
+  """``[{"role": "user", "content": c}, ...]`` -> ``"\\n\\nHuman: c..."`` (HH format).
+
+  Raises:
+    ValueError: a role other than user/human/assistant.
+  """
+  parts = []
+  for m in messages:
+    role = _ROLES.get(str(m["role"]).lower())
+    if role is None:
+      raise ValueError(f"Unknown message role {m['role']!r}; known: {sorted(_ROLES)}.")
+    parts.append(f"\n\n{role}: {m['content']}")
+  return "".join(parts)
+
+
+def clean_pairs(
+    pairs: Iterable[tuple[Any, Any]],
+) -> tuple[list[dict[str, str]], dict[str, int]]:
+  """Turns ``(chosen, rejected)`` transcripts into examples; see the module docstring.
+
+  Returns:
+    ``(examples, stats)``: examples ``{"id", "prompt", "chosen", "rejected"}``
+    in input order (first occurrence), and the counts ``pairs_read,
+    dropped_malformed, dropped_no_assistant_turn, dropped_prompt_mismatch,
+    dropped_identical, duplicates_merged, num_examples``.
+  """
+  stats = dict.fromkeys(
+      ["pairs_read", "dropped_malformed", "dropped_no_assistant_turn",
+       "dropped_prompt_mismatch", "dropped_identical", "duplicates_merged",
+       "num_examples"], 0)
+  seen: set[str] = set()
+  out = []
+  for chosen, rejected in pairs:
+    stats["pairs_read"] += 1
+    if not (isinstance(chosen, str) and isinstance(rejected, str)):
+      stats["dropped_malformed"] += 1
+      continue
+    if ASSISTANT not in chosen or ASSISTANT not in rejected:
+      stats["dropped_no_assistant_turn"] += 1
+      continue
+    try:
+      prompt = extract_prompt(chosen, rejected)
+    except ValueError:
+      stats["dropped_prompt_mismatch"] += 1
+      continue
+    if chosen == rejected:
+      stats["dropped_identical"] += 1
+      continue
+    pid = pair_id(chosen, rejected)
+    if pid in seen:
+      stats["duplicates_merged"] += 1
+      continue
+    seen.add(pid)
+    out.append({"id": pid, "prompt": prompt, "chosen": chosen, "rejected": rejected})
+  stats["num_examples"] = len(out)
+  return out, stats
+
+
+def read_hh_jsonl(path: os.PathLike | str) -> Iterator[tuple[Any, Any]]:
+  """Yields ``(chosen, rejected)`` per line of an HH-RLHF ``.jsonl.gz`` file.
+
+  A line that is not a JSON object with both keys yields ``(None, None)``, so
+  that ``clean_pairs`` counts it as malformed.
+  """
+  with gzip.open(os.fspath(path), "rt", encoding="utf-8") as f:
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        rec = json.loads(line)
+        yield rec["chosen"], rec["rejected"]
+      except (json.JSONDecodeError, KeyError, TypeError):
+        yield None, None
+
+
+def read_cai_parquet(path: os.PathLike | str) -> Iterator[tuple[Any, Any]]:
+  """Yields rendered ``(chosen, rejected)`` transcripts from a CAI parquet file.
+
+  A row whose messages cannot be rendered (unknown role, missing keys) yields
+  ``(None, None)``, counted as malformed by ``clean_pairs``.
+  """
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+
+  table = pq.read_table(os.fspath(path), columns=["chosen", "rejected"])
+  for row in table.to_pylist():
+    try:
+      yield render_messages(row["chosen"]), render_messages(row["rejected"])
+    except (ValueError, KeyError, TypeError):
+      yield None, None
+
+
+# ------------------------------------------------------------------ builders
+
+
+def _sha256(path: os.PathLike | str) -> str:
+  h = hashlib.sha256()
+  with open(os.fspath(path), "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def _unreachable(urls: Iterable[str], timeout: float = 5.0) -> str | None:
+  """None if every URL's host accepts a TCP connection, else why not.
+
+  A quick check first, because TFDS retries a failing download for minutes.
+  """
+  for host in sorted({urllib.parse.urlparse(u).hostname for u in urls}):
+    try:
+      socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as e:
+      return f"cannot reach {host}: {e}"
+  return None
+
+
+class _PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Shared logic: locate the files, read pairs, clean them, write examples."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Place the source files under the manual directory at the same relative "
+      "paths as in the source repository; see w2sg_jax/data/preference.py."
+  )
+  _TITLE = ""
+  _HOMEPAGE = ""
+  _LICENSE = ""
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    # TFDS's own lookup needs `importlib_resources`, which it only declares
+    # for Python < 3.9; this module's path is what it would find.
+    return epath.Path(__file__)
+
+  def __init__(self, *, allow_download: bool = True, **kwargs):
+    self._allow_download = allow_download
+    kwargs.setdefault("file_format", "array_record")
+    super().__init__(**kwargs)
+
+  # Subclasses: {split: (path relative to manual_dir, url)} and a reader.
+  def source_files(self) -> dict[str, tuple[str, str]]:
+    raise NotImplementedError
+
+  def _read_pairs(self, path: epath.Path) -> Iterator[tuple[Any, Any]]:
+    raise NotImplementedError
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=f"{self._TITLE}: pairwise preferences; see w2sg_jax/data/preference.py.",
+        features=tfds.features.FeaturesDict({
+            "id": tfds.features.Text(),
+            "prompt": tfds.features.Text(),
+            "chosen": tfds.features.Text(),
+            "rejected": tfds.features.Text(),
+        }),
+        homepage=self._HOMEPAGE,
+        license=self._LICENSE,
+        metadata=tfds.core.MetadataDict(),
+        # File order, so example i is the i-th kept pair.
+        disable_shuffling=True,
+    )
+
+  def _resolve_files(self, dl_manager) -> dict[str, epath.Path]:
+    files = self.source_files()
+    try:
+      manual = epath.Path(dl_manager.manual_dir)
+    except (AssertionError, ValueError):  # Not given, missing or empty.
+      manual = None
+    found: dict[str, epath.Path] = {}
+    missing: dict[str, tuple[str, str]] = {}
+    for split, (rel, url) in files.items():
+      if manual is not None and (manual / rel).is_file():
+        found[split] = manual / rel
+      else:
+        missing[split] = (rel, url)
+    if not missing:
+      return found
+    if self._allow_download:
+      why = _unreachable(url for _, url in missing.values())
+      if why is None:
+        try:
+          found.update(dl_manager.download({s: url for s, (_, url) in missing.items()}))
+          return found
+        except Exception as e:  # pylint: disable=broad-except
+          why = f"{type(e).__name__}: {e}"
+      how = f"Downloading failed ({why})."
+    else:
+      how = "Downloading is turned off (download=False)."
+    where = manual or getattr(dl_manager, "_manual_dir", None) or "<manual_dir>"
+    lines = "\n".join(f"  {epath.Path(where) / rel}    <- {url}"
+                      for rel, url in missing.values())
+    raise FileNotFoundError(
+        f"{self.name}/{self.builder_config.name if self.builder_config else ''}: "
+        f"source files missing. {how} Download these files on a machine with "
+        f"network access and place them at:\n{lines}\nthen pass that directory "
+        "as manual_dir= (load_preferences(..., manual_dir=DIR), or "
+        "download_config=tfds.download.DownloadConfig(manual_dir=DIR))."
+    )
+
+  def _split_generators(self, dl_manager):
+    paths = self._resolve_files(dl_manager)
+    self.info.metadata["sources"] = {
+        s: {"file": self.source_files()[s][0], "sha256": _sha256(p)}
+        for s, p in paths.items()
+    }
+    generators = {}
+    for split, path in paths.items():
+      examples, stats = clean_pairs(self._read_pairs(path))
+      self.info.metadata[split] = stats
+      generators[split] = self._generate_examples(examples)
+    return generators
+
+  def _generate_examples(self, examples):
+    for ex in examples:
+      yield ex["id"], ex
+
+
+class HhRlhf(_PreferenceBuilder):
+  """Anthropic HH-RLHF (``harmless-base``, ``helpful-base``); splits train/test."""
+
+  BUILDER_CONFIGS = [
+      tfds.core.BuilderConfig(name="harmless-base", description="Harmlessness pairs."),
+      tfds.core.BuilderConfig(name="helpful-base", description="Helpfulness pairs."),
+  ]
+  DEFAULT_BUILDER_CONFIG_NAME = "harmless-base"
+  _TITLE = "Anthropic HH-RLHF"
+  _HOMEPAGE = "https://huggingface.co/datasets/Anthropic/hh-rlhf"
+  _LICENSE = "MIT"
+
+  def source_files(self) -> dict[str, tuple[str, str]]:
+    subset = self.builder_config.name
+    return {s: (f"{subset}/{s}.jsonl.gz", f"{HH_URL}{subset}/{s}.jsonl.gz")
+            for s in ("train", "test")}
+
+  def _read_pairs(self, path):
+    return read_hh_jsonl(path)
+
+
+class CaiHarmless(_PreferenceBuilder):
+  """HuggingFaceH4/cai-conversation-harmless preference splits; train/test."""
+
+  _TITLE = "CAI-Harmless (HuggingFaceH4/cai-conversation-harmless)"
+  _HOMEPAGE = "https://huggingface.co/datasets/HuggingFaceH4/cai-conversation-harmless"
+  _LICENSE = "Apache-2.0"
+
+  def source_files(self) -> dict[str, tuple[str, str]]:
+    return {s: (rel, CAI_URL + rel) for s, rel in CAI_FILES.items()}
+
+  def _read_pairs(self, path):
+    return read_cai_parquet(path)
+
+
+DATASETS: dict[str, type[_PreferenceBuilder]] = {
+    "hh_rlhf": HhRlhf,
+    "cai_harmless": CaiHarmless,
+}
+
+
+# ------------------------------------------------------------------ loading
+
+
+def _builder(name: str, subset: str | None, data_dir, allow_download: bool):
+  if name not in DATASETS:
+    raise ValueError(f"Unknown preference dataset {name!r}; choose one of {sorted(DATASETS)}.")
+  cls = DATASETS[name]
+  configs = [c.name for c in cls.BUILDER_CONFIGS]
+  if configs and subset not in configs:
+    raise ValueError(f"{name} needs subset= one of {configs}, got {subset!r}.")
+  if not configs and subset is not None:
+    raise ValueError(f"{name} has no subsets; pass subset=None, got {subset!r}.")
+  kwargs = {"config": subset} if configs else {}
+  return cls(data_dir=data_dir, allow_download=allow_download, **kwargs)
+
+
+def _sources_metadata(builder) -> dict[str, Any] | None:
+  # Item access, not dict()/get(): TFDS loads the metadata lazily on __getitem__.
+  try:
+    return dict(builder.info.metadata["sources"])
+  except KeyError:
+    return None
+
+
+def prepare_preferences(
+    name: str,
+    subset: str | None = None,
+    data_dir: os.PathLike | str | None = None,
+    manual_dir: os.PathLike | str | None = None,
+    download: bool = True,
+) -> tfds.core.DatasetBuilder:
+  """Prepares a preference dataset once under ``data_dir``; returns its builder.
+
+  Args:
+    name: ``"hh_rlhf"`` or ``"cai_harmless"``.
+    subset: ``"harmless-base"`` / ``"helpful-base"`` for hh_rlhf; None for
+      cai_harmless.
+    data_dir: TFDS data directory (the prepared data go under it).
+    manual_dir: directory holding the source files at their relative paths.
+    download: whether to try downloading files not found in ``manual_dir``.
+
+  Raises:
+    FileNotFoundError: the source files are neither in ``manual_dir`` nor
+      downloadable; the message lists where to put which file.
+  """
+  builder = _builder(name, subset, data_dir, download)
+  mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+  if builder.is_prepared() and manual_dir is not None:
+    recorded = _sources_metadata(builder) or {}
+    for split, (rel, _) in builder.source_files().items():
+      local = pathlib.Path(manual_dir) / rel
+      if local.is_file() and recorded.get(split, {}).get("sha256") != _sha256(local):
+        mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS  # Regenerate.
+        break
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=manual_dir, download_mode=mode))
+  if mode != tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS:
+    builder = _builder(name, subset, data_dir, download)  # Reads the new metadata.
+  return builder
+
+
+def preference_source(
+    name: str,
+    subset: str | None = None,
+    split: str = "train",
+    data_dir: os.PathLike | str | None = None,
+    manual_dir: os.PathLike | str | None = None,
+    download: bool = True,
+):
+  """The random-access source of one split (prepared if needed).
+
+  ``src[i]`` is a dict of UTF-8 bytes ``id, prompt, chosen, rejected``; stream
+  it with ``grain.MapDataset.source(src)``.
+  """
+  builder = prepare_preferences(name, subset, data_dir, manual_dir, download)
+  if split not in builder.info.splits:
+    raise ValueError(f"{name} has splits {sorted(builder.info.splits)}, not {split!r}.")
+  full = f"{builder.name}/{subset}" if subset else builder.name
+  return tfds.data_source(full, split=split, data_dir=data_dir, download=False)
+
+
+def load_preferences(
+    name: str,
+    subset: str | None = None,
+    split: str = "train",
+    data_dir: os.PathLike | str | None = None,
+    manual_dir: os.PathLike | str | None = None,
+    download: bool = True,
+) -> dict[str, np.ndarray]:
+  """One split as arrays (prepares once, then reads through ``tfds.data_source``).
+
+  Returns:
+    ``{"id", "prompt", "chosen", "rejected"}``, each ``[N]`` object arrays of
+    str, in file order.
+  """
+  src = preference_source(name, subset, split, data_dir, manual_dir, download)
+  n = len(src)
+  keys = ("id", "prompt", "chosen", "rejected")
+  out = {k: np.empty(n, dtype=object) for k in keys}
+  step = 1024
+  for start in range(0, n, step):
+    for j, ex in enumerate(src.__getitems__(range(start, min(n, start + step))), start):
+      for k in keys:
+        out[k][j] = ex[k].decode("utf-8")
+  return out
+
+
+def preference_cleanup_stats(
+    name: str,
+    subset: str | None = None,
+    data_dir: os.PathLike | str | None = None,
+    manual_dir: os.PathLike | str | None = None,
+    download: bool = True,
+) -> dict[str, Any]:
+  """``{split: counts, "sources": {split: {file, sha256}}}`` of a prepared dataset."""
+  builder = prepare_preferences(name, subset, data_dir, manual_dir, download)
+  out = {"sources": _sources_metadata(builder)}
+  for split in builder.info.splits:
+    out[split] = dict(builder.info.metadata[split])
+  return out
