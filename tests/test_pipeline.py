@@ -1,0 +1,174 @@
+"""The whole pipeline end to end: artifacts, reuse, interruption, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from w2sg_jax import pipeline, sweep, tasks
+from w2sg_jax.data import store as store_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(name="synthetic", variant="smoke", **overrides):
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "experiments", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(variant)
+  with config.unlocked():
+    for k, v in overrides.items():
+      target = config
+      *path, last = k.split(".")
+      for p in path:
+        target = target[p]
+      target[last] = v
+  return config
+
+
+def _run(tmp_path, config, workdir="run"):
+  with config.unlocked():
+    config.cache_dir = str(tmp_path / "cache")
+  return pipeline.Pipeline(config, str(tmp_path / workdir), tasks.get(config.task)).run()
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("synthetic")
+  return tmp, _run(tmp, _config())
+
+
+def test_synthetic_writes_results_schema_and_report(synthetic_run):
+  tmp, _ = synthetic_run
+  workdir = tmp / "run"
+  results = json.loads((workdir / "results.json").read_text())
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["task"] == "synthetic"
+  assert {"test_accuracy", "test_auroc", "name", "params"} <= set(results["weak"])
+  assert {"test_accuracy", "test_auroc", "name", "params"} <= set(results["ceiling"])
+  cfg = _config()
+  assert len(results["runs"]) == len(cfg.student.losses) * len(cfg.student.noise.rates) * cfg.seeds
+  for run in results["runs"]:
+    assert {"loss", "noise", "seed", "test_accuracy", "test_auroc", "pgr"} <= set(run)
+    expected = (run["test_accuracy"] - results["weak"]["test_accuracy"]) / (
+        results["ceiling"]["test_accuracy"] - results["weak"]["test_accuracy"])
+    assert run["pgr"] == pytest.approx(expected)
+  assert len(results["summary"]) == len(cfg.student.losses) * len(cfg.student.noise.rates)
+  for row in results["summary"]:
+    assert {"n_seeds", "accuracy_mean", "accuracy_std", "pgr_mean", "pgr_ci95"} <= set(row)
+    low, high = row["pgr_ci95"]
+    assert low <= row["pgr_mean"] <= high
+    assert row["n_seeds"] == cfg.seeds
+  for name in ("summary.md", "summary.csv", "pgr_by_loss.png", "accuracy_vs_noise.png"):
+    assert (workdir / name).stat().st_size > 200, name
+  # The weak model learned something and the strong ceiling is above it.
+  assert results["ceiling"]["test_accuracy"] > results["weak"]["test_accuracy"] > 0.52
+
+
+def test_rerun_skips_every_stage(synthetic_run, monkeypatch):
+  tmp, first = synthetic_run
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("a finished run was trained again")
+
+  monkeypatch.setattr(sweep, "train_group", no_training)
+  monkeypatch.setattr(pipeline, "fit_model", no_training)
+  second = _run(tmp, _config())
+  assert second["weak"]["weak_model_runs"] == 0
+  assert [r["test_accuracy"] for r in second["runs"]] == [r["test_accuracy"] for r in first["runs"]]
+
+
+def test_later_experiment_with_same_weak_setup_reuses_the_store(synthetic_run, monkeypatch):
+  tmp, first = synthetic_run
+  calls = []
+  real = pipeline.fit_model
+  monkeypatch.setattr(pipeline, "fit_model", lambda *a, **k: calls.append(k.get("desc")) or real(*a, **k))
+  # Another workdir and other student losses, same data and weak model.
+  other = _run(tmp, _config(**{"student.losses": ("tv",)}), workdir="other")
+  assert "weak model" not in calls
+  assert other["weak"]["weak_model_runs"] == 0
+  assert other["weak"]["store"] == first["weak"]["store"]
+
+
+def test_interrupted_sweep_keeps_finished_runs(tmp_path, monkeypatch):
+  config = _config()
+  real = sweep.train_group
+  calls = []
+
+  def interrupt_on_third(*args, **kwargs):
+    calls.append(kwargs.get("desc"))
+    if len(calls) == 3:  # ceiling, first loss, then Ctrl-C on the second loss.
+      raise KeyboardInterrupt
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(sweep, "train_group", interrupt_on_third)
+  with pytest.raises(KeyboardInterrupt):
+    _run(tmp_path, config)
+  finished = json.loads((tmp_path / "run" / "students" / f"{config.student.losses[0]}.json").read_text())
+  assert len(finished["runs"]) == len(config.student.noise.rates) * config.seeds
+
+  calls.clear()
+  monkeypatch.setattr(sweep, "train_group", lambda *a, **k: calls.append(k.get("desc")) or real(*a, **k))
+  results = _run(tmp_path, config)
+  # Only the losses that had not finished were trained; the ceiling was kept too.
+  assert len(calls) == len(config.student.losses) - 1
+  assert not any("ceiling" in c or c.startswith(f"students {config.student.losses[0]} ") for c in calls)
+  assert len(results["runs"]) == len(config.student.losses) * len(config.student.noise.rates) * config.seeds
+
+
+def test_noise_gets_its_own_store(synthetic_run):
+  tmp, results = synthetic_run
+  stores = [store_lib.open_store(tmp / "cache" / "stores" / d) for d in os.listdir(tmp / "cache" / "stores")]
+  w2s = [s for s in stores if s.components.get("split") == "w2s_train"]
+  clean = [s for s in w2s if s.noise is None or s.noise.is_identity]
+  noisy = [s for s in w2s if s.noise is not None and not s.noise.is_identity]
+  assert len(clean) == 1 and len(noisy) == 1
+  assert clean[0].hash != noisy[0].hash
+  flipped = np.argmax(clean[0].probs, -1) != np.argmax(noisy[0].probs, -1)
+  assert flipped.mean() == pytest.approx(0.2, abs=0.01)
+
+
+def test_fit_engine_streams_weak_labels_from_the_store(tmp_path, monkeypatch):
+  from w2sg_jax.data import stream
+
+  calls = []
+  real = stream.student_dataset
+  monkeypatch.setattr(stream, "student_dataset", lambda *a, **k: calls.append(1) or real(*a, **k))
+  config = _config(**{"student.engine": "fit", "student.losses": ("js",), "student.noise.rates": (0.0,), "seeds": 1})
+  results = _run(tmp_path, config)
+  assert len(calls) == 1
+  assert len(results["runs"]) == 1 and 0.5 < results["runs"][0]["test_accuracy"] <= 1.0
+
+
+def test_unknown_loss_is_rejected_before_any_compute(tmp_path):
+  config = _config(**{"student.losses": ("xent", "kullback")})
+  with pytest.raises(ValueError, match=r"kullback.*(kl|known)"):
+    _run(tmp_path, config)
+  assert not (tmp_path / "cache" / "weak").exists()
+
+
+def _main(*args):
+  env = {**os.environ, "PYTHONPATH": REPO}
+  return subprocess.run([sys.executable, "-m", "w2sg_jax.main", *args], capture_output=True, text=True, env=env,
+                        cwd=REPO, timeout=120)
+
+
+def test_cli_rejects_an_unknown_config_key(tmp_path):
+  proc = _main("--config=experiments/synthetic.py:smoke", f"--workdir={tmp_path}", "--config.student.lerning_rate=1")
+  assert proc.returncode != 0
+  assert "lerning_rate" in proc.stderr
+
+
+def test_cli_override_changes_the_run(tmp_path):
+  proc = _main("--config=experiments/synthetic.py:smoke", f"--workdir={tmp_path / 'w'}", "--config.seeds=1",
+               "--config.student.losses=('xent',)", "--config.student.noise.rates=(0.0,)",
+               f"--config.cache_dir={tmp_path / 'cache'}")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  results = json.loads((tmp_path / "w" / "results.json").read_text())
+  assert [(r["loss"], r["noise"]) for r in results["runs"]] == [("xent", 0.0)]
+  assert "| loss |" in proc.stdout
