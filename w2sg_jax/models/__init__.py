@@ -1,0 +1,28 @@
+"""Flax NNX models: BERT/MiniLM and GPT-2 from Hugging Face weights, plus heads."""
+
+from w2sg_jax.models.bert import Bert, BertConfig
+from w2sg_jax.models.gpt2 import GPT2, GPT2Config
+from w2sg_jax.models.heads import (
+    MLPHead,
+    RewardModel,
+    SequenceClassifier,
+    last_token_pool,
+    mean_pool,
+    trainable_filter,
+)
+from w2sg_jax.models.pretrained import default_minilm_path, load_pretrained
+
+__all__ = [
+    "Bert",
+    "BertConfig",
+    "GPT2",
+    "GPT2Config",
+    "MLPHead",
+    "RewardModel",
+    "SequenceClassifier",
+    "default_minilm_path",
+    "last_token_pool",
+    "load_pretrained",
+    "mean_pool",
+    "trainable_filter",
+]
