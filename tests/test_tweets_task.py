@@ -1,0 +1,107 @@
+"""The offline default: tweets + the real MiniLM, end to end on a small slice."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests.test_pipeline import _config, _run
+from w2sg_jax import losses, parallel, pipeline, tasks, train
+from w2sg_jax.tasks import tweets as tweets_task
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("tweets")
+  return tmp, _run(tmp, _config("tweets_minilm"))
+
+
+def test_smoke_run_writes_results_with_model_names_and_auroc(smoke_run):
+  tmp, results = smoke_run
+  on_disk = json.loads((tmp / "run" / "results.json").read_text())
+  assert on_disk["weak"]["name"].startswith("MiniLM-L0")
+  assert on_disk["ceiling"]["name"].startswith("MiniLM-L6")
+  assert on_disk["weak"]["params"] == 384 * 2 + 2  # A linear probe on 384-d features.
+  for part in (on_disk["weak"], on_disk["ceiling"], *on_disk["runs"]):
+    assert 0.5 < part["test_auroc"] <= 1.0
+  for name in ("summary.md", "summary.csv", "pgr_by_loss.png", "accuracy_vs_noise.png"):
+    assert (tmp / "run" / name).exists()
+  # The real MiniLM separates tweet sentiment far better than its embedding layer.
+  assert on_disk["ceiling"]["test_accuracy"] > on_disk["weak"]["test_accuracy"] + 0.03
+
+
+def test_rerun_embeds_nothing_and_never_runs_the_weak_model(smoke_run, monkeypatch):
+  tmp, first = smoke_run
+
+  def fail(*args, **kwargs):
+    raise AssertionError("features were extracted again")
+
+  monkeypatch.setattr(tweets_task, "extract_features", fail)
+  second = _run(tmp, _config("tweets_minilm"))
+  assert second["weak"]["weak_model_runs"] == 0
+  assert second["summary"] == first["summary"]
+
+
+def test_a_store_from_other_data_is_an_error_not_a_join(smoke_run):
+  from w2sg_jax.data import store as store_lib
+
+  tmp, results = smoke_run
+  store = store_lib.open_store(results["weak"]["store"])
+  shuffled = list(store.ids)[::-1]
+  with pytest.raises(store_lib.StoreMismatchError, match="position 0"):
+    store_lib.open_store(results["weak"]["store"], expected_ids=shuffled)
+
+
+def test_split_larger_than_the_data_is_a_clear_error(tmp_path):
+  config = _config("tweets_minilm", **{"data.sizes.test": 10**6})
+  with pytest.raises(ValueError, match=r"(?i)lower"):
+    _run(tmp_path, config)
+
+
+def test_checkpoint_folder_without_weights_names_the_missing_files(tmp_path):
+  empty = tmp_path / "ckpt"
+  empty.mkdir()
+  (empty / "config.json").write_text(json.dumps({"model_type": "bert"}))
+  config = _config("tweets_minilm", **{"strong.checkpoint": str(empty)})
+  with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
+    _run(tmp_path, config)
+
+
+@pytest.mark.parametrize("mode", ["top", "full"])
+def test_finetune_modes_train_the_right_parameters(mode):
+  config = _config("tweets_minilm", **{"strong.mode": mode, "strong.hidden": ()})
+  task = tasks.get("tweets")
+  model = task.make_model("strong", config)(nnx.Rngs(0))
+  # Start the head away from zero so that gradients reach the encoder.
+  head = model.classifier.head.out
+  head.kernel.set_value(0.1 * jax.random.normal(jax.random.PRNGKey(1), head.kernel.shape))
+  apply_fn, params, frozen = train.split_model(model, task.trainable("strong", config))
+  mesh = parallel.make_mesh(2)
+  tx, schedule = train.make_optimizer({"name": "adamw", "learning_rate": 1e-3}, 2)
+  state = parallel.replicate(train.init_state(params, frozen, tx, 0), mesh)
+  before = jax.tree.map(np.asarray, state.params)
+  trainer = train.Trainer(apply_fn=apply_fn, loss_fn=losses.get("js"), tx=tx, schedule=schedule, num_steps=2,
+                          mesh=mesh)
+  rng = np.random.default_rng(0)
+  batch = {
+      "inputs": {"input_ids": rng.integers(1000, 2000, (4, 16)).astype(np.int32),
+                 "attention_mask": np.ones((4, 16), np.int32)},
+      "targets": np.full((4, 2), 0.5, np.float32) + np.array([0.3, -0.3], np.float32),
+      "mask": np.ones(4, np.float32),
+  }
+  for _ in range(2):
+    state, metrics = trainer.step(state, batch)
+  assert np.isfinite(float(metrics["loss"]))
+  names = ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+           for path, _ in jax.tree_util.tree_flatten_with_path(before)[0]]
+  changed = [not np.allclose(a, np.asarray(b)) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params))]
+  encoder_layers = {n.split("layers/")[1].split("/")[0] for n in names if "layers/" in n}
+  if mode == "top":
+    assert encoder_layers == {"4", "5"}  # The top 2 of 6 layers; the rest stay frozen.
+    assert not any("embeddings" in n for n in names)
+  else:
+    assert encoder_layers == {str(i) for i in range(6)} and any("embeddings" in n for n in names)
+  assert all(changed)
