@@ -1,0 +1,186 @@
+r"""Yao et al. (2025), HH-RLHF: GPT-2 reward models, weak-to-strong with f-divergence losses.
+
+The paper's reward-modelling setting (arXiv:2506.03109, after Yang et al. 2024
+and Burns et al. 2023): a GPT-2 Base reward model is trained on 4000 pairs of
+Anthropic HH-RLHF (harmless-base) with ground truth, labels 4000 more pairs
+once (soft labels sigmoid(r(a) - r(b))), and a larger GPT-2 reward model
+learns from those labels with each loss -- xent, kl, reverse_kl, js,
+hellinger, pearson, jeffreys, tv, each also with the Burns et al. confidence
+term (``+conf``) -- at label-noise rates 0, 0.1, 0.2, 0.3, 0.4 (weak labels
+flipped, q -> 1 - q), 3 seeds each, and is tested on 4000 held-out pairs.
+The strong ceiling is the large model trained on the same 4000 pairs'
+ground truth. Output: ``results.json``, ``summary.md``/``.csv`` and the plots
+(test accuracy vs noise rate, one line per loss) in the workdir.
+
+  python -m w2sg_jax.main --config=experiments/paper_hh.py --workdir=runs/paper_hh
+  python -m w2sg_jax.main --config=experiments/paper_hh.py:large --workdir=runs/paper_hh_large
+  python -m w2sg_jax.main --config=experiments/paper_hh.py:smoke --workdir=/tmp/paper_hh_smoke
+  make experiment NAME=paper_hh ARGS='--config.seeds=1 --config.student.losses="(\"xent\",\"js\")"'
+
+Variants (after the colon):
+
+* (none): GPT-2 Base (124M, hub id ``gpt2``) supervises GPT-2 Medium (355M).
+  243 strong runs (16 losses x 5 noise rates x 3 seeds + 3 ceiling seeds) of
+  250 steps of 32 pairs at up to 512 tokens, ~4.6e18 FLOPs in all. Estimated
+  wall time in bf16 at 35% of peak (docs/paper.md gives the arithmetic):
+  H100 ~3.7 h, A100 ~12 h, TPU v4-8 ~3.3 h, TPU v5e-8 ~2.3 h. Add compile
+  time, about 1 min per run unless the XLA compilation cache is on.
+* ``large``: strong = GPT-2 Large (774M), ~2.3x the default; 2 micro-batches
+  of 16 pairs, so it fits an 80 GB GPU or a v4 chip (32 GB).
+* ``xl``: strong = GPT-2 XL (1.5B), ~4.7x the default; its float32 Adam state
+  alone is ~25 GB per replica, so it needs an 80 GB GPU or TPU v5p, and uses
+  4 micro-batches of 8 pairs.
+* ``tpu_small``: a real but small run to check a TPU/GPU set-up: gpt2 ->
+  gpt2-medium, 1000/1000/1000 pairs at 256 tokens, 4 losses x noise {0, 0.2}
+  x 1 seed (9 strong runs, ~2e16 FLOPs). About 10 min on a v4-8 or an A100,
+  most of it downloads and compilation.
+* ``smoke``: the tiny random GPT-2 fixture on both sides (weak: its first
+  layer only) on the committed fixture pairs, 16/16/16 pairs at 64 tokens,
+  1 seed, 3 losses x 2 noise rates. Runs offline on a laptop CPU in about a
+  minute; for tests, not for numbers.
+
+Weights come from the Hugging Face hub (``pip install 'w2sg-jax[hub]'``) or
+any local folder with config.json, model.safetensors and tokenizer.json. The
+data are read by the TFDS builders in ``w2sg_jax/data/preference.py``; offline,
+put the source files in a folder and pass ``--config.data.manual_dir=DIR``.
+"""
+
+import os
+
+import ml_collections
+
+LOSSES = ["xent", "kl", "reverse_kl", "js", "hellinger", "pearson", "jeffreys", "tv"]
+# "<loss>+conf": the same loss with the Burns et al. confidence term; the names
+# are registered by w2sg_jax.tasks.preference (defaults confidence=0.5, warmup=0.1).
+PAPER_LOSSES = LOSSES + [f"{name}+conf" for name in LOSSES]
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE_DATA = {
+    "hh_rlhf": os.path.join(_REPO, "tests", "fixtures", "data", "hh-rlhf"),
+    "cai_harmless": os.path.join(_REPO, "tests", "fixtures", "data", "cai-conversation-harmless"),
+}
+TINY_GPT2 = os.path.join(_REPO, "tests", "fixtures", "models", "tiny_gpt2")
+
+VARIANTS = ("smoke", "tpu_small", "large", "xl")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  return build_config(arg, name="paper_hh", dataset="hh_rlhf", subset="harmless-base", module="paper_hh.py")
+
+
+def build_config(
+    arg: str | None, *, name: str, dataset: str, subset: str, module: str
+) -> ml_collections.ConfigDict:
+  """The paper's config for one dataset; ``arg`` picks the variant (see the module docstring)."""
+  c = ml_collections.ConfigDict()
+  c.name = name
+  c.task = "preference"
+  c.seed = 0  # Weak model seed; student (and ceiling) seeds are seed+1 .. seed+seeds.
+  c.seeds = 3  # Student (and ceiling) seeds per (loss, noise) cell.
+  c.cache_dir = "runs/cache"  # Weak checkpoints, weak-label stores and (by default) the TFDS data.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = dataset  # 'hh_rlhf' or 'cai_harmless'.
+  c.data.subset = subset  # hh_rlhf: 'harmless-base' or 'helpful-base'; cai_harmless: ''.
+  c.data.source_splits = ("train",)  # Source splits pooled before drawing the three splits below.
+  c.data.data_dir = ""  # TFDS data_dir for the prepared data; '' = <cache_dir>/tfds.
+  c.data.manual_dir = ""  # Folder with the source files (offline); '' = download them.
+  c.data.download = True  # False: never try the network (a missing file is an error naming it).
+  # Pairs per split, drawn without overlap from the pool (split_seed).
+  c.data.sizes = ml_collections.ConfigDict({"weak_train": 4000, "w2s_train": 4000, "test": 4000})
+  c.data.split_seed = 0
+  c.data.order_seed = 0  # Per-pair (chosen, rejected) presentation order; see tasks/preference.py.
+  c.data.max_length = 512  # Tokens per transcript, truncated from the LEFT (keeps the final response).
+
+  c.weak = _model("gpt2")
+  c.weak.train = _train(epochs=1)
+
+  c.strong = _model("gpt2-medium")
+
+  c.student = ml_collections.ConfigDict()
+  c.student.engine = "fit"  # One data-parallel fine-tuning run per (loss, noise, seed).
+  c.student.losses = list(PAPER_LOSSES)
+  # Keyword arguments per loss (run) name, e.g. {"js+conf": {"confidence": 0.75}}.
+  c.student.loss_hparams = ml_collections.ConfigDict()
+  c.student.noise = ml_collections.ConfigDict()
+  c.student.noise.rates = [0.0, 0.1, 0.2, 0.3, 0.4]  # Fraction of w2s pairs whose weak label is corrupted.
+  c.student.noise.scale = -1.0  # q -> 0.5 + scale (q - 0.5): -1 flips the preference, 0 makes it 0.5.
+  c.student.noise.seed = 0  # Picks the corrupted pairs; the same for every student.
+  c.student.train = _train(epochs=2)  # Also trains the strong ceiling.
+
+  if arg == "large":
+    c.name = f"{name}_large"
+    c.strong.checkpoint = "gpt2-large"
+    # 2 micro-batches of 16 pairs = the paper's batch of 32, in half the activation memory.
+    c.student.train.batch_size = 16
+    c.student.train.optimizer.accum_steps = 2
+    c.student.train.eval_batch_size = 32
+  elif arg == "xl":
+    c.name = f"{name}_xl"
+    c.strong.checkpoint = "gpt2-xl"
+    # 4 micro-batches of 8 pairs = the paper's batch of 32, in a quarter of the activation memory.
+    c.student.train.batch_size = 8
+    c.student.train.optimizer.accum_steps = 4
+    c.student.train.eval_batch_size = 32
+  elif arg == "tpu_small":
+    c.name = f"{name}_tpu_small"
+    c.seeds = 1
+    c.data.sizes = ml_collections.ConfigDict({"weak_train": 1000, "w2s_train": 1000, "test": 1000})
+    c.data.max_length = 256
+    c.student.losses = ["xent", "kl", "js", "js+conf"]
+    c.student.noise.rates = [0.0, 0.2]
+  elif arg == "smoke":
+    c.name = f"{name}_smoke"
+    c.seeds = 1
+    c.data.manual_dir = FIXTURE_DATA[dataset]
+    c.data.download = False
+    c.data.source_splits = ("train", "test")  # The fixtures hold ~50 pairs in all.
+    c.data.sizes = ml_collections.ConfigDict({"weak_train": 16, "w2s_train": 16, "test": 16})
+    c.data.max_length = 64  # The tiny GPT-2 has 64 positions.
+    c.weak.checkpoint = TINY_GPT2
+    c.weak.num_layers = 1  # A weaker supervisor: the fixture's first layer only.
+    c.weak.dtype = "float32"
+    c.strong.checkpoint = TINY_GPT2
+    c.strong.dtype = "float32"
+    for t in (c.weak.train, c.student.train):
+      t.batch_size = 8  # Divisible by the 8 simulated CPU devices of the tests.
+      t.eval_batch_size = 16
+      t.log_every = 1
+      t.optimizer.learning_rate = 1e-3  # Random tiny weights: the paper's 1e-5 would not move them.
+    c.student.losses = ["xent", "js", "js+conf"]
+    c.student.noise.rates = [0.0, 0.2]
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} of experiments/{module}; known: {', '.join(VARIANTS)}.")
+  c.lock()
+  return c
+
+
+def _model(checkpoint: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "checkpoint": checkpoint,  # Hugging Face hub id or local folder (config.json, model.safetensors, tokenizer.json).
+      "num_layers": 0,  # Keep only the first k transformer layers; 0 = all.
+      "dtype": "bfloat16",  # Compute dtype: 'bfloat16' or 'float32' (parameters and loss are float32 either way).
+      "finetune": "full",  # 'full', 'top' (top_layers + head) or 'head' (a probe on a frozen encoder).
+      "top_layers": 0,  # With finetune='top': how many of the top layers train.
+      "pooling": "",  # '' = the last real token (GPT-2) / mean (BERT); or 'last', 'mean'.
+      "head_hidden": (),  # Hidden widths of the reward head; () = a linear head (zero-initialised).
+  })
+
+
+def _train(epochs: float) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "batch_size": 32,  # Pairs per optimizer step (global, split over every device).
+      "epochs": epochs,  # Passes over the split; or set num_steps > 0 to fix the step count.
+      "num_steps": 0,
+      "eval_batch_size": 64,  # Pairs per prediction batch.
+      "save_every": 1000,  # Steps between checkpoints (every run also saves at its end).
+      "log_every": 25,  # Steps between logged metrics (metrics.jsonl).
+      "optimizer": {
+          "name": "adam",  # The paper: Adam, lr 1e-5, cosine decay to 0, no warm-up.
+          "learning_rate": 1e-5,
+          "schedule": "cosine",
+          "warmup_steps": 0,
+          "grad_clip": 0.0,  # Global-norm clip; 0 = off.
+          "accum_steps": 1,  # Gradient accumulation: micro-batches per update.
+      },
+  })

@@ -1,0 +1,433 @@
+r"""Pairwise preferences (HH-RLHF, CAI-Harmless): the reward-model setting of Yao et al.
+
+Each example is a pair of transcripts (prompt + final response) of which one was
+preferred. A reward model scores each transcript; with the margin
+:math:`z = r(a) - r(b)` the model's 2-class logits are ``[0, z]``, so
+
+.. math::
+
+  p(\text{a preferred}) = \mathrm{softmax}([0, z])_1 = \sigma(z),
+
+and every classification loss of ``w2sg_jax.losses`` applies unchanged. The
+weak label of a pair is the weak model's :math:`\sigma(z_\text{weak})` (the
+pipeline's softmax of these logits), and label noise moves it to
+:math:`0.5 + a\,(q - 0.5)` on a fraction of the pairs (``student.noise``).
+
+Presentation order. A model that always scored the first response higher must
+not look perfect, so each pair is shown as (a, b) in an order drawn per
+example id: ``a`` is the chosen response exactly when the first byte of
+``sha256(f"{order_seed}:{id}")`` is odd. The label is 1 when ``a`` is the
+chosen one. Accuracy is then the fraction of pairs on which the model's margin
+points at the chosen response, and AUROC is defined (both classes occur).
+
+Tokenization. Transcripts are tokenized with the weak and the strong
+checkpoint's tokenizers (once when they are identical, as in the GPT-2
+family) and truncated from the LEFT to ``data.max_length`` tokens, so the
+final responses, which decide the preference, survive. No pair is dropped;
+the number of truncated pairs is logged and enters the fingerprint.
+
+Config (``experiments/paper_hh.py`` documents every key): ``data.dataset``
+(``hh_rlhf`` | ``cai_harmless``), ``data.subset``, ``data.source_splits``,
+``data.data_dir``, ``data.manual_dir``, ``data.sizes``, ``data.split_seed``,
+``data.order_seed``, ``data.max_length``; per role (``weak``, ``strong``):
+``checkpoint``, ``num_layers``, ``dtype``, ``finetune``, ``top_layers``,
+``pooling``, ``head_hidden``.
+
+Loss names. ``<loss>+conf`` (e.g. ``js+conf``) is ``<loss>`` with the
+confidence term of Burns et al.; :func:`register_confidence_losses` adds these
+names to the loss registry when this module is imported, with the defaults of
+the Burns et al. release (``confidence=0.5``, ``warmup=0.1``), overridable via
+``student.loss_hparams["js+conf"]``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from w2sg_jax import losses as losses_lib
+from w2sg_jax.data import splits as splits_lib
+from w2sg_jax.data import tokenize as tokenize_lib
+from w2sg_jax.models import heads as heads_lib
+from w2sg_jax.models import pretrained as pretrained_lib
+from w2sg_jax.pipeline import Split, Task, config_hash
+
+VERSION = "1.0.0"  # Bump when the example construction changes: it is part of every hash.
+
+DATASETS = ("hh_rlhf", "cai_harmless")
+INPUT_KEYS = ("a_ids", "a_mask", "b_ids", "b_mask")
+
+CONF_SUFFIX = "+conf"
+# The auxiliary-confidence defaults of the Burns et al. (2023) code release
+# (logconf_loss_fn: aux_coef=0.5, warmup_frac=0.1).
+CONFIDENCE_DEFAULTS = {"confidence": 0.5, "warmup": 0.1}
+
+
+def _log(msg: str) -> None:
+  print(f"[w2sg] {msg}", flush=True)
+
+
+# ------------------------------------------------------------- loss names
+
+
+def split_loss_name(run_name: str) -> tuple[str, dict[str, float]]:
+  """``"js+conf"`` -> ``("js", CONFIDENCE_DEFAULTS)``; ``"js"`` -> ``("js", {})``.
+
+  The run name is what the pipeline files results under; the pair is what
+  ``losses.get`` is called with (before the run's own ``loss_hparams``).
+  """
+  if run_name.endswith(CONF_SUFFIX):
+    return run_name[: -len(CONF_SUFFIX)], dict(CONFIDENCE_DEFAULTS)
+  return run_name, {}
+
+
+def _confidence_factory(base: str):
+  def factory(**hparams):
+    return losses_lib.get(base, **{**CONFIDENCE_DEFAULTS, **hparams})
+
+  return factory
+
+
+def register_confidence_losses(bases: tuple[str, ...] | None = None) -> list[str]:
+  """Registers ``<base>+conf`` for every loss that takes a ``confidence`` hparam.
+
+  Idempotent. ``losses.get("js+conf", **kw)`` then returns
+  ``losses.get("js", confidence=0.5, warmup=0.1, **kw)``.
+
+  Returns:
+    The names registered by this call.
+  """
+  added = []
+  for base in bases if bases is not None else losses_lib.names():
+    if base == "logconf" or base.endswith(CONF_SUFFIX) or base + CONF_SUFFIX in losses_lib.names():
+      continue  # logconf already is xent with the confidence term.
+    try:
+      losses_lib.get(base, **CONFIDENCE_DEFAULTS)
+    except ValueError:  # No confidence term (or needs other hparams).
+      continue
+    losses_lib.register(base + CONF_SUFFIX, _confidence_factory(base))
+    added.append(base + CONF_SUFFIX)
+  return added
+
+
+register_confidence_losses()
+
+
+# ------------------------------------------------------------ presentation
+
+
+def a_is_chosen(ids: np.ndarray, seed: int) -> np.ndarray:
+  """Whether the chosen response is shown first, per example id ``[N]`` bool.
+
+  A pure function of ``(seed, id)``: an example keeps its order whatever split
+  or subset it lands in. ``sha256(f"{seed}:{id}")[0]`` is odd with probability
+  1/2 for every id, independently across ids.
+  """
+  return np.array(
+      [hashlib.sha256(f"{int(seed)}:{i}".encode("utf-8")).digest()[0] & 1 == 1 for i in ids], dtype=bool
+  ).reshape(len(ids))
+
+
+def present_pairs(
+    chosen: np.ndarray, rejected: np.ndarray, first_is_chosen: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """``(a_texts [N], b_texts [N], labels [N] int32)`` with label 1 iff a is the chosen one."""
+  a = np.where(first_is_chosen, chosen, rejected)
+  b = np.where(first_is_chosen, rejected, chosen)
+  return a, b, first_is_chosen.astype(np.int32)
+
+
+# ------------------------------------------------------------ tokenization
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+  """SHA-256 of the tokenizer's JSON (padding/truncation off, keys sorted).
+
+  Identical for every GPT-2 size, so their runs share weak labels.
+  """
+  tok = tokenize_lib._bare_copy(tokenizer)  # pylint: disable=protected-access
+  canonical = json.dumps(json.loads(tok.to_str()), sort_keys=True, separators=(",", ":"))
+  return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def truncated_rows(tokenizer, texts, *, max_length: int) -> np.ndarray:
+  """``[N]`` bool: the texts whose tokens (specials included) exceed ``max_length``."""
+  prefix, suffix = tokenize_lib.special_tokens(tokenizer)
+  budget = int(max_length) - len(prefix) - len(suffix)
+  tok = tokenize_lib._bare_copy(tokenizer)  # pylint: disable=protected-access
+  lengths = np.array([len(e.ids) for e in tok.encode_batch(list(texts), add_special_tokens=False)], np.int64)
+  return lengths.reshape(len(texts)) > budget
+
+
+def encode_pairs(
+    tokenizer, a_texts, b_texts, *, max_length: int, pad_id: int = 0
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """Tokenizes both sides of N pairs, truncating from the left.
+
+  Both sides are encoded in one call, so they share the padded width ``T``.
+
+  Returns:
+    ``(inputs, truncated)``: ``inputs`` holds ``a_ids, a_mask, b_ids, b_mask``
+    ``[N, T]`` int32 (right-padded; padding is where the mask is 0), and
+    ``truncated`` ``[N]`` bool marks the pairs of which at least one side lost
+    tokens (on the left).
+  """
+  n = len(a_texts)
+  enc = tokenize_lib.encode(
+      tokenizer, list(a_texts) + list(b_texts), max_length=max_length, truncation_side="left", pad_id=pad_id
+  )
+  cut = truncated_rows(tokenizer, list(a_texts) + list(b_texts), max_length=max_length)
+  if int(cut.sum()) != enc.num_truncated:  # Two counts of the same thing; they must agree.
+    raise AssertionError(f"truncation count mismatch: {int(cut.sum())} != {enc.num_truncated}")
+  inputs = {
+      "a_ids": enc.input_ids[:n],
+      "a_mask": enc.attention_mask[:n],
+      "b_ids": enc.input_ids[n:],
+      "b_mask": enc.attention_mask[n:],
+  }
+  return inputs, cut[:n] | cut[n:]
+
+
+# --------------------------------------------------------------- the model
+
+
+class PairRewardModel(heads_lib.RewardModel):
+  """A reward model called on a presented pair: ``(a, b) -> logits [B, 2] = [0, r(a) - r(b)]``.
+
+  A subclass rather than a wrapper, so parameter paths stay ``encoder/...`` and
+  ``head/...`` as ``trainable_filter`` expects.
+  """
+
+  def __call__(self, a_ids, a_mask, b_ids, b_mask):
+    return self.pair_logits(a_ids, a_mask, b_ids, b_mask)
+
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def _dtype(name: str):
+  if name not in _DTYPES:
+    raise ValueError(f"dtype={name!r}; use one of {sorted(_DTYPES)} (the compute dtype; parameters stay float32).")
+  return _DTYPES[name]
+
+
+@functools.lru_cache(maxsize=4)
+def _checkpoint(path_or_id: str) -> tuple[str, Any, dict[str, Any]]:
+  """``(folder, tokenizer, config.json)`` of a checkpoint (downloaded once if a hub id)."""
+  folder = pretrained_lib.resolve_checkpoint_dir(path_or_id)
+  config_path = folder / "config.json"
+  if not config_path.is_file() or not (folder / "tokenizer.json").is_file():
+    raise FileNotFoundError(
+        f"Checkpoint {path_or_id!r} ({folder}) lacks config.json or tokenizer.json; it needs"
+        f" {', '.join(pretrained_lib.REQUIRED_FILES)}."
+    )
+  return str(folder), pretrained_lib.load_tokenizer(folder), json.loads(config_path.read_text())
+
+
+def _max_positions(hf_config: dict[str, Any]) -> int | None:
+  return hf_config.get("n_positions", hf_config.get("max_position_embeddings"))
+
+
+@functools.lru_cache(maxsize=2)
+def _encoder_state(folder: str, num_layers: int | None, dtype_name: str):
+  """The pretrained encoder as ``(graphdef, host numpy state)``, loaded once per process.
+
+  Every run builds a fresh module from the host copy, so no run can see
+  another's (donated or updated) device buffers.
+  """
+  module, _ = pretrained_lib.load_pretrained(folder, num_layers=num_layers, dtype=_dtype(dtype_name))
+  graphdef, state = nnx.split(module)
+  return graphdef, jax.tree.map(np.asarray, state)
+
+
+def _role(config: ml_collections.ConfigDict, role: str) -> ml_collections.ConfigDict:
+  if role not in ("weak", "strong"):
+    raise ValueError(f"role={role!r}; expected 'weak' or 'strong'.")
+  return config[role]
+
+
+def _num_layers(cfg: ml_collections.ConfigDict) -> int | None:
+  n = int(cfg.get("num_layers", 0) or 0)
+  return n if n > 0 else None
+
+
+# ---------------------------------------------------------------- the task
+
+
+class PreferenceTask(Task):
+  """HH-RLHF / CAI-Harmless pairs, reward models on both sides; see the module docstring."""
+
+  name = "preference"
+  num_classes = 2
+
+  def __init__(self):
+    self._prepared: dict[str, dict[str, Any]] = {}
+
+  # -- data
+  def _data_key(self, config: ml_collections.ConfigDict, cache_dir: str) -> str:
+    return config_hash(config.data, config.weak.checkpoint, config.strong.checkpoint, os.path.abspath(cache_dir))
+
+  def _prepare(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]:
+    """Loads, splits, orders and tokenizes once per process and config."""
+    key = self._data_key(config, cache_dir)
+    if key not in self._prepared:
+      self._prepared[key] = prepare(config, cache_dir)
+    return self._prepared[key]
+
+  def splits(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Split]:
+    return self._prepare(config, cache_dir)["splits"]
+
+  def fingerprint(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+    return self._prepare(config, config.cache_dir)["fingerprint"]
+
+  # -- models
+  def make_model(self, role: str, config: ml_collections.ConfigDict):
+    cfg = _role(config, role)
+    folder, _, hf_config = _checkpoint(str(cfg.checkpoint))
+    limit = _max_positions(hf_config)
+    if limit is not None and int(config.data.max_length) > int(limit):
+      raise ValueError(
+          f"data.max_length={config.data.max_length} exceeds the {role} checkpoint's {limit} positions"
+          f" ({cfg.checkpoint}); set data.max_length <= {limit}."
+      )
+    num_layers, dtype_name = _num_layers(cfg), str(cfg.get("dtype", "float32"))
+    pooling = cfg.get("pooling", "") or None
+    hidden = tuple(int(h) for h in cfg.get("head_hidden", ()))
+
+    def factory(rngs: nnx.Rngs) -> PairRewardModel:
+      graphdef, host_state = _encoder_state(folder, num_layers, dtype_name)
+      encoder = nnx.merge(graphdef, jax.tree.map(jnp.asarray, host_state))
+      return PairRewardModel(encoder, pooling=pooling, hidden_sizes=hidden, rngs=rngs)
+
+    return factory
+
+  def trainable(self, role: str, config: ml_collections.ConfigDict):
+    cfg = _role(config, role)
+    mode = str(cfg.get("finetune", "full"))
+    return heads_lib.trainable_filter(mode, int(cfg.get("top_layers", 0)) if mode == "top" else 0)
+
+  def model_name(self, role: str, config: ml_collections.ConfigDict) -> str:
+    cfg = _role(config, role)
+    name = os.path.basename(os.path.normpath(str(cfg.checkpoint)))
+    layers = f", first {_num_layers(cfg)} layers" if _num_layers(cfg) else ""
+    mode = str(cfg.get("finetune", "full"))
+    mode = f"top {cfg.top_layers} layers" if mode == "top" else mode
+    return f"{name} reward model ({mode}{layers})"
+
+
+# ------------------------------------------------------------ preparation
+
+
+def _none_if_empty(x: Any) -> Any:
+  return None if x in (None, "") else x
+
+
+def load_pool(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, np.ndarray]:
+  """Every pair of ``data.source_splits``, concatenated, a pair id kept once.
+
+  Returns:
+    ``{"id", "chosen", "rejected"}``, ``[N]`` object arrays of str.
+  """
+  from w2sg_jax.data import preference as preference_lib  # pylint: disable=g-import-not-at-top
+
+  cfg = config.data
+  if cfg.dataset not in DATASETS:
+    raise ValueError(f"data.dataset={cfg.dataset!r}; use one of {', '.join(DATASETS)}.")
+  data_dir = _none_if_empty(cfg.get("data_dir", "")) or os.path.join(cache_dir, "tfds")
+  manual_dir = _none_if_empty(cfg.get("manual_dir", ""))
+  parts = [
+      preference_lib.load_preferences(
+          cfg.dataset,
+          _none_if_empty(cfg.get("subset", "")),
+          str(split),
+          data_dir=os.path.expanduser(data_dir),
+          manual_dir=os.path.expanduser(manual_dir) if manual_dir else None,
+          download=bool(cfg.get("download", True)),
+      )
+      for split in cfg.source_splits
+  ]
+  pool = {k: np.concatenate([p[k] for p in parts]) for k in ("id", "chosen", "rejected")}
+  _, first = np.unique(pool["id"].astype(str), return_index=True)
+  keep = np.sort(first)  # File order, first occurrence.
+  if len(keep) < len(pool["id"]):
+    _log(f"{len(pool['id']) - len(keep)} pairs appear in more than one source split; kept once.")
+  return {k: v[keep] for k, v in pool.items()}
+
+
+def prepare(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]:
+  """Splits, presentation order and tokens of every split, plus the data fingerprint.
+
+  Returns:
+    ``{"splits": {name: Split}, "fingerprint": {...}, "truncated_ids": {name: [ids]}}``.
+
+  Raises:
+    ValueError: the data hold fewer pairs than ``data.sizes`` asks for (the
+      message gives both numbers and the fix), or a bad config value.
+  """
+  cfg = config.data
+  pool = load_pool(config, cache_dir)
+  sizes = {str(k): int(v) for k, v in cfg.sizes.items()}
+  if set(sizes) != {"weak_train", "w2s_train", "test"}:
+    raise ValueError(f"data.sizes must name weak_train, w2s_train and test; got {sorted(sizes)}.")
+  wanted = sum(v for v in sizes.values() if v > 0)
+  name = f"{cfg.dataset}" + (f"/{cfg.subset}" if _none_if_empty(cfg.get("subset", "")) else "")
+  if wanted > len(pool["id"]):
+    raise ValueError(
+        f"data.sizes={sizes} needs {wanted} pairs, but {name} splits {list(cfg.source_splits)} hold only"
+        f" {len(pool['id'])} (after cleaning). Lower data.sizes to add up to at most {len(pool['id'])},"
+        " or add a source split to data.source_splits."
+    )
+  parts = splits_lib.split_indices(len(pool["id"]), sizes, seed=int(cfg.split_seed))
+
+  max_length = int(cfg.max_length)
+  tokenizers = {role: _checkpoint(str(config[role].checkpoint))[1] for role in ("weak", "strong")}
+  tok_hash = {role: tokenizer_fingerprint(t) for role, t in tokenizers.items()}
+  splits: dict[str, Split] = {}
+  truncated: dict[str, dict[str, int]] = {}
+  truncated_ids: dict[str, list[str]] = {}
+  content = hashlib.sha256()
+  for split, idx in parts.items():
+    ids = pool["id"][idx].astype(str)
+    a, b, labels = present_pairs(pool["chosen"][idx], pool["rejected"][idx], a_is_chosen(ids, int(cfg.order_seed)))
+    for row in zip(ids, a, b):
+      content.update("\x00".join(row).encode("utf-8") + b"\x01")
+    views, cuts = {}, {}
+    for role in ("weak", "strong"):
+      if role == "strong" and tok_hash["strong"] == tok_hash["weak"]:
+        views[role], cuts[role] = views["weak"], cuts["weak"]  # Same tokenizer: same arrays.
+      else:
+        views[role], cuts[role] = encode_pairs(tokenizers[role], a, b, max_length=max_length)
+    truncated[split] = {role: int(c.sum()) for role, c in cuts.items()}
+    truncated_ids[split] = ids[cuts["weak"] | cuts["strong"]].tolist()
+    splits[split] = Split(ids=ids, labels=labels, inputs=views)
+    _log(
+        f"{name} {split}: {len(ids)} pairs, {labels.mean():.1%} with the chosen response first;"
+        f" truncated on the left to {max_length} tokens: {truncated[split]['weak']} (weak view),"
+        f" {truncated[split]['strong']} (strong view)"
+        + (f", e.g. ids {truncated_ids[split][:3]}" if truncated_ids[split] else "")
+    )
+  fingerprint = {
+      "version": VERSION,
+      "dataset": str(cfg.dataset),
+      "subset": str(cfg.get("subset", "")),
+      "source_splits": [str(s) for s in cfg.source_splits],
+      "pool_size": int(len(pool["id"])),
+      "sizes": sizes,
+      "split_seed": int(cfg.split_seed),
+      "order_seed": int(cfg.order_seed),
+      "max_length": max_length,
+      "truncation_side": "left",
+      "tokenizers": tok_hash,
+      "content_sha256": content.hexdigest(),
+      "truncated_pairs": truncated,
+  }
+  return {"splits": splits, "fingerprint": fingerprint, "truncated_ids": truncated_ids}
