@@ -99,6 +99,7 @@ def build_config(
 
   c.student = ml_collections.ConfigDict()
   c.student.engine = "fit"  # One data-parallel fine-tuning run per (loss, noise, seed).
+  c.student.keep_checkpoints = False  # 'fit' engine: keep each finished run's checkpoint (else only its test logits).
   c.student.losses = list(PAPER_LOSSES)
   # Keyword arguments per loss (run) name, e.g. {"js+conf": {"confidence": 0.75}}.
   c.student.loss_hparams = ml_collections.ConfigDict()

@@ -43,6 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.student = ml_collections.ConfigDict()
   c.student.engine = "sweep"  # 'sweep': all seeds x noise rates of a loss as one vmapped program; 'fit': one by one.
+  c.student.keep_checkpoints = False  # 'fit' engine: keep each finished run's checkpoint (else only its test logits).
   c.student.losses = ("xent",) + F_DIVERGENCES
   # Keyword arguments per loss name, e.g. {"alpha": {"alpha": 0.5}, "js": {"confidence": 0.5}}.
   c.student.loss_hparams = ml_collections.ConfigDict({"alpha": {"alpha": 0.5}})

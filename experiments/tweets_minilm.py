@@ -54,6 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.student = ml_collections.ConfigDict()
   c.student.engine = "sweep"  # 'sweep' (vmapped heads on features) or 'fit' (streamed, data-parallel).
+  c.student.keep_checkpoints = False  # 'fit' engine: keep each finished run's checkpoint (else only its test logits).
   c.student.losses = ("xent", "logconf") + F_DIVERGENCES
   c.student.loss_hparams = ml_collections.ConfigDict({"alpha": {"alpha": 0.5}, "logconf": {"confidence": 0.75, "warmup": 0.2}})
   c.student.noise = ml_collections.ConfigDict()

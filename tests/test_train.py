@@ -158,3 +158,12 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
   for k in clean["params"]:
     np.testing.assert_array_equal(np.asarray(resumed["params"][k]), np.asarray(clean["params"][k]))
   assert resumed["history"] == clean["history"]
+
+
+def test_schedule_with_accumulation_decays_over_real_updates():
+  opt = {"name": "adamw", "learning_rate": 1.0, "schedule": "cosine", "accum_steps": 4}
+  _, schedule = train.make_optimizer(opt, num_steps=32)  # 32 micro-batches = 8 updates.
+  assert float(schedule(0)) == pytest.approx(1.0)
+  assert float(schedule(3)) == pytest.approx(1.0)  # Same update, same rate.
+  assert float(schedule(16)) == pytest.approx(0.5, abs=1e-6)  # Half-way through the updates.
+  assert float(schedule(31)) < 0.05

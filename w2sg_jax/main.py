@@ -8,7 +8,10 @@ an interrupted training run continues from its last checkpoint.
 
 from __future__ import annotations
 
+import os
 import sys
+
+import jax
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -24,6 +27,9 @@ def run(config, workdir: str) -> dict:
   from w2sg_jax.pipeline import Pipeline
 
   distributed.maybe_initialize()
+  # A sweep compiles one step per run; the persistent cache makes every
+  # compilation after the first (and every rerun) a disk read.
+  jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(config.cache_dir), "xla"))
   return Pipeline(config, workdir, tasks.get(config.task)).run()
 
 

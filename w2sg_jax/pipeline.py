@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -251,6 +252,7 @@ class Pipeline:
     ceiling = self._stage("ceiling", lambda: self.ceiling_stage(data, fingerprint))
     runs = self._stage("students", lambda: self.student_stage(data, weak, ceiling, fingerprint))
     results = self._stage("report", lambda: self.report_stage(weak, ceiling, runs))
+    results["data"] = fingerprint
     results["timings_s"] = {**self.timings, "total": time.perf_counter() - t_start}
     _write_json(os.path.join(self.workdir, "results.json"), _strip(results))
     return results
@@ -395,6 +397,12 @@ class Pipeline:
     if cfg.engine == "fit":
       out = []
       for i, (target, seed) in enumerate(zip(targets, seeds)):
+        # A finished run leaves its test logits and (unless asked to keep it)
+        # drops its checkpoint: a GPT-2 student with Adam moments is gigabytes.
+        logits_path = os.path.join(run_dirs[i], "test_logits.npy")
+        if os.path.exists(logits_path):
+          out.append(np.load(logits_path))
+          continue
         batches = None
         if stores is not None:
           batches = self._stream(train, stores[i], int(cfg.train.batch_size), seed)
@@ -411,9 +419,11 @@ class Pipeline:
             desc=f"{desc} seed {seed}",
             batches=batches,
         )
-        out.append(
-            trainer.predict(state, data["test"].inputs["strong"], int(cfg.train.get("eval_batch_size", 256)))
-        )
+        logits = trainer.predict(state, data["test"].inputs["strong"], int(cfg.train.get("eval_batch_size", 256)))
+        np.save(logits_path, logits)
+        if not cfg.keep_checkpoints:
+          shutil.rmtree(os.path.join(run_dirs[i], "ckpt"), ignore_errors=True)
+        out.append(logits)
       return out
     raise ValueError(f"unknown student engine {cfg.engine!r}; use 'sweep' (heads, vmapped) or 'fit'.")
 

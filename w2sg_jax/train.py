@@ -77,9 +77,15 @@ def make_optimizer(
 
   ``opt.accum_steps > 1`` wraps the chain in ``optax.MultiSteps``: the update
   is applied every k micro-batches with their mean gradient, so an effective
-  batch of k * batch_size fits in the memory of one.
+  batch of k * batch_size fits in the memory of one. ``num_steps`` counts
+  micro-batches; the schedule advances once per real update, so it is built
+  over ``num_steps // k`` updates, and the returned schedule (used to report
+  the learning rate) maps a micro-step to the rate of its update.
   """
-  schedule = make_schedule(opt, num_steps)
+  accum = int(opt.get("accum_steps", 1))
+  if accum < 1:
+    raise ValueError(f"optimizer.accum_steps={accum}; it must be at least 1.")
+  schedule = make_schedule(opt, max(num_steps // accum, 1))
   name = opt.get("name", "adamw")
   if name == "adamw":
     base = optax.adamw(
@@ -99,9 +105,9 @@ def make_optimizer(
   if opt.get("grad_clip", 0.0):
     parts.append(optax.clip_by_global_norm(float(opt["grad_clip"])))
   tx = optax.chain(*parts, base)
-  accum = int(opt.get("accum_steps", 1))
   if accum > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=accum)
+    return tx, lambda step: schedule(step // accum)
   return tx, schedule
 
 
