@@ -9,7 +9,7 @@ ARGS ?=
 # Simulated CPU devices for the data-parallel tests; harmless on GPU/TPU hosts.
 TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8
 
-.PHONY: setup test test-all experiment bench clean
+.PHONY: setup test test-slow test-all experiment bench clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml Makefile
 
 test: $(STAMP)
 	XLA_FLAGS=$(TEST_XLA_FLAGS) $(PY) -m pytest -n 2 -m 'not slow' $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	XLA_FLAGS=$(TEST_XLA_FLAGS) $(PY) -m pytest -n 2 -m slow $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	XLA_FLAGS=$(TEST_XLA_FLAGS) $(PY) -m pytest -n 2 $(PYTEST_ARGS)

@@ -49,6 +49,8 @@ import os
 
 import ml_collections
 
+from w2sg_jax.config_lib import train_config
+
 LOSSES = ["xent", "kl", "reverse_kl", "js", "hellinger", "pearson", "jeffreys", "tv"]
 # "<loss>+conf": the same loss with the Burns et al. confidence term; the names
 # are registered by w2sg_jax.tasks.preference (defaults confidence=0.5, warmup=0.1).
@@ -100,11 +102,11 @@ def build_config(
   c.student = ml_collections.ConfigDict()
   c.student.engine = "fit"  # One data-parallel fine-tuning run per (loss, noise, seed).
   c.student.keep_checkpoints = False  # 'fit' engine: keep each finished run's checkpoint (else only its test logits).
-  c.student.losses = list(PAPER_LOSSES)
+  c.student.losses = tuple(PAPER_LOSSES)
   # Keyword arguments per loss (run) name, e.g. {"js+conf": {"confidence": 0.75}}.
   c.student.loss_hparams = ml_collections.ConfigDict()
   c.student.noise = ml_collections.ConfigDict()
-  c.student.noise.rates = [0.0, 0.1, 0.2, 0.3, 0.4]  # Fraction of w2s pairs whose weak label is corrupted.
+  c.student.noise.rates = (0.0, 0.1, 0.2, 0.3, 0.4)  # Fraction of w2s pairs whose weak label is corrupted.
   c.student.noise.scale = -1.0  # q -> 0.5 + scale (q - 0.5): -1 flips the preference, 0 makes it 0.5.
   c.student.noise.seed = 0  # Picks the corrupted pairs; the same for every student.
   c.student.train = _train(epochs=2)  # Also trains the strong ceiling.
@@ -128,8 +130,8 @@ def build_config(
     c.seeds = 1
     c.data.sizes = ml_collections.ConfigDict({"weak_train": 1000, "w2s_train": 1000, "test": 1000})
     c.data.max_length = 256
-    c.student.losses = ["xent", "kl", "js", "js+conf"]
-    c.student.noise.rates = [0.0, 0.2]
+    c.student.losses = ("xent", "kl", "js", "js+conf")
+    c.student.noise.rates = (0.0, 0.2)
   elif arg == "smoke":
     c.name = f"{name}_smoke"
     c.seeds = 1
@@ -148,8 +150,8 @@ def build_config(
       t.eval_batch_size = 16
       t.log_every = 1
       t.optimizer.learning_rate = 1e-3  # Random tiny weights: the paper's 1e-5 would not move them.
-    c.student.losses = ["xent", "js", "js+conf"]
-    c.student.noise.rates = [0.0, 0.2]
+    c.student.losses = ("xent", "js", "js+conf")
+    c.student.noise.rates = (0.0, 0.2)
   elif arg:
     raise ValueError(f"unknown variant {arg!r} of experiments/{module}; known: {', '.join(VARIANTS)}.")
   c.lock()
@@ -169,19 +171,6 @@ def _model(checkpoint: str) -> ml_collections.ConfigDict:
 
 
 def _train(epochs: float) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({
-      "batch_size": 32,  # Pairs per optimizer step (global, split over every device).
-      "epochs": epochs,  # Passes over the split; or set num_steps > 0 to fix the step count.
-      "num_steps": 0,
-      "eval_batch_size": 64,  # Pairs per prediction batch.
-      "save_every": 1000,  # Steps between checkpoints (every run also saves at its end).
-      "log_every": 25,  # Steps between logged metrics (metrics.jsonl).
-      "optimizer": {
-          "name": "adam",  # The paper: Adam, lr 1e-5, cosine decay to 0, no warm-up.
-          "learning_rate": 1e-5,
-          "schedule": "cosine",
-          "warmup_steps": 0,
-          "grad_clip": 0.0,  # Global-norm clip; 0 = off.
-          "accum_steps": 1,  # Gradient accumulation: micro-batches per update.
-      },
-  })
+  # The paper: Adam, lr 1e-5, cosine decay to 0, no warm-up, batches of 32 pairs, no clipping.
+  return train_config(batch_size=32, epochs=epochs, learning_rate=1e-5, optimizer="adam", eval_batch_size=64,
+                      save_every=1000, log_every=25, grad_clip=0.0)

@@ -14,6 +14,8 @@ Variants (after the colon): ``smoke`` (tiny, for tests; seconds).
 
 import ml_collections
 
+from w2sg_jax.config_lib import train_config
+
 F_DIVERGENCES = ("kl", "reverse_kl", "js", "hellinger", "pearson", "neyman", "tv", "jeffreys", "alpha")
 
 
@@ -36,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.weak = ml_collections.ConfigDict()
   c.weak.hidden = (64,)
-  c.weak.train = _train(batch_size=64, epochs=3, lr=3e-3)
+  c.weak.train = train_config(batch_size=64, epochs=3, learning_rate=3e-3, save_every=200)
 
   c.strong = ml_collections.ConfigDict()
   c.strong.hidden = (128,)
@@ -51,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.student.noise.rates = (0.0, 0.2)  # Fraction of weak labels corrupted.
   c.student.noise.scale = -1.0  # q -> 1/C + scale (q - 1/C): -1 flips, 0 makes uninformative.
   c.student.noise.seed = 0
-  c.student.train = _train(batch_size=64, epochs=2, lr=1e-3)
+  c.student.train = train_config(batch_size=64, epochs=2, learning_rate=1e-3)
 
   if arg == "smoke":
     c.seeds = 2
@@ -65,22 +67,3 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.lock()
   return c
 
-
-def _train(batch_size: int, epochs: float, lr: float) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({
-      "batch_size": batch_size,  # Global batch, split over every device.
-      "epochs": epochs,  # Or set num_steps > 0 to fix the step count.
-      "num_steps": 0,
-      "eval_batch_size": 512,
-      "save_every": 200,  # Steps between checkpoints.
-      "log_every": 50,
-      "optimizer": {
-          "name": "adamw",
-          "learning_rate": lr,
-          "schedule": "cosine",
-          "warmup_steps": 0,
-          "weight_decay": 0.0,
-          "grad_clip": 1.0,
-          "accum_steps": 1,
-      },
-  })

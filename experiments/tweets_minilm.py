@@ -20,6 +20,8 @@ Variants (after the colon): ``smoke`` (tiny sizes, seconds after embedding),
 
 import ml_collections
 
+from w2sg_jax.config_lib import train_config
+
 F_DIVERGENCES = ("kl", "reverse_kl", "js", "hellinger", "pearson", "neyman", "tv", "jeffreys", "alpha")
 
 
@@ -43,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.weak.layers = 0  # MiniLM depth the weak model sees; 0 = token embeddings only.
   c.weak.hidden = ()  # Head hidden widths; () is a linear probe.
   c.weak.train_subset = 300  # Labelled tweets the weak model learns from (first n of weak_train).
-  c.weak.train = _train(batch_size=32, epochs=20, lr=3e-3)
+  c.weak.train = train_config(batch_size=32, epochs=20, learning_rate=3e-3)
 
   c.strong = ml_collections.ConfigDict()
   c.strong.checkpoint = ""  # A Hugging Face BERT folder; empty: the packaged all-MiniLM-L6-v2.
@@ -61,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.student.noise.rates = (0.0, 0.2, 0.4)  # Fraction of weak labels corrupted.
   c.student.noise.scale = -1.0  # q -> 1/C + scale (q - 1/C): -1 flips, 0 makes uninformative.
   c.student.noise.seed = 0
-  c.student.train = _train(batch_size=64, epochs=4, lr=3e-3)
+  c.student.train = train_config(batch_size=64, epochs=4, learning_rate=3e-3)
 
   if arg == "smoke":
     c.seeds = 2
@@ -79,28 +81,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif arg == "finetune":
     c.strong.mode = "top"
     c.student.engine = "fit"
-    c.student.train = _train(batch_size=32, epochs=2, lr=5e-5)
+    c.student.train = train_config(batch_size=32, epochs=2, learning_rate=5e-5)
   elif arg:
     raise ValueError(f"unknown variant {arg!r} of experiments/tweets_minilm.py; known: smoke, bow, ternary, finetune.")
   c.lock()
   return c
 
-
-def _train(batch_size: int, epochs: float, lr: float) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({
-      "batch_size": batch_size,  # Global batch, split over every device.
-      "epochs": epochs,  # Or set num_steps > 0 to fix the step count.
-      "num_steps": 0,
-      "eval_batch_size": 512,
-      "save_every": 500,  # Steps between checkpoints.
-      "log_every": 50,
-      "optimizer": {
-          "name": "adamw",
-          "learning_rate": lr,
-          "schedule": "cosine",
-          "warmup_steps": 0,
-          "weight_decay": 0.0,
-          "grad_clip": 1.0,
-          "accum_steps": 1,
-      },
-  })

@@ -8,27 +8,14 @@ import sys
 import numpy as np
 import pytest
 
-from w2sg_jax import pipeline, sweep, tasks
+from w2sg_jax import config_lib, pipeline, sweep, tasks
 from w2sg_jax.data import store as store_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(name="synthetic", variant="smoke", **overrides):
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "experiments", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(variant)
-  with config.unlocked():
-    for k, v in overrides.items():
-      target = config
-      *path, last = k.split(".")
-      for p in path:
-        target = target[p]
-      target[last] = v
-  return config
+  return config_lib.load_config(os.path.join(REPO, "experiments", f"{name}.py:{variant}"), overrides)
 
 
 def _run(tmp_path, config, workdir="run"):

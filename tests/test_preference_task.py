@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -16,7 +15,7 @@ import tokenizers
 from flax import nnx
 
 from w2sg_jax import losses as losses_lib
-from w2sg_jax import tasks
+from w2sg_jax import config_lib, tasks
 from w2sg_jax.data import preference as preference_lib
 from w2sg_jax.tasks import preference as pref
 
@@ -26,17 +25,7 @@ HH_FIXTURE = REPO / "tests" / "fixtures" / "data" / "hh-rlhf"
 
 
 def load_experiment(name: str, variant: str | None = None, **overrides):
-  spec = importlib.util.spec_from_file_location(f"exp_{name}", REPO / "experiments" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(variant)
-  for dotted, value in overrides.items():
-    *parents, leaf = dotted.split(".")
-    node = config
-    for key in parents:
-      node = node[key]
-    node[leaf] = value
-  return config
+  return config_lib.load_config(f"{REPO / 'experiments' / name}.py:{variant or ''}", overrides)
 
 
 @pytest.fixture(scope="module")
