@@ -1,0 +1,117 @@
+"""Benchmarks of w2sg-jax: ``python -m w2sg_jax.bench --outdir=runs/bench`` (``make bench``).
+
+Sections (select with ``--only a,c``):
+
+a. training step vs PyTorch (eager and ``torch.compile``), MiniLM-L6 and GPT-2 small;
+b. arithmetic efficiency: FLOPs per step (XLA cost analysis, analytic, torch
+   counter) and achieved FLOP/s against the machine's measured matmul peak;
+c. vectorised sweeps: K seeds as one ``sweep.train_group`` vs K calls;
+d. loss overhead: the MiniLM step with every f-divergence, relative to ``xent``;
+e. weak-label streaming: Grain stream from the on-disk store vs memory;
+f. device scaling: 1, 2, 4, 8 simulated CPU devices (correctness and overhead);
+g. memory: peak RSS of an experiment's smoke run, state sizes of the models.
+
+Each figure is a median of timed repetitions after warm-up, with compilation
+reported apart; a benchmark reports, it never passes or fails. The results go
+to ``OUTDIR/report.md`` (headline table first) and ``OUTDIR/bench.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+
+SECTIONS = ("a", "b", "c", "d", "e", "f", "g")
+
+__all__ = ["SECTIONS", "parse_only", "run"]
+
+
+def parse_only(only: str | Iterable[str] | None) -> tuple[str, ...]:
+  """``"a,c"`` -> ``("a", "c")``; None or empty -> every section.
+
+  Raises:
+    ValueError: an unknown section letter (the message lists the known ones).
+  """
+  if only is None:
+    return SECTIONS
+  items = [s.strip().lower() for s in (only.split(",") if isinstance(only, str) else only) if s.strip()]
+  unknown = sorted(set(items) - set(SECTIONS))
+  if unknown:
+    raise ValueError(f"unknown benchmark section(s) {', '.join(unknown)}; choose from {','.join(SECTIONS)} "
+                     "(e.g. --only=a,c).")
+  return tuple(s for s in SECTIONS if s in items) or SECTIONS
+
+
+def run(outdir: str, *, quick: bool = False, only: str | Iterable[str] | None = None,
+        torch_compile: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Runs the selected sections, writes ``report.md`` and ``bench.json``, returns the results.
+
+  A section that raises is recorded as ``{"error": ...}`` and the others still run.
+  """
+  from w2sg_jax.bench import memory, report, scaling, step, streaming, sweeps, timing
+
+  selected = parse_only(only)
+  t_start = time.perf_counter()
+  results: dict[str, Any] = {"meta": {**timing.machine_info(), "quick": quick, "sections": list(selected)},
+                             "sections": {}}
+  sections = results["sections"]
+  reps = 2 if quick else 5
+  os.makedirs(outdir, exist_ok=True)
+
+  def guarded(key: str, fn: Callable[[], dict[str, Any]]) -> None:
+    log(f"[{key}] {report.SECTION_TITLES[key]}")
+    t0 = time.perf_counter()
+    try:
+      sections[key] = fn()
+    except Exception as e:  # A benchmark reports; one failure must not hide the rest.
+      sections[key] = {"error": f"{type(e).__name__}: {e}"}
+      log(traceback.format_exc())
+    if isinstance(sections[key], dict):
+      sections[key]["section_s"] = time.perf_counter() - t0
+
+  if "a" in selected or "b" in selected:
+    key = "a" if "a" in selected else "b"
+    guarded(key, lambda: step.bench_training_step(quick=quick, reps=reps if quick else 5, warmup=1 if quick else 2,
+                                                  torch_compile=torch_compile, log=log))
+    if "a" in selected and "b" in selected:
+      sections["b"] = sections["a"]
+  if "c" in selected:
+    guarded("c", lambda: sweeps.bench_sweeps(quick=quick, reps=1 if quick else 3, log=log))
+  if "d" in selected:
+    guarded("d", lambda: step.bench_losses(quick=quick, reps=reps if quick else 5, warmup=1, log=log))
+  if "e" in selected:
+    guarded("e", lambda: streaming.bench_streaming(quick=quick, reps=reps if quick else 3, log=log))
+  if "f" in selected:
+    guarded("f", lambda: scaling.bench_scaling(quick=quick, timeout_s=120 if quick else 600, workdir=outdir,
+                                               log=log))
+  if "g" in selected:
+    guarded("g", lambda: memory.bench_memory(quick=quick, timeout_s=600,
+                                             state_sizes=_state_sizes(sections, quick), log=log))
+  try:
+    results["meta"]["loadavg_1m_end"] = os.getloadavg()[0]
+  except OSError:
+    pass
+  results["meta"]["total_s"] = time.perf_counter() - t_start
+  md, js = report.write(results, outdir)
+  log(f"wrote {md} and {js} in {results['meta']['total_s']:.0f} s")
+  return results
+
+
+def _state_sizes(sections: dict[str, Any], quick: bool) -> dict[str, dict[str, int]]:
+  """Parameter and optimizer bytes of the benchmarked models (measured by section a when it ran)."""
+  from w2sg_jax.bench import step
+
+  a = sections.get("a") or sections.get("b") or {}
+  if not a.get("models"):
+    return step.state_sizes(quick)
+  out = {}
+  for m in a.get("models", []):
+    s = {"jax_params": m["jax_state_bytes"]["params"], "jax_opt_state": m["jax_state_bytes"]["opt_state"]}
+    if "torch_state_bytes" in m:
+      s["torch_params"] = m["torch_state_bytes"]["params"]
+      s["torch_opt_state"] = m["torch_state_bytes"]["opt_state"]
+    out[m["label"]] = s
+  return out
