@@ -9,7 +9,7 @@ weak model's stored soft labels with every f-divergence, ``xent`` and
 ``logconf``, at noise 0, 0.2 and 0.4, over 5 seeds; the seeds and noise rates
 of a loss train together as one vmapped program.
 
-  make experiment NAME=tweets_minilm        # ~5 min cold on 2 CPU cores, <1 min warm
+  make experiment NAME=tweets_minilm        # ~2 min cold on 2 CPU cores (one MiniLM pass), ~6 s warm
   make experiment NAME=tweets_minilm ARGS='--config=experiments/tweets_minilm.py:smoke'
   python -m w2sg_jax.main --config=experiments/tweets_minilm.py:finetune --workdir=runs/tweets_ft   # accelerator
 
