@@ -5,7 +5,7 @@ it. A 2-layer MLP weak model is trained on ground truth, labels the
 w2s_train split once, and an MLP student learns from those labels with every
 f-divergence and ``xent``, 3 seeds each, at noise 0 and 0.2.
 
-  make experiment NAME=synthetic            # about 1-2 minutes on 2 CPU cores
+  make experiment NAME=synthetic            # about 15 s on 2 CPU cores
   make experiment NAME=synthetic ARGS='--config=experiments/synthetic.py:smoke'
   python -m w2sg_jax.main --config=experiments/synthetic.py --workdir=runs/synthetic --config.seeds=5
 
