@@ -96,6 +96,8 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def _write_json(path: str, obj: Any) -> None:
+  if jax.process_index() != 0:
+    return  # Every process computes the same result; one writes it.
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, default=_json_default)
@@ -503,7 +505,9 @@ class Pipeline:
         "runs": runs,
         "summary": summary,
     }
-    paths = report_lib.write_report(_strip(results), self.workdir, title=self.config.name)
+    paths = {}
+    if jax.process_index() == 0:  # One process writes the shared workdir.
+      paths = report_lib.write_report(_strip(results), self.workdir, title=self.config.name)
     table = report_lib.markdown_table(summary)
     print(table, flush=True)
     results["report_files"] = {k: str(v) for k, v in paths.items()}
