@@ -3,6 +3,7 @@
 from w2sg_jax.models.bert import Bert, BertConfig
 from w2sg_jax.models.gpt2 import GPT2, GPT2Config
 from w2sg_jax.models.heads import (
+    FeatureHead,
     MLPHead,
     RewardModel,
     SequenceClassifier,
@@ -15,6 +16,7 @@ from w2sg_jax.models.pretrained import default_minilm_path, load_pretrained
 __all__ = [
     "Bert",
     "BertConfig",
+    "FeatureHead",
     "GPT2",
     "GPT2Config",
     "MLPHead",

@@ -119,6 +119,20 @@ class MLPHead(nnx.Module):
     return self.out(x)
 
 
+class FeatureHead(nnx.Module):
+  """An :class:`MLPHead` called on a ``features`` input: ``features_BxD -> logits_BxC``.
+
+  The model of a task whose inputs are precomputed features (cached encoder
+  states, synthetic views); the keyword matches the batch's ``inputs`` dict.
+  """
+
+  def __init__(self, in_dim: int, hidden_sizes: Sequence[int], num_classes: int, *, rngs: nnx.Rngs):
+    self.head = MLPHead(in_dim, tuple(hidden_sizes), num_classes, rngs=rngs)
+
+  def __call__(self, features: jax.Array) -> jax.Array:
+    return self.head(features)
+
+
 class SequenceClassifier(nnx.Module):
   """encoder -> pool -> MLP head: ``(input_ids_BxT, attention_mask_BxT) -> logits_BxC``.
 

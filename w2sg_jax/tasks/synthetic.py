@@ -16,23 +16,12 @@ from typing import Any
 
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from w2sg_jax.data import splits as splits_lib
-from w2sg_jax.models.heads import MLPHead
+from w2sg_jax.models.heads import FeatureHead
 from w2sg_jax.pipeline import Split, Task
 
 VERSION = "1.0.0"  # Bump when the generator changes: it is part of every hash.
-
-
-class FeatureHead(nnx.Module):
-  """An MLP on a ``features`` input: the model both sides use here."""
-
-  def __init__(self, in_dim: int, hidden: tuple[int, ...], num_classes: int, *, rngs: nnx.Rngs):
-    self.head = MLPHead(in_dim, tuple(hidden), num_classes, rngs=rngs)
-
-  def __call__(self, features):
-    return self.head(features)
 
 
 def generate(cfg: ml_collections.ConfigDict, num_examples: int) -> dict[str, np.ndarray]:

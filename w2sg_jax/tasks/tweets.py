@@ -46,16 +46,6 @@ from w2sg_jax.models.bert import attention_bias
 from w2sg_jax.pipeline import Split, Task
 
 
-class FeatureHead(nnx.Module):
-  """A head on cached features: ``features [B, D] -> logits [B, C]``."""
-
-  def __init__(self, in_dim: int, hidden: tuple[int, ...], num_classes: int, *, rngs: nnx.Rngs):
-    self.head = models.MLPHead(in_dim, hidden, num_classes, rngs=rngs)
-
-  def __call__(self, features):
-    return self.head(features)
-
-
 class BagOfWords(nnx.Module):
   """A linear model on normalised token counts: ``logits = W^T counts / len + b``.
 
@@ -255,12 +245,14 @@ class TweetsTask(Task):
     num_classes = self.num_classes
     if role == "weak":
       if config.weak.model == "bow":
-        vocab = _vocab_size(checkpoint_path(config))
+        vocab = _hf_config(checkpoint_path(config))["vocab_size"]
         return lambda rngs: BagOfWords(vocab, num_classes, rngs=rngs)
-      return lambda rngs: FeatureHead(384, tuple(config.weak.hidden), num_classes, rngs=rngs)
+      width = _hf_config(checkpoint_path(config))["hidden_size"]
+      return lambda rngs: models.FeatureHead(width, tuple(config.weak.hidden), num_classes, rngs=rngs)
     hidden = tuple(config.strong.hidden)
     if config.strong.mode == "head":
-      return lambda rngs: FeatureHead(384, hidden, num_classes, rngs=rngs)
+      width = _hf_config(checkpoint_path(config))["hidden_size"]
+      return lambda rngs: models.FeatureHead(width, hidden, num_classes, rngs=rngs)
     ckpt = checkpoint_path(config)
     return lambda rngs: FinetuneClassifier(ckpt, hidden, num_classes, rngs=rngs)
 
@@ -284,8 +276,9 @@ def _head_name(hidden) -> str:
   return f"MLP{list(hidden)}" if len(hidden) else "linear"
 
 
-def _vocab_size(checkpoint: str) -> int:
+def _hf_config(checkpoint: str) -> dict[str, Any]:
+  """The checkpoint's ``config.json`` (feature width, vocabulary size)."""
   import json
 
   with open(os.path.join(checkpoint, "config.json")) as f:
-    return int(json.load(f)["vocab_size"])
+    return json.load(f)
