@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from w2sg_jax import config_lib, pipeline, sweep, tasks
-from w2sg_jax.data import store as store_lib
+from w2sg_jax.labels import store as store_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,7 +121,7 @@ def test_noise_gets_its_own_store(synthetic_run):
 
 
 def test_fit_engine_streams_weak_labels_from_the_store(tmp_path, monkeypatch):
-  from w2sg_jax.data import stream
+  from w2sg_jax.labels import stream
 
   calls = []
   real = stream.student_dataset

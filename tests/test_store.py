@@ -9,11 +9,11 @@ import os
 import numpy as np
 import pytest
 
-from w2sg_jax.data import noise as noise_lib
-from w2sg_jax.data import store as store_lib
-from w2sg_jax.data import stream as stream_lib
-from w2sg_jax.data.noise import NoiseSpec
-from w2sg_jax.data.store import StoreMismatchError
+from w2sg_jax.labels import noise as noise_lib
+from w2sg_jax.labels import store as store_lib
+from w2sg_jax.labels import stream as stream_lib
+from w2sg_jax.labels.noise import NoiseSpec
+from w2sg_jax.labels.store import StoreMismatchError
 
 COMPONENTS = {
     "weak_checkpoint": "sha256:abc",

@@ -46,7 +46,7 @@ def test_rerun_embeds_nothing_and_never_runs_the_weak_model(smoke_run, monkeypat
 
 
 def test_a_store_from_other_data_is_an_error_not_a_join(smoke_run):
-  from w2sg_jax.data import store as store_lib
+  from w2sg_jax.labels import store as store_lib
 
   tmp, results = smoke_run
   store = store_lib.open_store(results["weak"]["store"])

@@ -31,8 +31,8 @@ from flax import nnx
 from w2sg_jax import losses as losses_lib
 from w2sg_jax import parallel, train
 from w2sg_jax.bench.sweeps import features
-from w2sg_jax.data import store as store_lib
-from w2sg_jax.data import stream
+from w2sg_jax.labels import store as store_lib
+from w2sg_jax.labels import stream
 from w2sg_jax.models import MLPHead
 
 OPT = {"name": "adamw", "learning_rate": 1e-3, "schedule": "constant", "weight_decay": 0.0, "grad_clip": 1.0}

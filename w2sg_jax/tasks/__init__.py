@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from w2sg_jax.pipeline import Task
+from w2sg_jax.data.task import Task
 
 # name -> "module:class", imported on use so a task's heavy dependencies
 # (tokenizers, TFDS builders, pretrained weights) load only when it runs.

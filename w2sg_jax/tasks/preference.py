@@ -59,7 +59,8 @@ from w2sg_jax.data import splits as splits_lib
 from w2sg_jax.data import tokenize as tokenize_lib
 from w2sg_jax.models import heads as heads_lib
 from w2sg_jax.models import pretrained as pretrained_lib
-from w2sg_jax.pipeline import Split, Task, config_hash
+from w2sg_jax.data.task import Split, Task
+from w2sg_jax.labels import store as store_lib
 
 VERSION = "1.0.0"  # Bump when the example construction changes: it is part of every hash.
 
@@ -274,7 +275,11 @@ class PreferenceTask(Task):
 
   # -- data
   def _data_key(self, config: ml_collections.ConfigDict, cache_dir: str) -> str:
-    return config_hash(config.data, config.weak.checkpoint, config.strong.checkpoint, os.path.abspath(cache_dir))
+    return store_lib.content_hash({
+        "data": config.data.to_dict(),
+        "checkpoints": [str(config.weak.checkpoint), str(config.strong.checkpoint)],
+        "cache_dir": os.path.abspath(cache_dir),
+    })
 
   def _prepare(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]:
     """Loads, splits, orders and tokenizes once per process and config."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from w2sg_jax.data import splits as splits_lib
 from w2sg_jax.models.heads import FeatureHead
-from w2sg_jax.pipeline import Split, Task
+from w2sg_jax.data.task import Split, Task
 
 VERSION = "1.0.0"  # Bump when the generator changes: it is part of every hash.
 

@@ -39,11 +39,11 @@ from flax import nnx
 
 from w2sg_jax import models
 from w2sg_jax.data import splits as splits_lib
-from w2sg_jax.data import store as store_lib
+from w2sg_jax.labels import store as store_lib
 from w2sg_jax.data import tokenize as tokenize_lib
 from w2sg_jax.data import tweets as tweets_lib
 from w2sg_jax.models.bert import attention_bias
-from w2sg_jax.pipeline import Split, Task
+from w2sg_jax.data.task import Split, Task
 
 
 class BagOfWords(nnx.Module):

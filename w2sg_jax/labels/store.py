@@ -38,7 +38,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from w2sg_jax.data import noise as noise_lib
+from w2sg_jax.labels import noise as noise_lib
 
 __all__ = [
     "StoreMismatchError",

@@ -26,7 +26,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from w2sg_jax.data.store import StoreMismatchError, WeakLabelStore, check_ids, normalize_id
+from w2sg_jax.labels.store import StoreMismatchError, WeakLabelStore, check_ids, normalize_id
 
 __all__ = [
     "StudentSource",
