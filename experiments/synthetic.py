@@ -14,9 +14,8 @@ Variants (after the colon): ``smoke`` (tiny, for tests; seconds).
 
 import ml_collections
 
-from w2sg_jax.config_lib import train_config
-
-F_DIVERGENCES = ("kl", "reverse_kl", "js", "hellinger", "pearson", "neyman", "tv", "jeffreys", "alpha")
+from w2sg_jax import losses
+from w2sg_jax.config_lib import head_model, noise_config, student_config, train_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -36,24 +35,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.split_seed = 0
   c.data.sizes = ml_collections.ConfigDict({"weak_train": 2000, "w2s_train": 4000, "test": 4000})
 
-  c.weak = ml_collections.ConfigDict()
-  c.weak.hidden = (64,)
+  c.weak = head_model((64,))
   c.weak.train = train_config(batch_size=64, epochs=3, learning_rate=3e-3, save_every=200)
 
-  c.strong = ml_collections.ConfigDict()
-  c.strong.hidden = (128,)
+  c.strong = head_model((128,))
 
-  c.student = ml_collections.ConfigDict()
-  c.student.engine = "sweep"  # 'sweep': all seeds x noise rates of a loss as one vmapped program; 'fit': one by one.
-  c.student.keep_checkpoints = False  # 'fit' engine: keep each finished run's checkpoint (else only its test logits).
-  c.student.losses = ("xent",) + F_DIVERGENCES
-  # Keyword arguments per loss name, e.g. {"alpha": {"alpha": 0.5}, "js": {"confidence": 0.5}}.
-  c.student.loss_hparams = ml_collections.ConfigDict({"alpha": {"alpha": 0.5}})
-  c.student.noise = ml_collections.ConfigDict()
-  c.student.noise.rates = (0.0, 0.2)  # Fraction of weak labels corrupted.
-  c.student.noise.scale = -1.0  # q -> 1/C + scale (q - 1/C): -1 flips, 0 makes uninformative.
-  c.student.noise.seed = 0
-  c.student.train = train_config(batch_size=64, epochs=2, learning_rate=1e-3)
+  c.student = student_config(
+      engine="vmap",  # All seeds x noise rates of a loss as one vmapped program.
+      losses=("xent",) + losses.F_DIVERGENCES,
+      loss_hparams={"alpha": {"alpha": 0.5}},
+      noise=noise_config((0.0, 0.2)),
+      train=train_config(batch_size=64, epochs=2, learning_rate=1e-3),
+  )
 
   if arg == "smoke":
     c.seeds = 2

@@ -20,9 +20,8 @@ Variants (after the colon): ``smoke`` (tiny sizes, seconds after embedding),
 
 import ml_collections
 
-from w2sg_jax.config_lib import train_config
-
-F_DIVERGENCES = ("kl", "reverse_kl", "js", "hellinger", "pearson", "neyman", "tv", "jeffreys", "alpha")
+from w2sg_jax import losses
+from w2sg_jax.config_lib import noise_config, student_config, train_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -42,28 +41,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.weak = ml_collections.ConfigDict()
   c.weak.model = "minilm"  # 'minilm' (first `layers` layers) or 'bow' (bag-of-words linear).
-  c.weak.layers = 0  # MiniLM depth the weak model sees; 0 = token embeddings only.
-  c.weak.hidden = ()  # Head hidden widths; () is a linear probe.
+  c.weak.num_layers = 0  # MiniLM depth the weak model sees; 0 = token embeddings only.
+  c.weak.head_hidden = ()  # Head hidden widths; () is a linear probe.
   c.weak.train_subset = 300  # Labelled tweets the weak model learns from (first n of weak_train).
   c.weak.train = train_config(batch_size=32, epochs=20, learning_rate=3e-3)
 
   c.strong = ml_collections.ConfigDict()
   c.strong.checkpoint = ""  # A Hugging Face BERT folder; empty: the packaged all-MiniLM-L6-v2.
-  c.strong.layers = 6  # Depth of the features the student sees.
-  c.strong.mode = "head"  # 'head' (cached features), 'top' or 'full' (fine-tuning, for accelerators).
+  c.strong.num_layers = 6  # Depth of the features the student sees.
+  c.strong.finetune = "head"  # 'head' (cached features), 'top' or 'full' (fine-tuning, for accelerators).
   c.strong.top_layers = 2  # Layers fine-tuned in 'top' mode.
-  c.strong.hidden = ()  # Head hidden widths; () is a linear probe.
+  c.strong.head_hidden = ()  # Head hidden widths; () is a linear probe.
 
-  c.student = ml_collections.ConfigDict()
-  c.student.engine = "sweep"  # 'sweep' (vmapped heads on features) or 'fit' (streamed, data-parallel).
-  c.student.keep_checkpoints = False  # 'fit' engine: keep each finished run's checkpoint (else only its test logits).
-  c.student.losses = ("xent", "logconf") + F_DIVERGENCES
-  c.student.loss_hparams = ml_collections.ConfigDict({"alpha": {"alpha": 0.5}, "logconf": {"confidence": 0.75, "warmup": 0.2}})
-  c.student.noise = ml_collections.ConfigDict()
-  c.student.noise.rates = (0.0, 0.2, 0.4)  # Fraction of weak labels corrupted.
-  c.student.noise.scale = -1.0  # q -> 1/C + scale (q - 1/C): -1 flips, 0 makes uninformative.
-  c.student.noise.seed = 0
-  c.student.train = train_config(batch_size=64, epochs=4, learning_rate=3e-3)
+  c.student = student_config(
+      engine="vmap",  # Heads on cached features: the seeds x noise rates of a loss as one vmapped program.
+      losses=("xent", "logconf") + losses.F_DIVERGENCES,
+      loss_hparams={"alpha": {"alpha": 0.5}, "logconf": {"confidence": 0.75, "warmup": 0.2}},
+      noise=noise_config((0.0, 0.2, 0.4)),
+      train=train_config(batch_size=64, epochs=4, learning_rate=3e-3),
+  )
 
   if arg == "smoke":
     c.seeds = 2
@@ -79,8 +75,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif arg == "ternary":
     c.data.task = "ternary"
   elif arg == "finetune":
-    c.strong.mode = "top"
-    c.student.engine = "fit"
+    c.strong.finetune = "top"
+    c.student.engine = "data_parallel"
     c.student.train = train_config(batch_size=32, epochs=2, learning_rate=5e-5)
   elif arg:
     raise ValueError(f"unknown variant {arg!r} of experiments/tweets_minilm.py; known: smoke, bow, ternary, finetune.")

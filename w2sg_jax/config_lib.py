@@ -21,6 +21,7 @@ def train_config(
     log_every: int = 50,
     grad_clip: float = 1.0,
     weight_decay: float = 0.0,
+    sharding: str = "auto",
 ) -> ml_collections.ConfigDict:
   """One model's training settings; every field can be overridden from the command line."""
   return ml_collections.ConfigDict({
@@ -30,6 +31,9 @@ def train_config(
       "eval_batch_size": eval_batch_size,  # Examples per prediction batch.
       "save_every": save_every,  # Steps between checkpoints (every run also saves at its end).
       "log_every": log_every,  # Steps between logged metrics (metrics.jsonl).
+      # Training state over the devices: 'replicated', 'fsdp' (sharded over `data`),
+      # or 'auto' (fsdp when a replica would not fit one device's memory).
+      "sharding": sharding,
       "optimizer": {
           "name": optimizer,  # 'adamw', 'adam' or 'sgd'.
           "learning_rate": learning_rate,  # Peak learning rate.
@@ -40,6 +44,42 @@ def train_config(
           "accum_steps": 1,  # Gradient accumulation: micro-batches per update.
       },
   })
+
+
+def noise_config(rates: tuple[float, ...], *, scale: float = -1.0, seed: int = 0) -> ml_collections.ConfigDict:
+  """Label noise on the weak labels of w2s_train (see ``labels/noise.py``)."""
+  return ml_collections.ConfigDict({
+      "rates": tuple(rates),  # Fraction of weak labels corrupted, one student group per rate.
+      "scale": scale,  # q -> 1/C + scale (q - 1/C): -1 flips (binary), 0 makes the label uniform.
+      "seed": seed,  # Picks the corrupted examples; the same for every student.
+  })
+
+
+def student_config(
+    *,
+    engine: str,
+    losses: tuple[str, ...],
+    train: ml_collections.ConfigDict,
+    noise: ml_collections.ConfigDict,
+    loss_hparams: Mapping[str, Mapping[str, Any]] | None = None,
+) -> ml_collections.ConfigDict:
+  """The students (and the strong ceiling, which shares ``train``)."""
+  return ml_collections.ConfigDict({
+      # 'vmap': the seeds x noise rates of a loss as one vectorised program (heads on features);
+      # 'data_parallel': one run at a time over every device, streamed and checkpointed (any model).
+      "engine": engine,
+      "keep_checkpoints": False,  # data_parallel: keep each finished run's checkpoint (else only its test logits).
+      "losses": tuple(losses),  # Names from w2sg_jax.losses.names(), e.g. 'js' or 'js+conf'.
+      # Keyword arguments per loss name, e.g. {"alpha": {"alpha": 0.5}, "js": {"confidence": 0.5}}.
+      "loss_hparams": ml_collections.ConfigDict(dict(loss_hparams or {})),
+      "noise": noise,
+      "train": train,
+  })
+
+
+def head_model(head_hidden: tuple[int, ...] = ()) -> ml_collections.ConfigDict:
+  """A model that is a head on features: only the head's widths."""
+  return ml_collections.ConfigDict({"head_hidden": tuple(head_hidden)})  # () = a linear probe.
 
 
 def load_config(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:

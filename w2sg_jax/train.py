@@ -157,6 +157,45 @@ def split_model(model: nnx.Module, trainable: Any = nnx.Param) -> tuple[ApplyFn,
   return apply_fn, params, frozen
 
 
+def abstract_model(make_model: Callable[[nnx.Rngs], nnx.Module], seed: int = 0) -> nnx.Module:
+  """The model as shapes and dtypes only (``nnx.eval_shape``): no weights are read or allocated."""
+  return nnx.eval_shape(lambda: make_model(nnx.Rngs(params=seed)))
+
+
+def create_state(
+    make_model: Callable[[nnx.Rngs], nnx.Module],
+    *,
+    tx: optax.GradientTransformation,
+    seed: int,
+    mesh: jax.sharding.Mesh,
+    trainable: Any = nnx.Param,
+    sharding: str = "replicated",
+) -> tuple[ApplyFn, TrainState, PyTree]:
+  """The one state constructor: ``(apply_fn, state, state_sharding)``, born in its sharding.
+
+  The model is first traced as abstract shapes; ``parallel.state_shardings``
+  places every leaf ("replicated", "fsdp", or "auto", which picks fsdp when a
+  replica would not fit a device); then ``jax.jit(init, out_shardings=...)``
+  creates the parameters and optimizer state directly on the devices, each
+  device holding only its shards. Nothing is built on one device and copied.
+  """
+  graphdef, _, _ = nnx.split(abstract_model(make_model, seed), trainable, ...)
+
+  def apply_fn(params, frozen, inputs, rng):
+    del rng  # Models here are deterministic; the key is threaded for those that are not.
+    return nnx.merge(graphdef, params, frozen)(**inputs)
+
+  def init() -> TrainState:
+    _, params, frozen = nnx.split(make_model(nnx.Rngs(params=seed)), trainable, ...)
+    return init_state(params, frozen, tx, seed)
+
+  abstract = jax.eval_shape(init)
+  mode = parallel.resolve_sharding(sharding, abstract, mesh)
+  shardings = parallel.state_shardings(abstract, mesh, mode)
+  state = jax.jit(init, out_shardings=shardings)()
+  return apply_fn, state, shardings
+
+
 # ----------------------------------------------------------------------- step
 
 
@@ -222,6 +261,7 @@ class Trainer:
       schedule: optax.Schedule,
       num_steps: int,
       mesh: jax.sharding.Mesh,
+      state_sharding: PyTree | None = None,
   ):
     self.mesh = mesh
     self.num_traces = 0
@@ -234,17 +274,29 @@ class Trainer:
       )
 
     rep = parallel.replicated(mesh)
+    # The state keeps the sharding it was born in (create_state): replicated,
+    # or fsdp, where XLA inserts the gathers and reduce-scatters itself.
+    self.state_sharding = rep if state_sharding is None else state_sharding
     self._step = jax.jit(
         step,
-        in_shardings=(rep, parallel.batch_sharding(mesh)),
-        out_shardings=(rep, rep),
+        in_shardings=(self.state_sharding, parallel.batch_sharding(mesh)),
+        out_shardings=(self.state_sharding, rep),
         donate_argnums=(0,),
     )
+    params_sharding = rep if state_sharding is None else state_sharding.params
+    frozen_sharding = rep if state_sharding is None else state_sharding.frozen
     self._predict = jax.jit(
         lambda params, frozen, inputs: apply_fn(params, frozen, inputs, jax.random.PRNGKey(0)),
-        in_shardings=(rep, rep, parallel.batch_sharding(mesh)),
+        in_shardings=(params_sharding, frozen_sharding, parallel.batch_sharding(mesh)),
         out_shardings=parallel.batch_sharding(mesh),
     )
+
+  def lower_step(self, abstract_state: PyTree, abstract_batch: PyTree) -> jax.stages.Lowered:
+    """The step lowered for global shapes (``jax.ShapeDtypeStruct`` trees), e.g. to compile a memory plan."""
+    return self._step.lower(abstract_state, abstract_batch)
+
+  def lower_predict(self, abstract_state: PyTree, abstract_inputs: PyTree) -> jax.stages.Lowered:
+    return self._predict.lower(abstract_state.params, abstract_state.frozen, abstract_inputs)
 
   def step(self, state: TrainState, host_batch: Mapping[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
     parallel.check_batch_size(len(host_batch["mask"]) * jax.process_count(), self.mesh)

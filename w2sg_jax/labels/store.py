@@ -8,7 +8,11 @@ a directory::
     labels.array_record   one record per example, in split order:
                           msgpack {"id": str, "probs": float32[C] little-endian bytes}
     meta.json             hash, components, num_examples, num_classes,
-                          ids_sha256, created, noise, num_corrupted
+                          ids_sha256, probs_sha256, created, noise, num_corrupted
+
+``probs_sha256`` is the sha256 of the float32 probabilities, checked every
+time the store is opened: a labels file copied in from another store, cut
+short or bit-flipped is refused with an error naming the file, never used.
 
 ``hash = content_hash(components)``, where ``components`` names everything that
 produced the labels (the weak checkpoint, the dataset and split, the
@@ -30,8 +34,6 @@ import json
 import logging
 import os
 import pathlib
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -47,20 +49,22 @@ __all__ = [
     "check_ids",
     "content_hash",
     "decode_record",
-    "get_or_create_store",
     "ids_digest",
-    "noisy_store",
     "normalize_id",
     "open_store",
-    "store_directory",
+    "probs_digest",
+    "store_meta",
+    "validate_ids",
+    "validate_probs",
     "write_store",
+    "write_store_files",
 ]
 
 log = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.array_record"
 META_FILE = "meta.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta.json records probs_sha256, checked on open.
 # Rows of a probability matrix must sum to one within this tolerance.
 SUM_TOL = 1e-4
 # group_size:1 gives grain fast random access (it logs an error otherwise);
@@ -160,6 +164,14 @@ def normalize_id(x: Any) -> str:
   raise TypeError(
       f"example ids must be strings (or UTF-8 bytes), got {type(x).__name__} {x!r}."
   )
+
+
+def probs_digest(probs_NxC: np.ndarray) -> str:
+  """sha256 of the probabilities as little-endian float32 bytes, shape included."""
+  arr = np.ascontiguousarray(np.asarray(probs_NxC, "<f4"))
+  h = hashlib.sha256(json.dumps(list(arr.shape)).encode("utf-8"))
+  h.update(arr.tobytes())
+  return h.hexdigest()
 
 
 def ids_digest(ids: Sequence[str]) -> str:
@@ -272,10 +284,6 @@ class WeakLabelStore:
       return np.zeros((len(self),), bool)
     return noise_lib.corruption_mask(len(self), spec)
 
-  def index_of(self) -> dict[str, int]:
-    """id -> row position."""
-    return {i: k for k, i in enumerate(self.ids)}
-
   def source(self):
     """A grain random-access dataset over the file: element k is ``{"id", "probs"}``.
 
@@ -290,7 +298,7 @@ class WeakLabelStore:
     ).map(decode_record)
 
 
-def _validate_probs(probs_NxC: Any, num_ids: int) -> np.ndarray:
+def validate_probs(probs_NxC: Any, num_ids: int) -> np.ndarray:
   probs = np.asarray(probs_NxC)
   if probs.ndim != 2 or probs.shape[1] < 2:
     raise ValueError(
@@ -330,7 +338,7 @@ def _validate_probs(probs_NxC: Any, num_ids: int) -> np.ndarray:
   return probs32
 
 
-def _validate_ids(ids: Sequence[Any]) -> list[str]:
+def validate_ids(ids: Sequence[Any]) -> list[str]:
   ids = [normalize_id(i) for i in ids]
   if len(set(ids)) != len(ids):
     seen, dup = set(), None
@@ -378,44 +386,49 @@ def write_store(
     FileExistsError: `directory` exists and `overwrite` is False.
   """
   directory = os.fspath(directory)
-  ids = _validate_ids(ids)
-  probs32 = _validate_probs(probs_NxC, len(ids))
-  canon = canonical_components(components)
-  digest = content_hash(canon)
-  spec = None
-  if canon.get("noise") is not None:
-    spec = noise_lib.NoiseSpec.from_dict(canon["noise"])
-  meta = {
-      "format_version": FORMAT_VERSION,
-      "hash": digest,
-      "components": canon,
-      "num_examples": len(ids),
-      "num_classes": int(probs32.shape[1]),
-      "ids_sha256": ids_digest(ids),
-      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-      "noise": None if spec is None else spec.as_dict(),
-      "num_corrupted": 0 if spec is None else noise_lib.num_corrupted(len(ids), spec),
-  }
+  ids = validate_ids(ids)
+  probs32 = validate_probs(probs_NxC, len(ids))
+  meta = store_meta(ids, probs32, components)
+  digest = meta["hash"]
   if os.path.exists(directory) and not overwrite:
     raise FileExistsError(
         f"{directory} already exists; open it with open_store, or pass "
         "overwrite=True to replace it."
     )
-  parent = os.path.dirname(os.path.abspath(directory))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
-  os.chmod(tmp, 0o755)  # mkdtemp makes it private; a store is shared read-only
-  try:
-    _write_records(os.path.join(tmp, LABELS_FILE), ids, probs32)
-    with open(os.path.join(tmp, META_FILE), "w") as f:
-      json.dump(meta, f, indent=1, sort_keys=True)
-      f.flush()
-      os.fsync(f.fileno())
-    _move_into_place(tmp, directory, overwrite=overwrite)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+  from w2sg_jax import cache as cache_lib  # pylint: disable=g-import-not-at-top (cache imports this module)
+
+  with cache_lib.atomic_directory(directory, overwrite=overwrite) as tmp:
+    write_store_files(tmp, ids, probs32, meta)
   return open_store(directory, expected_hash=digest)
+
+
+def store_meta(ids: Sequence[str], probs32: np.ndarray, components: Mapping[str, Any]) -> dict[str, Any]:
+  """meta.json of a store of ``ids`` and ``probs32`` produced by ``components``."""
+  canon = canonical_components(components)
+  spec = None
+  if canon.get("noise") is not None:
+    spec = noise_lib.NoiseSpec.from_dict(canon["noise"])
+  return {
+      "format_version": FORMAT_VERSION,
+      "hash": content_hash(canon),
+      "components": canon,
+      "num_examples": len(ids),
+      "num_classes": int(probs32.shape[1]),
+      "ids_sha256": ids_digest(ids),
+      "probs_sha256": probs_digest(probs32),
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+      "noise": None if spec is None else spec.as_dict(),
+      "num_corrupted": 0 if spec is None else noise_lib.num_corrupted(len(ids), spec),
+  }
+
+
+def write_store_files(directory: str, ids: Sequence[str], probs32: np.ndarray, meta: Mapping[str, Any]) -> None:
+  """The store's two files in an existing folder (the caller makes it atomic)."""
+  _write_records(os.path.join(directory, LABELS_FILE), ids, probs32)
+  with open(os.path.join(directory, META_FILE), "w") as f:
+    json.dump(dict(meta), f, indent=1, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def _write_records(path: str, ids: Sequence[str], probs32: np.ndarray) -> None:
@@ -427,25 +440,6 @@ def _write_records(path: str, ids: Sequence[str], probs32: np.ndarray) -> None:
       writer.write(_encode_record(example_id, row))
   finally:
     writer.close()
-
-
-def _move_into_place(tmp: str, directory: str, *, overwrite: bool) -> None:
-  """Renames `tmp` to `directory`; an old store is swapped out, then deleted."""
-  old = None
-  if os.path.exists(directory):
-    if not overwrite:
-      raise FileExistsError(f"{directory} appeared while writing (another process?).")
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old-",
-                           dir=os.path.dirname(os.path.abspath(directory)))
-    os.rename(directory, os.path.join(old, "store"))
-  try:
-    os.rename(tmp, directory)
-  except OSError as e:
-    if os.path.exists(directory):
-      raise FileExistsError(f"{directory} appeared while writing (another process?).") from e
-    raise
-  if old is not None:
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def open_store(
@@ -474,8 +468,8 @@ def open_store(
   labels_path = os.path.join(directory, LABELS_FILE)
   if not os.path.isdir(directory):
     raise FileNotFoundError(
-        f"no weak-label store at {directory}; create it with write_store or "
-        "get_or_create_store (the pipeline's weak-label stage)."
+        f"no weak-label store at {directory}; create it with write_store or run the "
+        "pipeline's weak-label stage."
     )
   for p in (meta_path, labels_path):
     if not os.path.isfile(p):
@@ -516,6 +510,11 @@ def open_store(
         f"{labels_path}: the ids do not match meta.json's ids_sha256; the file "
         f"was replaced or corrupted. {recovery}"
     )
+  if probs_digest(probs) != meta.get("probs_sha256"):
+    raise StoreMismatchError(
+        f"{labels_path}: the weak probabilities do not match meta.json's probs_sha256; "
+        f"the labels file was swapped with another store's, or corrupted. {recovery}"
+    )
   if expected_ids is not None:
     check_ids(ids, expected_ids, what=f"weak-label store {directory}")
   probs.setflags(write=False)
@@ -549,107 +548,3 @@ def check_ids(stored: Sequence[str], expected: Sequence[Any], *, what: str) -> N
       f"{stored[k]!r}, dataset {expected[k]!r}. {hint} Recompute the weak labels "
       "(the pipeline does so when its inputs change) or delete the store folder."
   )
-
-
-# ------------------------------------------------------------------ creation
-
-
-def store_directory(directory_root: str | os.PathLike, components: Mapping[str, Any]) -> str:
-  """``directory_root/<content_hash(components)[:16]>``."""
-  return os.path.join(os.fspath(directory_root), content_hash(components)[:16])
-
-
-def get_or_create_store(
-    directory_root: str | os.PathLike,
-    components: Mapping[str, Any],
-    compute_fn: Callable[[], tuple[Sequence[str], np.ndarray]],
-    *,
-    expected_ids: Sequence[str] | None = None,
-) -> WeakLabelStore:
-  """Opens ``directory_root/<hash[:16]>`` if it matches, else computes and writes it.
-
-  `compute_fn` (e.g. the weak model's pass over the split) is called only when
-  no matching store exists, and then exactly once; it returns ``(ids, probs)``
-  with probs [N, C]. A store at that path that fails to open or to match
-  (incomplete, corrupt, or a different hash) is replaced.
-
-  Args:
-    directory_root: folder holding one subfolder per store.
-    components: everything that produced the labels; see `write_store`.
-    compute_fn: ``() -> (ids, probs_NxC)``.
-    expected_ids: when given, the store's ids must equal these, in order.
-
-  Returns:
-    The matching store.
-
-  Raises:
-    StoreMismatchError: the computed ids differ from `expected_ids`.
-  """
-  digest = content_hash(components)
-  directory = store_directory(directory_root, components)
-  if os.path.exists(directory):
-    try:
-      return open_store(directory, expected_hash=digest, expected_ids=expected_ids)
-    except (StoreMismatchError, FileNotFoundError, ValueError, OSError) as e:
-      if isinstance(e, StoreMismatchError) and expected_ids is not None and (
-          _hash_matches(directory, digest)
-      ):
-        # Same hash, other ids: the components miss whatever changed the split.
-        raise StoreMismatchError(
-            f"{e}\nThe store's hash matches the components, so they do not capture "
-            "the change in the dataset: include the dataset's identity (e.g. "
-            "ids_digest(ids)) in the components."
-        ) from e
-      log.warning("replacing the weak-label store at %s: %s", directory, e)
-  ids, probs = compute_fn()
-  if expected_ids is not None:
-    check_ids([normalize_id(i) for i in ids], expected_ids, what="compute_fn's output")
-  try:
-    return write_store(directory, ids, probs, components=components,
-                       overwrite=os.path.exists(directory))
-  except FileExistsError:
-    # Another process finished the same store first; use it.
-    return open_store(directory, expected_hash=digest, expected_ids=expected_ids)
-
-
-def _hash_matches(directory: str, digest: str) -> bool:
-  try:
-    with open(os.path.join(directory, META_FILE)) as f:
-      return json.load(f).get("hash") == digest
-  except (OSError, ValueError):
-    return False
-
-
-def noisy_store(
-    clean_store: WeakLabelStore,
-    spec: noise_lib.NoiseSpec,
-    directory_root: str | os.PathLike,
-) -> WeakLabelStore:
-  """The store of `clean_store`'s labels with `spec` applied, created once.
-
-  Its components are the clean components plus ``"noise": spec.as_dict()``, so
-  its hash differs from the clean one: a noisy run never reads clean labels nor
-  the reverse. The labels come from the clean probs through `apply_noise`; the
-  weak model is not rerun. An identity spec (rate 0 or scale 1) returns
-  `clean_store` itself.
-
-  Raises:
-    ValueError: `clean_store` already carries noise (apply noise to the clean
-      store), or `spec` is invalid for its number of classes.
-  """
-  if clean_store.noise is not None and not clean_store.noise.is_identity:
-    raise ValueError(
-        f"{clean_store.directory} already carries noise {clean_store.noise}; apply "
-        "the noise to the clean store instead, so that each noisy store is one "
-        "spec away from the weak model's labels."
-    )
-  if spec.is_identity:
-    return clean_store
-  noise_lib.check_scale(spec, clean_store.num_classes)
-  components = {**clean_store.components, "noise": spec.as_dict()}
-
-  def compute():
-    noisy, _ = noise_lib.apply_noise(clean_store.probs, spec)
-    return clean_store.ids, noisy
-
-  return get_or_create_store(directory_root, components, compute)

@@ -1,247 +1,190 @@
-"""Grain streaming of (input, weak label) pairs for the student runs.
+"""The stream: a split's inputs joined with one weak-label store, in the one data order.
 
-The student dataset joins a random-access inputs source with a weak-label store
-row by row, after checking that both list the same ids in the same order:
+A weak label travels one road::
 
-  element i = {**inputs_source[i] without "id", "targets": store.probs[i]}
+  store (labels/store.py) -> LabelStream (here) -> train_step (train.py) -> loss
 
-then ``shuffle(seed) -> repeat() -> batch(batch_size)``. Grain's shuffle is a
-pure permutation of the index (seeded with seed + epoch, so every epoch has its
-own order and each example appears exactly once per epoch of the element
-stream), so batch k is a pure function of (seed, k): the data position to
-checkpoint is the step, and resuming at step k means `batches_from(ds, k)`.
-No iterator state needs saving.
+`LabelStream` checks that the store lists the split's ids in the split's
+order (a store of another split or data set is an error, never a mis-join),
+then serves the pairs (input, weak label) in the order of `batch_indices`, the
+only definition of the data order in w2sg-jax. Both engines read it:
 
-Batches may straddle an epoch boundary when N is not a multiple of B (the
-stream is the concatenation of the epochs' permutations, cut into batches of
-B); no example is dropped, and after k steps the student has seen exactly
-k * B examples, k * B / N epochs.
+* the data-parallel engine takes `LabelStream.host_batches` (Grain, prefetched
+  on threads; each process reads its own rows of every global batch);
+* the vmapped engine takes `stack` of several streams: the inputs once, the
+  targets ``[R, N, C]`` and the order ``[S, R, B]`` as device arrays.
+
+Batch k is a pure function of (seed, k), so the data position to checkpoint is
+the step: a run resumed at step k sees exactly the batches an uninterrupted run
+saw, with no iterator state to save.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import grain
 import numpy as np
 
-from w2sg_jax.labels.store import StoreMismatchError, WeakLabelStore, check_ids, normalize_id
+from w2sg_jax.labels.store import WeakLabelStore, check_ids
 
-__all__ = [
-    "StudentSource",
-    "batch_indices",
-    "batches_from",
-    "epoch_order",
-    "steps_per_epoch",
-    "student_dataset",
-    "to_train_batch",
-    "train_batches",
-]
+__all__ = ["ArraySource", "LabelStream", "StackedStreams", "batch_indices", "num_steps_for", "stack"]
 
 # Enough to overlap host batching with a device step; batches are big, so keep few.
 DEFAULT_NUM_THREADS = 2
 DEFAULT_PREFETCH = 4
-# Positions checked against the source when the caller passes ids= explicitly.
-_SPOT_CHECKS = 8
 
 
-class StudentSource:
-  """Random access to joined examples: ``{**inputs[i] without id, "targets": probs[i]}``.
+def num_steps_for(num_examples: int, batch_size: int, epochs: float, num_steps: int = 0) -> int:
+  """Optimizer steps of a run: ``num_steps`` when positive, else ``epochs`` passes (at least one step)."""
+  if int(num_steps) > 0:
+    return int(num_steps)
+  return max(1, int(float(epochs) * num_examples // int(batch_size)))
 
-  Rows are joined by position; `student_dataset` checks the ids first, so
-  position i of the inputs and row i of the store hold the same example.
-  With ``include_index`` the element also carries ``"index"`` (int64, the
-  position in the split), e.g. to score corrupted and clean examples apart.
+
+def batch_indices(num_examples: int, batch_size: int, num_steps: int, seed: int) -> np.ndarray:
+  """``[num_steps, batch_size]`` int32 example positions: a fresh permutation each epoch.
+
+  Epoch e is ``default_rng([seed, e]).permutation(N)`` cut into ``N // B``
+  batches; the partial last batch of an epoch is dropped, never padded, so
+  every batch holds B distinct examples and each epoch sees each example at
+  most once. A pure function of its arguments: any step's batch can be
+  recomputed.
   """
+  if batch_size < 1:
+    raise ValueError(f"batch_size={batch_size}; it must be at least 1.")
+  if batch_size > num_examples:
+    raise ValueError(
+        f"batch_size {batch_size} is larger than the {num_examples} training examples; "
+        "lower the batch size in the config or raise the split size."
+    )
+  per_epoch = num_examples // batch_size
+  epochs = math.ceil(num_steps / per_epoch)
+  rows = []
+  for epoch in range(epochs):
+    perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    rows.append(perm[: per_epoch * batch_size].reshape(per_epoch, batch_size))
+  return np.concatenate(rows, 0)[:num_steps].astype(np.int32)
 
-  def __init__(self, inputs_source: Any, probs_NxC: np.ndarray, *, include_index: bool = False):
-    if len(inputs_source) != len(probs_NxC):
-      raise StoreMismatchError(
-          f"the inputs source has {len(inputs_source)} examples and the store "
-          f"{len(probs_NxC)}; recompute the weak labels for this split."
-      )
-    self._inputs = inputs_source
-    self._probs = np.asarray(probs_NxC, np.float32)
-    self._include_index = include_index
+
+class ArraySource:
+  """Random access to a split's rows as ``{"id", **inputs}`` dicts (a Grain source)."""
+
+  def __init__(self, ids: np.ndarray, inputs: Mapping[str, np.ndarray]):
+    self._ids, self._inputs = ids, inputs
 
   def __len__(self) -> int:
-    return len(self._probs)
+    return len(self._ids)
 
-  def _join(self, index: int, element: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in element.items() if k != "id"}
-    if "targets" in out:
-      raise ValueError(
-          "the inputs source already has a 'targets' field; rename it, the "
-          "student dataset puts the weak labels there."
-      )
-    out["targets"] = self._probs[index]
-    if self._include_index:
-      out["index"] = np.int64(index)
-    return out
-
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    index = int(index)
-    return self._join(index, self._inputs[index])
-
-  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-    indices = [int(i) for i in indices]
-    if hasattr(self._inputs, "__getitems__"):
-      elements = self._inputs.__getitems__(indices)
-    else:
-      elements = [self._inputs[i] for i in indices]
-    return [self._join(i, e) for i, e in zip(indices, elements)]
-
-  def __repr__(self) -> str:
-    return f"StudentSource(N={len(self)}, inputs={type(self._inputs).__name__})"
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    return {"id": self._ids[i], **{k: v[i] for k, v in self._inputs.items()}}
 
 
-def _check_source_ids(inputs_source: Any, store: WeakLabelStore, ids: Sequence[Any] | None) -> None:
-  what = f"weak-label store {store.directory}"
-  if len(inputs_source) != len(store):
-    raise StoreMismatchError(
-        f"{what} has {len(store)} examples but the inputs source has "
-        f"{len(inputs_source)}; the split changed. Recompute the weak labels."
-    )
-  if ids is None:
-    # Slow path: read every element's id.
-    check_ids(store.ids, [inputs_source[i]["id"] for i in range(len(inputs_source))], what=what)
-    return
-  check_ids(store.ids, ids, what=what)
-  # Fast path: trust ids= but spot-check a few positions against the source.
-  n = len(store)
-  for i in sorted({int(k) for k in np.linspace(0, n - 1, min(n, _SPOT_CHECKS))}):
-    got = normalize_id(inputs_source[i]["id"])
-    if got != store.ids[i]:
-      raise StoreMismatchError(
-          f"ids= does not describe the inputs source: position {i} of the source "
-          f"holds {got!r}, ids= and the store say {store.ids[i]!r}. Pass the "
-          "source's own ids in its order (or omit ids= to read them all)."
-      )
-
-
-def student_dataset(
-    inputs_source: Any,
-    store: WeakLabelStore,
-    *,
-    batch_size: int,
-    seed: int,
-    drop_remainder: bool = True,
-    ids: Sequence[str] | None = None,
-    num_epochs: int | None = None,
-    include_index: bool = False,
-) -> grain.MapDataset:
-  """The shuffled, repeated, batched stream of (input, weak label) pairs.
+class LabelStream:
+  """One run's training data: a split's inputs, one store's labels, one seed's order.
 
   Args:
-    inputs_source: random access (``len`` and ``__getitem__``) to dicts of
-      numpy arrays with an ``"id"`` field, in split order.
-    store: the weak labels of the same split.
-    batch_size: B.
-    seed: shuffle seed in [0, 2**32); epoch e is shuffled with seed + e.
-    drop_remainder: with a finite `num_epochs`, drop the final partial batch
-      (irrelevant for the infinite stream).
-    ids: the source's ids in order, when the caller has them: skips reading
-      every element to check the join (a few positions are still checked).
-    num_epochs: None repeats forever (the student trains for a step count).
-    include_index: add ``"index"`` [B] int64, the split positions.
-
-  Returns:
-    A `grain.MapDataset` whose element k is batch k: ``{**inputs fields [B, ...],
-    "targets": float32 [B, C]}``, a pure function of (seed, k).
+    ids: the split's example ids, in split order.
+    inputs: ``{name: [N, ...]}`` model inputs of the split.
+    store: the weak labels (or ground truth, as one-hot) of the same split.
+    batch_size: global batch B.
+    num_steps: steps of the run.
+    seed: the order's seed (the run's seed).
 
   Raises:
-    StoreMismatchError: the source's ids differ from the store's (count, or the
-      first differing position).
+    StoreMismatchError: the store's ids are not the split's ids in order.
   """
-  if batch_size <= 0:
-    raise ValueError(f"batch_size must be positive, got {batch_size}.")
-  if not 0 <= seed < 2**32:
-    raise ValueError(f"seed must be in [0, 2**32) for grain's shuffle, got {seed}.")
-  if len(store) == 0:
-    raise ValueError(f"the weak-label store {store.directory} is empty.")
-  _check_source_ids(inputs_source, store, ids)
-  source = StudentSource(inputs_source, store.probs, include_index=include_index)
-  ds = grain.MapDataset.source(source).shuffle(seed).repeat(num_epochs)
-  return ds.batch(batch_size, drop_remainder=drop_remainder)
+
+  def __init__(
+      self,
+      ids: Sequence[Any],
+      inputs: Mapping[str, np.ndarray],
+      store: WeakLabelStore,
+      *,
+      batch_size: int,
+      num_steps: int,
+      seed: int,
+  ):
+    check_ids(store.ids, ids, what=f"weak-label store {store.directory}")
+    self.store = store
+    self.inputs = dict(inputs)
+    self.batch_size = int(batch_size)
+    self.num_steps = int(num_steps)
+    self.seed = int(seed)
+    self.order = batch_indices(len(store), self.batch_size, self.num_steps, self.seed)
+
+  def __len__(self) -> int:
+    return self.num_steps
+
+  @property
+  def targets(self) -> np.ndarray:
+    """float32 ``[N, C]``: the store's label distributions, in split order."""
+    return self.store.probs
+
+  def batch(self, step: int, rows: slice = slice(None)) -> dict[str, Any]:
+    """Batch ``step`` in the trainer's layout ``{"inputs", "targets", "mask"}`` (``rows`` of it)."""
+    idx = self.order[step][rows]
+    return {
+        "inputs": {k: v[idx] for k, v in self.inputs.items()},
+        "targets": self.store.probs[idx],
+        "mask": np.ones(len(idx), np.float32),
+    }
+
+  def host_batches(
+      self,
+      position: int,
+      *,
+      process_index: int = 0,
+      process_count: int = 1,
+      num_threads: int = DEFAULT_NUM_THREADS,
+      prefetch: int = DEFAULT_PREFETCH,
+  ) -> Iterator[dict[str, Any]]:
+    """Batches ``position, position + 1, ...`` of this process's rows, built ahead on threads.
+
+    Each of ``process_count`` processes reads its own contiguous block of
+    every global batch; ``jax.make_array_from_process_local_data`` stitches
+    them back together in the trainer.
+    """
+    import grain
+
+    if not 0 <= position <= self.num_steps:
+      raise ValueError(f"position {position} is outside the run's {self.num_steps} steps.")
+    if self.batch_size % process_count:
+      raise ValueError(f"batch_size {self.batch_size} does not split over {process_count} processes.")
+    per_process = self.batch_size // process_count
+    rows = slice(process_index * per_process, (process_index + 1) * per_process)
+    dataset = grain.MapDataset.range(position, self.num_steps).map(lambda step: self.batch(int(step), rows))
+    if num_threads == 0:
+      return iter(dataset)
+    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+    return iter(dataset.to_iter_dataset(options))
 
 
-def batches_from(
-    dataset: grain.MapDataset,
-    start_step: int,
-    *,
-    num_threads: int = DEFAULT_NUM_THREADS,
-    prefetch_buffer_size: int = DEFAULT_PREFETCH,
-) -> grain.DatasetIterator:
-  """Iterator over batches `start_step`, `start_step` + 1, ... with prefetching.
+@dataclasses.dataclass(frozen=True)
+class StackedStreams:
+  """R runs over one split, side by side: what the vmapped engine puts on the device."""
 
-  `num_threads` threads build up to `prefetch_buffer_size` batches ahead, in
-  order, while the device runs; the batches are those of ``dataset[k]``, so a
-  run resumed at step k sees exactly what an uninterrupted run saw. The
-  checkpointed data position is the step (``num_threads=0`` disables
-  prefetching).
-  """
-  if start_step < 0:
-    raise ValueError(f"start_step must be >= 0, got {start_step}.")
-  if start_step > len(dataset):
-    raise ValueError(f"start_step {start_step} is past the end ({len(dataset)} batches).")
-  if num_threads == 0:
-    prefetch_buffer_size = 0
-  options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
-  return iter(dataset[start_step:].to_iter_dataset(options))
+  inputs: dict[str, np.ndarray]  # [N, ...], shared by every run
+  targets_RxNxC: np.ndarray
+  order_SxRxB: np.ndarray
+  seeds: tuple[int, ...]
 
 
-def to_train_batch(batch: Mapping[str, Any]) -> dict[str, Any]:
-  """Flat batch -> the trainer's layout ``{"inputs": {...}, "targets", "mask"}``.
-
-  ``mask`` is all True (every row is a real example); ``index``, when present,
-  stays at the top level rather than being fed to the model.
-  """
-  inputs = {k: v for k, v in batch.items() if k not in ("targets", "index")}
-  out = {"inputs": inputs, "targets": batch["targets"],
-         "mask": np.ones((len(batch["targets"]),), bool)}
-  if "index" in batch:
-    out["index"] = batch["index"]
-  return out
-
-
-def train_batches(
-    dataset: grain.MapDataset,
-    *,
-    num_threads: int = DEFAULT_NUM_THREADS,
-    prefetch_buffer_size: int = DEFAULT_PREFETCH,
-) -> Callable[[int], Iterator[dict[str, Any]]]:
-  """``position -> iterator`` of trainer-layout batches (for `train.fit`)."""
-  mapped = dataset.map(to_train_batch)
-
-  def batches(position: int) -> Iterator[dict[str, Any]]:
-    return batches_from(mapped, position, num_threads=num_threads,
-                        prefetch_buffer_size=prefetch_buffer_size)
-
-  return batches
-
-
-# ------------------------------------------------------------------ index helpers
-
-
-def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-  """The split positions in the order the stream visits them in `epoch`, int64 [N].
-
-  The same grain permutation as `student_dataset` (a permutation of range(N)).
-  """
-  ds = grain.MapDataset.range(num_examples).shuffle(seed).repeat()
-  start = epoch * num_examples
-  return np.asarray([ds[i] for i in range(start, start + num_examples)], np.int64)
-
-
-def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
-  """The split positions in batch `step` of the infinite stream, int64 [B]."""
-  ds = grain.MapDataset.range(num_examples).shuffle(seed).repeat()
-  start = step * batch_size
-  return np.asarray([ds[i] for i in range(start, start + batch_size)], np.int64)
-
-
-def steps_per_epoch(num_examples: int, batch_size: int) -> float:
-  """N / B: steps per pass over the data (fractional when B does not divide N)."""
-  return num_examples / batch_size
-
+def stack(streams: Sequence[LabelStream]) -> StackedStreams:
+  """Stacks runs that share a split, a batch size and a step count."""
+  if not streams:
+    raise ValueError("stack() needs at least one stream.")
+  first = streams[0]
+  for s in streams[1:]:
+    if s.inputs.keys() != first.inputs.keys() or len(s.store) != len(first.store):
+      raise ValueError("streams of one group must share the split's inputs.")
+    if (s.batch_size, s.num_steps) != (first.batch_size, first.num_steps):
+      raise ValueError("streams of one group must share batch_size and num_steps.")
+  return StackedStreams(
+      inputs=first.inputs,
+      targets_RxNxC=np.stack([s.targets for s in streams]),
+      order_SxRxB=np.stack([s.order for s in streams], 1),
+      seeds=tuple(s.seed for s in streams),
+  )

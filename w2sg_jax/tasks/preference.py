@@ -60,6 +60,7 @@ from w2sg_jax.data import tokenize as tokenize_lib
 from w2sg_jax.models import heads as heads_lib
 from w2sg_jax.models import pretrained as pretrained_lib
 from w2sg_jax.data.task import Split, Task
+from w2sg_jax.log import log
 from w2sg_jax.labels import store as store_lib
 
 VERSION = "1.0.0"  # Bump when the example construction changes: it is part of every hash.
@@ -74,7 +75,7 @@ CONFIDENCE_DEFAULTS = {"confidence": 0.5, "warmup": 0.1}
 
 
 def _log(msg: str) -> None:
-  print(f"[w2sg] {msg}", flush=True)
+  log.info("%s", msg)
 
 
 # ------------------------------------------------------------- loss names

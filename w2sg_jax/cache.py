@@ -1,0 +1,338 @@
+"""One cache discipline for every stage artifact: keyed, locked, atomic, verified.
+
+Every artifact a stage writes (the weak checkpoint, each weak-label store, each
+noisy store, each ceiling and student run, the cached features) lives in an
+*entry* of a `Cache`::
+
+  <root>/<stage>/<key[:20]>/
+    ...the stage's files...
+    manifest.json     stage, key, components, format version, sha256 of every file
+
+``key = stage_key(stage, components)``: the sha256 of everything that produced
+the artifact, which the stage hands over as ``components``: the resolved
+config subtree it reads, the keys of its input artifacts, the data
+fingerprint. `stage_key` adds the stage name and `FORMAT_VERSION` itself, so no
+stage builds a key by hand and a format change invalidates every entry.
+
+Creating an entry (`Cache.get_or_create`):
+
+* a file lock per entry (``<root>/<stage>/.<key>.lock``, the ``filelock``
+  package) makes a second process wait for the first instead of racing it;
+* the producer writes into ``<root>/<stage>/.<key>.tmp-*``, which is renamed
+  into place only once the manifest is written, so a killed writer never leaves
+  a half entry; its temp folder is removed by the next process that takes the
+  lock (and by `Cache.clean_orphans`);
+* long-running producers (training) get a persistent ``work_dir``
+  (``<key>.partial``) that survives a kill, so a rerun resumes from the
+  checkpoints in it.
+
+Opening an entry checks every file against the manifest's sha256. A mismatch
+(a swapped, truncated or bit-flipped file) is never used: with
+``on_corrupt="replace"`` (the default) the entry is deleted with a logged
+warning and recomputed, with ``"raise"`` a `CorruptEntryError` names the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import filelock
+
+from w2sg_jax.labels import store as store_lib
+from w2sg_jax.log import log
+
+__all__ = [
+    "Cache",
+    "CorruptEntryError",
+    "Entry",
+    "FORMAT_VERSION",
+    "atomic_directory",
+    "file_sha256",
+    "stage_key",
+]
+
+# Bump when the layout or meaning of any stage artifact changes: it enters every key.
+FORMAT_VERSION = 2
+MANIFEST = "manifest.json"
+KEY_CHARS = 20  # 80 bits of the sha256 name a folder; the full key is in the manifest.
+PARTIAL_SUFFIX = ".partial"
+_TMP_MARK = ".tmp-"
+
+
+class CorruptEntryError(RuntimeError):
+  """A cache entry's file does not match the sha256 its manifest records."""
+
+
+def stage_key(stage: str, components: Mapping[str, Any]) -> str:
+  """The content hash of everything that produced a stage's artifact.
+
+  ``components`` is plain data (config subtrees as dicts, input keys,
+  fingerprints); numpy arrays count through their bytes. The stage name and
+  `FORMAT_VERSION` are part of the key.
+  """
+  return store_lib.content_hash({"stage": stage, "format_version": FORMAT_VERSION, "components": dict(components)})
+
+
+def file_sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_directory(final: str, *, overwrite: bool = False) -> Iterator[str]:
+  """Yields a temp sibling of ``final``; renamed to ``final`` when the block succeeds.
+
+  A block that raises (or a process that dies) leaves ``final`` untouched; the
+  temp folder is removed on a Python exception and, after a kill, by the next
+  `Cache` that takes the entry's lock.
+  """
+  parent = os.path.dirname(os.path.abspath(final))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}{_TMP_MARK}", dir=parent)
+  os.chmod(tmp, 0o755)  # mkdtemp makes it private; entries are shared read-only.
+  try:
+    yield tmp
+    if os.path.exists(final):
+      if not overwrite:
+        raise FileExistsError(f"{final} appeared while writing it (another process without the lock?).")
+      old = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.old-", dir=parent)
+      os.rename(final, os.path.join(old, "entry"))
+      os.rename(tmp, final)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, final)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def _write_manifest(directory: str, stage: str, key: str, components: Mapping[str, Any], info: Mapping[str, Any]):
+  files = {}
+  for dirpath, _, names in os.walk(directory):
+    for name in sorted(names):
+      path = os.path.join(dirpath, name)
+      rel = os.path.relpath(path, directory)
+      if rel != MANIFEST:
+        files[rel] = file_sha256(path)
+  manifest = {
+      "stage": stage,
+      "key": key,
+      "format_version": FORMAT_VERSION,
+      "components": store_lib.canonical_components(dict(components)),
+      "info": store_lib.canonical_components(dict(info)),
+      "files": files,
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+  }
+  with open(os.path.join(directory, MANIFEST), "w") as f:
+    json.dump(manifest, f, indent=1, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """A complete, verified cache entry: its folder, key and manifest."""
+
+  stage: str
+  key: str
+  directory: str
+  manifest: dict[str, Any]
+  computed: bool  # True when this process produced it, False when it was reused.
+
+  def path(self, name: str) -> str:
+    return os.path.join(self.directory, name)
+
+  @property
+  def info(self) -> dict[str, Any]:
+    """What the producer returned: small metadata (metrics, counts) kept with the files."""
+    return self.manifest.get("info", {})
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+  stage: str
+  key: str
+  computed: bool
+
+
+class Cache:
+  """Stage artifacts under ``root``; see the module docstring."""
+
+  def __init__(self, root: str, *, on_corrupt: str = "replace", lock_timeout_s: float = -1):
+    if on_corrupt not in ("replace", "raise"):
+      raise ValueError(f"on_corrupt={on_corrupt!r}; use 'replace' or 'raise'.")
+    self.root = os.path.abspath(root)
+    self.on_corrupt = on_corrupt
+    self.lock_timeout_s = lock_timeout_s
+    self.events: list[Event] = []  # What this process reused or computed, in order.
+    if os.path.exists(self.root) and not os.path.isdir(self.root):
+      raise NotADirectoryError(f"the cache directory {self.root} is a file; point cache_dir at a folder.")
+    os.makedirs(self.root, exist_ok=True)
+
+  # -- paths
+  def directory(self, stage: str, key: str) -> str:
+    return os.path.join(self.root, stage, key[:KEY_CHARS])
+
+  def _lock(self, stage: str, key: str) -> filelock.FileLock:
+    os.makedirs(os.path.join(self.root, stage), exist_ok=True)
+    return filelock.FileLock(os.path.join(self.root, stage, f".{key[:KEY_CHARS]}.lock"), timeout=self.lock_timeout_s)
+
+  # -- reading
+  def open(self, stage: str, key: str) -> Entry | None:
+    """The verified entry, or None when it does not exist (or was corrupt and removed)."""
+    directory = self.directory(stage, key)
+    manifest_path = os.path.join(directory, MANIFEST)
+    if not os.path.isfile(manifest_path):
+      return None
+    problem = None
+    try:
+      with open(manifest_path) as f:
+        manifest = json.load(f)
+    except (OSError, ValueError) as e:
+      manifest, problem = None, f"{manifest_path} is unreadable ({e})"
+    if manifest is not None:
+      if manifest.get("key") != key or manifest.get("format_version") != FORMAT_VERSION:
+        problem = f"{manifest_path} records key {str(manifest.get('key'))[:KEY_CHARS]}, format {manifest.get('format_version')}"
+      else:
+        problem = self._check_files(directory, manifest)
+    if problem is None:
+      return Entry(stage, key, directory, manifest, computed=False)
+    if self.on_corrupt == "raise":
+      raise CorruptEntryError(
+          f"{problem}. The cached {stage} artifact was changed after it was written; delete {directory} "
+          "and rerun to recompute it."
+      )
+    log.warning("cache: %s; removing %s and recomputing it.", problem, directory)
+    shutil.rmtree(directory, ignore_errors=True)
+    return None
+
+  @staticmethod
+  def _check_files(directory: str, manifest: Mapping[str, Any]) -> str | None:
+    for rel, digest in sorted(manifest.get("files", {}).items()):
+      path = os.path.join(directory, rel)
+      if not os.path.isfile(path):
+        return f"{path} is missing"
+      if file_sha256(path) != digest:
+        return f"{path} does not match the sha256 in its manifest (swapped, truncated or corrupted)"
+    return None
+
+  # -- writing
+  def get_or_create(
+      self,
+      stage: str,
+      components: Mapping[str, Any],
+      produce: Callable[[str, str], Mapping[str, Any] | None],
+  ) -> Entry:
+    """The entry of ``(stage, components)``, produced once if missing.
+
+    ``produce(out_dir, work_dir)`` writes the artifact's files into ``out_dir``
+    (a temp folder renamed into place afterwards) and may keep resumable state
+    (checkpoints) in ``work_dir``, which survives a kill and is deleted once
+    the entry is complete. It returns small JSON-able ``info`` kept in the
+    manifest. Another process producing the same entry is waited for.
+    """
+    key = stage_key(stage, components)
+    entry = self.open(stage, key)
+    if entry is None:
+      with self._lock(stage, key):
+        entry = self.open(stage, key)  # Another process may have finished it meanwhile.
+        if entry is None:
+          entry = self._produce(stage, key, components, produce)
+    self.events.append(Event(stage, key, entry.computed))
+    return entry
+
+  def get_or_create_group(
+      self,
+      stage: str,
+      components_list: list[Mapping[str, Any]],
+      produce_group: Callable[[list[int], list[str]], list[Callable[[str], Mapping[str, Any] | None]]],
+  ) -> list[Entry]:
+    """Entries made together (the runs of a vmapped group): one lock each, one producer call.
+
+    ``produce_group(todo, work_dirs)`` gets the positions of the missing
+    entries and their persistent work folders, trains them together, and
+    returns one writer per missing entry, ``write(out_dir) -> info``. The locks
+    of the missing entries are taken in key order, so two processes asking for
+    overlapping groups cannot deadlock; what the other process finished
+    meanwhile is reused, not recomputed.
+    """
+    keys = [stage_key(stage, c) for c in components_list]
+    entries: list[Entry | None] = [self.open(stage, k) for k in keys]
+    missing = sorted({keys[i] for i, e in enumerate(entries) if e is None})
+    if missing:
+      with contextlib.ExitStack() as stack:
+        for key in missing:
+          stack.enter_context(self._lock(stage, key))
+        entries = [e if e is not None else self.open(stage, k) for e, k in zip(entries, keys)]
+        todo = [i for i, e in enumerate(entries) if e is None]
+        if todo:
+          work_dirs = []
+          for i in todo:
+            self._remove_temps(stage, keys[i])
+            work_dirs.append(self.directory(stage, keys[i]) + PARTIAL_SUFFIX)
+            os.makedirs(work_dirs[-1], exist_ok=True)
+          writers = produce_group(todo, work_dirs)
+          for i, work_dir, write in zip(todo, work_dirs, writers):
+            entries[i] = self._produce(stage, keys[i], components_list[i], lambda out, _w, write=write: write(out))
+    for e in entries:
+      self.events.append(Event(stage, e.key, e.computed))
+    return entries
+
+  def _produce(self, stage, key, components, produce) -> Entry:
+    final = self.directory(stage, key)
+    self._remove_temps(stage, key)  # We hold the lock: any temp of this key is an orphan.
+    work_dir = final + PARTIAL_SUFFIX
+    os.makedirs(work_dir, exist_ok=True)
+    with atomic_directory(final, overwrite=os.path.exists(final)) as tmp:
+      info = produce(tmp, work_dir) or {}
+      _write_manifest(tmp, stage, key, components, info)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    with open(os.path.join(final, MANIFEST)) as f:
+      manifest = json.load(f)
+    return Entry(stage, key, final, manifest, computed=True)
+
+  def _remove_temps(self, stage: str, key: str) -> None:
+    parent = os.path.join(self.root, stage)
+    prefix = f".{key[:KEY_CHARS]}"
+    for name in os.listdir(parent):
+      if name.startswith(prefix) and (_TMP_MARK in name or ".old-" in name):
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+  def clean_orphans(self) -> list[str]:
+    """Removes temp folders of killed writers whose entry nobody is producing now."""
+    removed = []
+    if not os.path.isdir(self.root):
+      return removed
+    for stage in sorted(os.listdir(self.root)):
+      parent = os.path.join(self.root, stage)
+      if not os.path.isdir(parent):
+        continue
+      for name in sorted(os.listdir(parent)):
+        if not name.startswith(".") or (_TMP_MARK not in name and ".old-" not in name):
+          continue
+        key = name[1:].split(".")[0]
+        lock = filelock.FileLock(os.path.join(parent, f".{key}.lock"), timeout=0)
+        try:
+          with lock:
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            removed.append(os.path.join(parent, name))
+        except filelock.Timeout:
+          continue  # Its writer is alive; leave it.
+    if removed:
+      log.info("cache: removed %d temp folders of interrupted writers.", len(removed))
+    return removed
+
+  def computed(self, stage: str | None = None) -> list[Event]:
+    return [e for e in self.events if e.computed and (stage is None or e.stage == stage)]

@@ -1,0 +1,276 @@
+"""The one student-training interface: `train_runs` trains a group of runs and returns their logits.
+
+A *run* is one model trained from one label store (weak labels, noisy weak
+labels, or one-hot ground truth) with one seed. Every run reads its labels
+through a `LabelStream` in the order of `labels.stream.batch_indices`, and
+every update is `train.train_step`; the engines only differ in how runs share
+the machine:
+
+* ``vmap``: the runs of a group train side by side as one compiled program
+  (``vmap`` over runs inside a ``fori_loop`` over steps), with the data on the
+  device. For heads on cached features, where a step takes microseconds.
+* ``data_parallel``: one run at a time over every device (`train.Trainer`),
+  batches streamed from the store on host threads, checkpointed so that a
+  killed run resumes. For any model, fine-tuning included.
+
+The old names ``sweep`` and ``fit`` still work, with a deprecation message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from w2sg_jax import losses as losses_lib
+from w2sg_jax import parallel
+from w2sg_jax import train as train_lib
+from w2sg_jax.labels import stream as stream_lib
+from w2sg_jax.labels.store import WeakLabelStore
+
+__all__ = ["ENGINES", "RunSpec", "TrainedRuns", "resolve_engine", "train_runs", "train_vmap"]
+
+ENGINES = ("vmap", "data_parallel")
+_DEPRECATED = {"sweep": "vmap", "fit": "data_parallel"}
+
+
+def resolve_engine(name: str) -> str:
+  """The engine's current name; old names map to new ones with a deprecation message."""
+  if name in _DEPRECATED:
+    new = _DEPRECATED[name]
+    warnings.warn(f"engine {name!r} is now called {new!r}; the old name will be removed.", DeprecationWarning,
+                  stacklevel=2)
+    return new
+  if name not in ENGINES:
+    known = ", ".join(ENGINES + tuple(_DEPRECATED))
+    raise ValueError(f"unknown engine {name!r}; use one of: {known}.")
+  return name
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """One run: its seed, the store it learns from, and (data_parallel) where it checkpoints."""
+
+  seed: int
+  store: WeakLabelStore
+  work_dir: str | None = None
+
+
+@dataclasses.dataclass
+class TrainedRuns:
+  """Logits of every run on every evaluation split, and each run's logged metrics."""
+
+  logits: dict[str, list[np.ndarray]]  # split -> [run] -> [N, C]
+  history: list[list[dict[str, float]]]
+
+
+ChunkCallback = Callable[[int, Callable[[Any, Mapping[str, Any]], jax.Array], Any], None]
+
+
+def train_runs(
+    runs: Sequence[RunSpec],
+    *,
+    engine: str,
+    make_model: Callable[[nnx.Rngs], nnx.Module],
+    train_ids: Sequence[Any],
+    train_inputs: Mapping[str, np.ndarray],
+    eval_inputs: Mapping[str, Mapping[str, np.ndarray]],
+    loss_fn: losses_lib.LossFn,
+    train_cfg: ml_collections.ConfigDict | Mapping[str, Any],
+    trainable: Any = nnx.Param,
+    desc: str = "train",
+    progress: bool = True,
+    on_chunk: ChunkCallback | None = None,
+) -> TrainedRuns:
+  """Trains every run of ``runs`` on ``train_inputs`` and predicts ``eval_inputs``.
+
+  Args:
+    runs: the runs; each one's store must list ``train_ids`` in order.
+    engine: ``vmap`` or ``data_parallel`` (see the module docstring).
+    make_model: ``rngs -> nnx.Module``, called with each run's seed.
+    train_ids, train_inputs: the training split's ids and model inputs.
+    eval_inputs: ``{split: inputs}`` to predict after training.
+    loss_fn: from ``losses.get``.
+    train_cfg: ``batch_size``, ``epochs`` or ``num_steps``, ``optimizer``, and
+      (data_parallel) ``sharding``, ``save_every``, ``log_every``, ``eval_batch_size``.
+    trainable: NNX filter of the parameters that train (vmap: all of them).
+    on_chunk: vmap only; ``on_chunk(step, apply, params_R)`` at every chunk
+      boundary, e.g. to evaluate a trajectory without retraining.
+
+  Returns:
+    `TrainedRuns`, runs in the order given.
+  """
+  engine = resolve_engine(engine)
+  cfg = train_cfg
+  batch_size = int(cfg["batch_size"])
+  num_steps = stream_lib.num_steps_for(len(train_ids), batch_size, cfg.get("epochs", 1), cfg.get("num_steps", 0))
+  streams = [
+      stream_lib.LabelStream(train_ids, train_inputs, r.store, batch_size=batch_size, num_steps=num_steps, seed=r.seed)
+      for r in runs
+  ]
+  if engine == "vmap":
+    if trainable is not nnx.Param:
+      raise ValueError("the vmap engine trains every parameter; use engine='data_parallel' to freeze some.")
+    apply, params_R, history = train_vmap(
+        make_model, stream_lib.stack(streams), loss_fn=loss_fn, opt=cfg["optimizer"], num_steps=num_steps,
+        desc=desc, progress=progress, on_chunk=on_chunk,
+    )
+    logits = {split: list(np.asarray(apply(params_R, jax.tree.map(jnp.asarray, dict(inputs)))))
+              for split, inputs in eval_inputs.items()}
+    return TrainedRuns(logits=logits, history=[history] * len(runs))
+  out = TrainedRuns(logits={split: [] for split in eval_inputs}, history=[])
+  for run, stream in zip(runs, streams):
+    logits, history = _train_data_parallel(
+        make_model, stream, eval_inputs, loss_fn=loss_fn, cfg=cfg, trainable=trainable, work_dir=run.work_dir,
+        desc=f"{desc} seed {run.seed}", progress=progress,
+    )
+    for split in eval_inputs:
+      out.logits[split].append(logits[split])
+    out.history.append(history)
+  return out
+
+
+# ------------------------------------------------------------- data parallel
+
+
+def _train_data_parallel(make_model, stream, eval_inputs, *, loss_fn, cfg, trainable, work_dir, desc, progress):
+  """One run over every device, checkpointed in ``work_dir`` (resumed when a checkpoint is there)."""
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(stream.batch_size, mesh)
+  tx, schedule = train_lib.make_optimizer(cfg["optimizer"], stream.num_steps)
+  apply_fn, state, state_sharding = train_lib.create_state(
+      make_model, tx=tx, seed=stream.seed, mesh=mesh, trainable=trainable, sharding=str(cfg.get("sharding", "auto")),
+  )
+  trainer = train_lib.Trainer(apply_fn=apply_fn, loss_fn=loss_fn, tx=tx, schedule=schedule,
+                              num_steps=stream.num_steps, mesh=mesh, state_sharding=state_sharding)
+  if work_dir is None:
+    raise ValueError("the data_parallel engine needs a work_dir per run for its checkpoints.")
+
+  def batches(position):
+    return stream.host_batches(position, process_index=jax.process_index(), process_count=jax.process_count())
+
+  result = train_lib.fit(
+      trainer, state, batches, num_steps=stream.num_steps, workdir=work_dir,
+      save_every=int(cfg.get("save_every", 500)), log_every=int(cfg.get("log_every", 50)), desc=desc,
+      progress=progress,
+  )
+  eval_batch = int(cfg.get("eval_batch_size", 256))
+  logits = {split: trainer.predict(result.state, inputs, eval_batch) for split, inputs in eval_inputs.items()}
+  return logits, result.history
+
+
+def drop_checkpoints(work_dir: str) -> None:
+  """Removes a finished run's checkpoints (a GPT-2 student with Adam moments is gigabytes)."""
+  shutil.rmtree(os.path.join(work_dir, "ckpt"), ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- vmap
+
+
+def init_params(make_model: Callable[[nnx.Rngs], nnx.Module], seeds: Sequence[int]):
+  """Stacked initial parameters, one slice per seed, plus the shared graph."""
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: make_model(nnx.Rngs(0))))
+
+  def one(key):
+    return nnx.split(make_model(nnx.Rngs(params=key)))[1]
+
+  keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32))
+  return graphdef, jax.vmap(one)(keys)
+
+
+def chunk_steps_for(num_steps: int) -> int:
+  """Steps per host visit: at least 20 progress updates a run, at most 100 steps apart."""
+  return max(1, min(100, num_steps // 20 or 1))
+
+
+def train_vmap(
+    make_model: Callable[[nnx.Rngs], nnx.Module],
+    data: stream_lib.StackedStreams,
+    *,
+    loss_fn: losses_lib.LossFn,
+    opt: Mapping[str, Any],
+    num_steps: int,
+    chunk_steps: int | None = None,
+    desc: str = "vmap",
+    progress: bool = True,
+    on_chunk: ChunkCallback | None = None,
+) -> tuple[Callable[[Any, Mapping[str, jax.Array]], jax.Array], Any, list[dict[str, float]]]:
+  """Trains R runs together; run r uses ``data.seeds[r]``, its targets and its order.
+
+  Returns ``(apply, params_R, history)``: ``apply(params_R, inputs)`` gives
+  logits ``[R, N, C]`` and ``history`` holds the run-mean loss per chunk.
+  """
+  from tqdm.auto import tqdm
+
+  seeds = data.seeds
+  num_runs = len(seeds)
+  chunk_steps = chunk_steps or chunk_steps_for(num_steps)
+  tx, schedule = train_lib.make_optimizer(opt, num_steps)
+  graphdef, params = init_params(make_model, seeds)
+
+  def apply_fn(params, frozen, batch_inputs, rng):
+    del frozen, rng
+    return nnx.merge(graphdef, params)(**batch_inputs)
+
+  states = jax.vmap(lambda p, s: train_lib.init_state(p, {}, tx, s))(params, jnp.asarray(seeds, jnp.uint32))
+
+  def run_steps(states, start, stop, order_SxRxB, inputs, targets):
+    """Steps [start, stop) of every run. The bounds are traced values, so every
+    chunk (the short last one too) reuses one compiled program."""
+
+    def one_run(state, idx_B, targets_NxC):
+      batch = {
+          "inputs": jax.tree.map(lambda x: x[idx_B], inputs),
+          "targets": targets_NxC[idx_B],
+          "mask": jnp.ones(idx_B.shape, jnp.float32),
+      }
+      return train_lib.train_step(
+          state, batch, apply_fn=apply_fn, loss_fn=loss_fn, tx=tx, schedule=schedule, num_steps=num_steps
+      )
+
+    def body(t, carry):
+      states, _, first_bad = carry
+      states, metrics = jax.vmap(one_run)(states, order_SxRxB[t], targets)
+      bad = ~jnp.isfinite(metrics["loss"])
+      first_bad = jnp.where(bad & (first_bad < 0), t + 1, first_bad)
+      return states, metrics["loss"], first_bad
+
+    init = (states, jnp.zeros(num_runs, jnp.float32), jnp.full(num_runs, -1, jnp.int32))
+    return jax.lax.fori_loop(start, stop, body, init)
+
+  run_steps = jax.jit(run_steps, donate_argnums=(0,))
+
+  @jax.jit
+  def apply(params_R, inputs):
+    return jax.vmap(lambda p: apply_fn(p, None, inputs, None))(params_R)
+
+  inputs_dev = jax.tree.map(jnp.asarray, dict(data.inputs))
+  targets_dev = jnp.asarray(data.targets_RxNxC, jnp.float32)
+  order_dev = jnp.asarray(data.order_SxRxB)
+  history = []
+  with tqdm(total=num_steps, desc=desc, disable=not progress, leave=False) as bar:
+    for start in range(0, num_steps, chunk_steps):
+      stop = min(start + chunk_steps, num_steps)
+      states, loss_R, first_bad = run_steps(states, start, stop, order_dev, inputs_dev, targets_dev)
+      first_bad = np.asarray(first_bad)
+      if (first_bad >= 0).any():
+        run = int(np.argmax(first_bad >= 0))
+        raise train_lib.NonFiniteError(
+            f"non-finite loss at step {first_bad[run]} of run {run} (seed {seeds[run]}) in {desc}; "
+            "lower the learning rate or check the features and targets for NaN."
+        )
+      history.append({"step": stop, "loss": float(np.mean(loss_R))})
+      bar.update(stop - start)
+      bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+      if on_chunk is not None:
+        on_chunk(stop, apply, states.params)
+  return apply, states.params, history

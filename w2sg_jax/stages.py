@@ -1,0 +1,343 @@
+"""The stages of a W2SG experiment, each a function that returns a small typed result.
+
+    data -> truth stores -> weak model -> weak-label stores -> noisy stores
+         -> ceiling runs -> student runs -> report
+
+Every artifact goes through `cache.Cache` under a key built by
+`cache.stage_key` from exactly what the stage reads: its config subtree
+(`semantic` strips the keys that change nothing, such as ``log_every``), the
+keys of its inputs, and the data fingerprint. So a changed input recomputes
+exactly what depends on it, and nothing a stage did not read can make it
+recompute.
+
+A label reaches a model one way: a store (ground truth is a one-hot store,
+weak labels the weak model's store, noisy labels a store derived from it) is
+read by `engines.train_runs` through a `LabelStream`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from w2sg_jax import cache as cache_lib
+from w2sg_jax import engines
+from w2sg_jax import losses as losses_lib
+from w2sg_jax import metrics as metrics_lib
+from w2sg_jax.data.task import Split, Task
+from w2sg_jax.labels import noise as noise_lib
+from w2sg_jax.labels import store as store_lib
+from w2sg_jax.log import log
+
+# Config keys that change how a run is logged or saved, never its numbers.
+NON_SEMANTIC_KEYS = frozenset({"log_every", "save_every", "eval_batch_size", "keep_checkpoints", "keep_checkpoint"})
+TEST_LOGITS = "test_logits.npy"
+
+
+def semantic(tree: Any) -> Any:
+  """A config subtree as plain data, without the keys that cannot change a result."""
+  if isinstance(tree, ml_collections.ConfigDict):
+    tree = tree.to_dict()
+  if isinstance(tree, Mapping):
+    return {k: semantic(v) for k, v in tree.items() if k not in NON_SEMANTIC_KEYS}
+  if isinstance(tree, (list, tuple)):
+    return [semantic(v) for v in tree]
+  return tree
+
+
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  return np.eye(num_classes, dtype=np.float32)[labels]
+
+
+def count_params(make_model, trainable: Any = nnx.Param) -> tuple[int, int]:
+  """``(params, trainable_params)`` of a model, from abstract shapes only."""
+  model = nnx.eval_shape(lambda: make_model(nnx.Rngs(0)))
+  total = nnx.state(model, nnx.Param)
+  train = nnx.state(model, trainable)
+  size = lambda s: int(sum(np.prod(x.shape) for x in jax.tree.leaves(s)))  # noqa: E731
+  return size(total), size(train)
+
+
+def evaluate(logits_NxC: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+  """Test metrics of one model, with per-example correctness for the paired bootstrap."""
+  correct = (np.argmax(logits_NxC, -1) == labels).astype(np.int8)
+  return {
+      "test_accuracy": float(correct.mean()),
+      "test_auroc": float(metrics_lib.auroc_from_scores(logits_NxC, labels)),
+      "test_correct": correct,
+  }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  return np.asarray(jax.nn.softmax(np.asarray(logits, np.float32), -1))
+
+
+# ------------------------------------------------------------------- results
+
+
+@dataclasses.dataclass
+class DataResult:
+  splits: dict[str, Split]
+  fingerprint: dict[str, Any]
+
+
+@dataclasses.dataclass
+class WeakResult:
+  name: str
+  params: int
+  trainable_params: int
+  labelled_examples: int
+  stores: dict[str, store_lib.WeakLabelStore]  # split -> the weak model's labels
+  test_accuracy: float
+  test_auroc: float
+  test_correct: np.ndarray
+  w2s_label_accuracy: float
+  weak_model_runs: int  # 0 when every store was found in the cache
+
+  def public(self) -> dict[str, Any]:
+    return {
+        "name": self.name, "params": self.params, "trainable_params": self.trainable_params,
+        "labelled_examples": self.labelled_examples, "weak_model_runs": self.weak_model_runs,
+        "store": self.stores["w2s_train"].directory, "w2s_label_accuracy": self.w2s_label_accuracy,
+        "test_accuracy": self.test_accuracy, "test_auroc": self.test_auroc,
+    }
+
+
+@dataclasses.dataclass
+class CeilingResult:
+  name: str
+  params: int
+  trainable_params: int
+  seeds: list[int]
+  test_accuracy_per_seed: list[float]
+  test_accuracy: float
+  test_auroc: float
+  test_correct: np.ndarray  # mean correctness over seeds, [N] in [0, 1]
+
+  def public(self) -> dict[str, Any]:
+    return {
+        "name": self.name, "params": self.params, "trainable_params": self.trainable_params,
+        "n_seeds": len(self.seeds), "test_accuracy": self.test_accuracy,
+        "test_accuracy_per_seed": self.test_accuracy_per_seed, "test_auroc": self.test_auroc,
+    }
+
+
+@dataclasses.dataclass
+class StudentRun:
+  loss: str
+  noise: float
+  seed: int
+  test_accuracy: float
+  test_auroc: float
+  misfit_kl: float  # mean over test examples of KL(weak || student)
+  misfit_tv: float  # mean over test examples of TV(weak, student)
+  test_correct: np.ndarray
+  cache_entry: str
+
+  def public(self) -> dict[str, Any]:
+    out = dataclasses.asdict(self)
+    out.pop("test_correct")
+    return out
+
+
+@dataclasses.dataclass
+class StudentRuns:
+  runs: list[StudentRun]
+  params: int
+  trainable_params: int
+
+
+# ----------------------------------------------------------------- the stages
+
+
+class Stages:
+  """Shared context of the stages of one experiment: config, task, cache and data."""
+
+  def __init__(self, config: ml_collections.ConfigDict, task: Task, cache: cache_lib.Cache):
+    self.config = config
+    self.task = task
+    self.cache = cache
+
+  # -- seeds
+  @property
+  def student_seeds(self) -> list[int]:
+    return [int(self.config.seed) + 1 + i for i in range(int(self.config.seeds))]
+
+  # -- data
+  def data(self) -> DataResult:
+    splits = self.task.splits(self.config, self.cache.root)
+    return DataResult(splits=splits, fingerprint=self.task.fingerprint(self.config))
+
+  def truth_store(self, data: DataResult, split: str) -> store_lib.WeakLabelStore:
+    """Ground truth of a split as a one-hot store: the ceiling and the weak model learn from it."""
+    s = data.splits[split]
+    components = {"kind": "truth", "task": self.task.name, "data": data.fingerprint, "split": split,
+                  "ids": store_lib.ids_digest([str(i) for i in s.ids])}
+    return self._store_entry(components, lambda: (s.ids, one_hot(s.labels, self.task.num_classes)))
+
+  def _store_entry(self, components: Mapping[str, Any], compute) -> store_lib.WeakLabelStore:
+    def produce(out_dir, _work_dir):
+      ids, probs = compute()
+      ids = store_lib.validate_ids(ids)
+      probs = store_lib.validate_probs(probs, len(ids))
+      store_lib.write_store_files(out_dir, ids, probs, store_lib.store_meta(ids, probs, components))
+      return {"num_examples": len(ids)}
+
+    entry = self.cache.get_or_create("labels", components, produce)
+    return store_lib.open_store(entry.directory)
+
+  # -- weak model and its labels
+  def weak_components(self, data: DataResult) -> dict[str, Any]:
+    return {
+        "task": self.task.name, "data": data.fingerprint, "weak": semantic(self.config.weak),
+        "seed": int(self.config.seed), "truth": self.truth_store(data, "weak_train").hash,
+    }
+
+  def weak(self, data: DataResult) -> WeakResult:
+    """The weak model, trained on weak_train's ground truth only if one of its stores is missing."""
+    cfg = self.config.weak
+    make_model = self.task.make_model("weak", self.config)
+    trainable = self.task.trainable("weak", self.config)
+    weak_components = self.weak_components(data)
+    runs_before = len(self.cache.computed("weak"))
+
+    def weak_entry() -> cache_lib.Entry:
+      def produce(out_dir, work_dir):
+        train = data.splits["weak_train"]
+        trained = engines.train_runs(
+            [engines.RunSpec(seed=int(self.config.seed), store=self.truth_store(data, "weak_train"),
+                             work_dir=work_dir)],
+            engine=str(cfg.get("engine", "data_parallel")), make_model=make_model, train_ids=train.ids,
+            train_inputs=train.inputs["weak"],
+            eval_inputs={s: data.splits[s].inputs["weak"] for s in ("w2s_train", "test")},
+            loss_fn=losses_lib.get("xent"), train_cfg=cfg.train, trainable=trainable, desc="weak model",
+        )
+        for split in ("w2s_train", "test"):
+          np.save(os.path.join(out_dir, f"probs_{split}.npy"), softmax(trained.logits[split][0]))
+        return {"history": trained.history[0][-1:] if trained.history[0] else []}
+
+      return self.cache.get_or_create("weak", weak_components, produce)
+
+    stores = {}
+    weak_key = cache_lib.stage_key("weak", weak_components)
+    for split in ("w2s_train", "test"):
+      s = data.splits[split]
+      components = {"kind": "weak", "weak": weak_key, "split": split,
+                    "ids": store_lib.ids_digest([str(i) for i in s.ids])}
+      stores[split] = self._store_entry(
+          components, lambda split=split, s=s: (s.ids, np.load(weak_entry().path(f"probs_{split}.npy"))))
+    params, trainable_params = count_params(make_model, trainable)
+    test = evaluate(np.log(np.clip(stores["test"].probs, 1e-12, 1.0)), data.splits["test"].labels)
+    result = WeakResult(
+        name=self.task.model_name("weak", self.config), params=params, trainable_params=trainable_params,
+        labelled_examples=len(data.splits["weak_train"]), stores=stores,
+        w2s_label_accuracy=float(np.mean(np.argmax(stores["w2s_train"].probs, -1) == data.splits["w2s_train"].labels)),
+        weak_model_runs=len(self.cache.computed("weak")) - runs_before, **test,
+    )
+    log.info("weak model: test accuracy %.4f", result.test_accuracy)
+    return result
+
+  def noisy_store(self, clean: store_lib.WeakLabelStore, spec: noise_lib.NoiseSpec) -> store_lib.WeakLabelStore:
+    """``clean`` with ``spec`` applied, stored once; the weak model is not rerun."""
+    if spec.is_identity:
+      return clean
+    noise_lib.check_scale(spec, clean.num_classes)
+    components = {**clean.components, "noise": spec.as_dict(), "clean": clean.hash}
+    return self._store_entry(components, lambda: (clean.ids, noise_lib.apply_noise(clean.probs, spec)[0]))
+
+  # -- strong runs (ceiling and students)
+  def _strong_components(self, data: DataResult) -> dict[str, Any]:
+    return {
+        "task": self.task.name, "data": data.fingerprint, "strong": semantic(self.config.strong),
+        "train": semantic(self.config.student.train), "engine": engines.resolve_engine(str(self.config.student.engine)),
+    }
+
+  def _train_strong(self, data: DataResult, stage: str, loss: str, hparams: Mapping[str, Any],
+                    runs: Sequence[tuple[int, store_lib.WeakLabelStore]], desc: str) -> list[cache_lib.Entry]:
+    """Entries (test logits) of strong runs ``[(seed, store), ...]``, trained together where missing."""
+    base = self._strong_components(data)
+    components = [{**base, "loss": loss, "loss_hparams": dict(hparams), "seed": seed, "labels": store.hash}
+                  for seed, store in runs]
+    train = data.splits["w2s_train"]
+    cfg = self.config.student
+
+    def produce_group(todo: list[int], work_dirs: list[str]):
+      trained = engines.train_runs(
+          [engines.RunSpec(seed=runs[i][0], store=runs[i][1], work_dir=w) for i, w in zip(todo, work_dirs)],
+          engine=str(cfg.engine), make_model=self.task.make_model("strong", self.config), train_ids=train.ids,
+          train_inputs=train.inputs["strong"], eval_inputs={"test": data.splits["test"].inputs["strong"]},
+          loss_fn=losses_lib.get(loss, **dict(hparams)), train_cfg=cfg.train,
+          trainable=self.task.trainable("strong", self.config), desc=f"{desc} ({len(todo)} runs)",
+      )
+
+      def writer(logits):
+        def write(out_dir):
+          np.save(os.path.join(out_dir, TEST_LOGITS), np.asarray(logits, np.float32))
+          return {}
+        return write
+
+      return [writer(l) for l in trained.logits["test"]]
+
+    return self.cache.get_or_create_group(stage, components, produce_group)
+
+  def ceiling(self, data: DataResult) -> CeilingResult:
+    """The strong model on w2s_train's ground truth, one run per student seed: the ceiling of PGR."""
+    seeds = self.student_seeds
+    truth = self.truth_store(data, "w2s_train")
+    entries = self._train_strong(data, "ceiling", "xent", {}, [(s, truth) for s in seeds], "ceiling")
+    per_seed = [evaluate(np.load(e.path(TEST_LOGITS)), data.splits["test"].labels) for e in entries]
+    make_model = self.task.make_model("strong", self.config)
+    params, trainable_params = count_params(make_model, self.task.trainable("strong", self.config))
+    result = CeilingResult(
+        name=self.task.model_name("strong", self.config), params=params, trainable_params=trainable_params,
+        seeds=seeds, test_accuracy_per_seed=[r["test_accuracy"] for r in per_seed],
+        test_accuracy=float(np.mean([r["test_accuracy"] for r in per_seed])),
+        test_auroc=float(np.mean([r["test_auroc"] for r in per_seed])),
+        # Mean correctness over seeds: the paired bootstrap resamples examples.
+        test_correct=np.mean([r["test_correct"] for r in per_seed], 0).astype(np.float32),
+    )
+    log.info("strong ceiling: test accuracy %.4f", result.test_accuracy)
+    return result
+
+  def noise_specs(self) -> list[noise_lib.NoiseSpec]:
+    cfg = self.config.student.noise
+    return [noise_lib.NoiseSpec(rate=float(r), scale=float(cfg.scale), seed=int(cfg.seed)) for r in cfg.rates]
+
+  def students(self, data: DataResult, weak: WeakResult) -> StudentRuns:
+    """Every (loss, noise, seed) student; the runs of one loss train together."""
+    cfg = self.config.student
+    seeds = self.student_seeds
+    clean = weak.stores["w2s_train"]
+    stores = {spec.rate: self.noisy_store(clean, spec) for spec in self.noise_specs()}
+    test_weak = weak.stores["test"].probs
+    runs = []
+    for loss in cfg.losses:
+      hparams = dict(cfg.loss_hparams.get(loss, {}))
+      cells = [(rate, seed) for rate in stores for seed in seeds]
+      entries = self._train_strong(data, "student", loss, hparams, [(seed, stores[rate]) for rate, seed in cells],
+                                   f"students {loss}")
+      for (rate, seed), entry in zip(cells, entries):
+        logits = np.load(entry.path(TEST_LOGITS))
+        ev = evaluate(logits, data.splits["test"].labels)
+        runs.append(StudentRun(
+            loss=loss, noise=float(rate), seed=int(seed), test_accuracy=ev["test_accuracy"],
+            test_auroc=ev["test_auroc"], misfit_kl=_mean_divergence("kl", logits, test_weak),
+            misfit_tv=_mean_divergence("tv", logits, test_weak), test_correct=ev["test_correct"],
+            cache_entry=entry.directory,
+        ))
+    make_model = self.task.make_model("strong", self.config)
+    params, trainable_params = count_params(make_model, self.task.trainable("strong", self.config))
+    return StudentRuns(runs=runs, params=params, trainable_params=trainable_params)
+
+
+def _mean_divergence(name: str, student_logits: np.ndarray, weak_probs: np.ndarray) -> float:
+  """Mean over examples of D(weak || student) under the library's loss ``name``."""
+  fn = losses_lib.get(name)
+  return float(np.mean(np.asarray(jax.jit(fn)(np.asarray(student_logits, np.float32), weak_probs))))
