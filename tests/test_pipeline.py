@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from w2sg_jax import config_lib, pipeline, sweep, tasks
+from w2sg_jax import config_lib, engines, pipeline, tasks
 from w2sg_jax.labels import store as store_lib
+from w2sg_jax.labels import stream as stream_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,10 +19,15 @@ def _config(name="synthetic", variant="smoke", **overrides):
   return config_lib.load_config(os.path.join(REPO, "experiments", f"{name}.py:{variant}"), overrides)
 
 
-def _run(tmp_path, config, workdir="run"):
+def _run(tmp_path, config, workdir="run", cache="cache"):
   with config.unlocked():
-    config.cache_dir = str(tmp_path / "cache")
+    config.cache_dir = str(tmp_path / cache)
   return pipeline.Pipeline(config, str(tmp_path / workdir), tasks.get(config.task)).run()
+
+
+def _stores(cache_dir):
+  root = os.path.join(cache_dir, "labels")
+  return [store_lib.open_store(os.path.join(root, d)) for d in sorted(os.listdir(root)) if not d.startswith(".")]
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +42,16 @@ def test_synthetic_writes_results_schema_and_report(synthetic_run):
   results = json.loads((workdir / "results.json").read_text())
   config = json.loads((workdir / "config.json").read_text())
   assert config["task"] == "synthetic"
-  assert {"test_accuracy", "test_auroc", "name", "params"} <= set(results["weak"])
-  assert {"test_accuracy", "test_auroc", "name", "params"} <= set(results["ceiling"])
+  assert {"test_accuracy", "test_auroc", "name", "params", "trainable_params"} <= set(results["weak"])
+  assert {"test_accuracy", "test_auroc", "name", "params", "trainable_params"} <= set(results["ceiling"])
   cfg = _config()
   assert len(results["runs"]) == len(cfg.student.losses) * len(cfg.student.noise.rates) * cfg.seeds
   for run in results["runs"]:
-    assert {"loss", "noise", "seed", "test_accuracy", "test_auroc", "pgr"} <= set(run)
+    assert {"loss", "noise", "seed", "test_accuracy", "test_auroc", "pgr", "misfit_kl", "misfit_tv"} <= set(run)
     expected = (run["test_accuracy"] - results["weak"]["test_accuracy"]) / (
         results["ceiling"]["test_accuracy"] - results["weak"]["test_accuracy"])
     assert run["pgr"] == pytest.approx(expected)
+    assert run["misfit_kl"] >= 0 and 0 <= run["misfit_tv"] <= 1
   assert len(results["summary"]) == len(cfg.student.losses) * len(cfg.student.noise.rates)
   for row in results["summary"]:
     assert {"n_seeds", "accuracy_mean", "accuracy_std", "pgr_mean", "pgr_ci95"} <= set(row)
@@ -57,79 +64,113 @@ def test_synthetic_writes_results_schema_and_report(synthetic_run):
   assert results["ceiling"]["test_accuracy"] > results["weak"]["test_accuracy"] > 0.52
 
 
+def test_misfit_is_the_mean_divergence_from_the_weak_labels(synthetic_run):
+  from w2sg_jax import losses
+
+  tmp, results = synthetic_run
+  run = results["runs"][0]
+  logits = np.load(os.path.join(run["cache_entry"], "test_logits.npy"))
+  weak_test = [s for s in _stores(tmp / "cache") if s.components.get("split") == "test"
+               and s.components.get("kind") == "weak"][0].probs
+  q = np.exp(logits - logits.max(-1, keepdims=True))
+  q /= q.sum(-1, keepdims=True)
+  tv = 0.5 * np.abs(weak_test - q).sum(-1).mean()
+  kl = np.sum(np.where(weak_test > 0, weak_test * (np.log(np.maximum(weak_test, 1e-30)) - np.log(q)), 0), -1).mean()
+  assert run["misfit_tv"] == pytest.approx(tv, rel=1e-4, abs=1e-6)
+  assert run["misfit_kl"] == pytest.approx(kl, rel=1e-3, abs=1e-6)
+  del losses
+
+
 def test_rerun_skips_every_stage(synthetic_run, monkeypatch):
   tmp, first = synthetic_run
 
   def no_training(*args, **kwargs):
     raise AssertionError("a finished run was trained again")
 
-  monkeypatch.setattr(sweep, "train_group", no_training)
-  monkeypatch.setattr(pipeline, "fit_model", no_training)
+  monkeypatch.setattr(engines, "train_runs", no_training)
   second = _run(tmp, _config())
   assert second["weak"]["weak_model_runs"] == 0
+  assert second["cache"]["computed"] == []
   assert [r["test_accuracy"] for r in second["runs"]] == [r["test_accuracy"] for r in first["runs"]]
 
 
 def test_later_experiment_with_same_weak_setup_reuses_the_store(synthetic_run, monkeypatch):
   tmp, first = synthetic_run
   calls = []
-  real = pipeline.fit_model
-  monkeypatch.setattr(pipeline, "fit_model", lambda *a, **k: calls.append(k.get("desc")) or real(*a, **k))
+  real = engines.train_runs
+  monkeypatch.setattr(engines, "train_runs", lambda *a, **k: calls.append(k.get("desc")) or real(*a, **k))
   # Another workdir and other student losses, same data and weak model.
   other = _run(tmp, _config(**{"student.losses": ("tv",)}), workdir="other")
   assert "weak model" not in calls
+  assert calls == ["students tv (4 runs)"]
   assert other["weak"]["weak_model_runs"] == 0
   assert other["weak"]["store"] == first["weak"]["store"]
 
 
-def test_interrupted_sweep_keeps_finished_runs(tmp_path, monkeypatch):
+def test_interrupted_sweep_keeps_finished_groups(tmp_path, monkeypatch):
   config = _config()
-  real = sweep.train_group
+  real = engines.train_runs
   calls = []
 
-  def interrupt_on_third(*args, **kwargs):
+  def interrupt_on_fourth(*args, **kwargs):
     calls.append(kwargs.get("desc"))
-    if len(calls) == 3:  # ceiling, first loss, then Ctrl-C on the second loss.
+    if len(calls) == 4:  # weak, ceiling, first loss, then Ctrl-C on the second loss.
       raise KeyboardInterrupt
     return real(*args, **kwargs)
 
-  monkeypatch.setattr(sweep, "train_group", interrupt_on_third)
+  monkeypatch.setattr(engines, "train_runs", interrupt_on_fourth)
   with pytest.raises(KeyboardInterrupt):
     _run(tmp_path, config)
-  finished = json.loads((tmp_path / "run" / "students" / f"{config.student.losses[0]}.json").read_text())
-  assert len(finished["runs"]) == len(config.student.noise.rates) * config.seeds
+  finished = os.listdir(tmp_path / "cache" / "student")
+  assert len([d for d in finished if not d.startswith(".") and not d.endswith(".partial")]) == (
+      len(config.student.noise.rates) * config.seeds)
 
   calls.clear()
-  monkeypatch.setattr(sweep, "train_group", lambda *a, **k: calls.append(k.get("desc")) or real(*a, **k))
+  monkeypatch.setattr(engines, "train_runs", lambda *a, **k: calls.append(k.get("desc")) or real(*a, **k))
   results = _run(tmp_path, config)
-  # Only the losses that had not finished were trained; the ceiling was kept too.
+  # Only the losses that had not finished were trained; the weak model and ceiling were kept too.
   assert len(calls) == len(config.student.losses) - 1
-  assert not any("ceiling" in c or c.startswith(f"students {config.student.losses[0]} ") for c in calls)
+  assert not any("ceiling" in c or "weak" in c or c.startswith(f"students {config.student.losses[0]} ") for c in calls)
   assert len(results["runs"]) == len(config.student.losses) * len(config.student.noise.rates) * config.seeds
 
 
 def test_noise_gets_its_own_store(synthetic_run):
-  tmp, results = synthetic_run
-  stores = [store_lib.open_store(tmp / "cache" / "stores" / d) for d in os.listdir(tmp / "cache" / "stores")]
-  w2s = [s for s in stores if s.components.get("split") == "w2s_train"]
-  clean = [s for s in w2s if s.noise is None or s.noise.is_identity]
-  noisy = [s for s in w2s if s.noise is not None and not s.noise.is_identity]
+  tmp, _ = synthetic_run
+  w2s = [s for s in _stores(tmp / "cache") if s.components.get("split") == "w2s_train"
+         and s.components.get("kind") == "weak"]
+  clean = [s for s in w2s if s.noise is None]
+  noisy = [s for s in w2s if s.noise is not None]
   assert len(clean) == 1 and len(noisy) == 1
   assert clean[0].hash != noisy[0].hash
   flipped = np.argmax(clean[0].probs, -1) != np.argmax(noisy[0].probs, -1)
   assert flipped.mean() == pytest.approx(0.2, abs=0.01)
 
 
-def test_fit_engine_streams_weak_labels_from_the_store(tmp_path, monkeypatch):
-  from w2sg_jax.labels import stream
-
+def test_data_parallel_engine_streams_weak_labels_from_the_store(tmp_path, monkeypatch):
   calls = []
-  real = stream.student_dataset
-  monkeypatch.setattr(stream, "student_dataset", lambda *a, **k: calls.append(1) or real(*a, **k))
-  config = _config(**{"student.engine": "fit", "student.losses": ("js",), "student.noise.rates": (0.0,), "seeds": 1})
+  real = stream_lib.LabelStream.host_batches
+
+  def spy(self, position, **kw):
+    calls.append(self.store.directory)
+    return real(self, position, **kw)
+
+  monkeypatch.setattr(stream_lib.LabelStream, "host_batches", spy)
+  config = _config(**{"student.engine": "data_parallel", "student.losses": ("js",), "student.noise.rates": (0.2,),
+                      "seeds": 1})
   results = _run(tmp_path, config)
-  assert len(calls) == 1
+  noisy = [s for s in _stores(tmp_path / "cache") if s.noise is not None]
+  # weak model (truth store), ceiling (truth store), the js student (the noisy store).
+  assert noisy[0].directory in calls
   assert len(results["runs"]) == 1 and 0.5 < results["runs"][0]["test_accuracy"] <= 1.0
+
+
+def test_old_engine_names_still_work_with_a_deprecation_message():
+  with pytest.warns(DeprecationWarning, match="vmap"):
+    assert engines.resolve_engine("sweep") == "vmap"
+  with pytest.warns(DeprecationWarning, match="data_parallel"):
+    assert engines.resolve_engine("fit") == "data_parallel"
+  with pytest.raises(ValueError, match="vmap, data_parallel"):
+    engines.resolve_engine("fast")
 
 
 def test_unknown_loss_is_rejected_before_any_compute(tmp_path):
@@ -142,7 +183,7 @@ def test_unknown_loss_is_rejected_before_any_compute(tmp_path):
 def _main(*args):
   env = {**os.environ, "PYTHONPATH": REPO}
   return subprocess.run([sys.executable, "-m", "w2sg_jax.main", *args], capture_output=True, text=True, env=env,
-                        cwd=REPO, timeout=120)
+                        cwd=REPO)
 
 
 def test_cli_rejects_an_unknown_config_key(tmp_path):
