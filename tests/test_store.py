@@ -174,7 +174,8 @@ def test_killed_write_leaves_no_store(tmp_path, monkeypatch):
 
   # A hard kill skips the clean-up: the temporary folder stays, never the store.
   calls.clear()
-  monkeypatch.setattr(store_lib.shutil, "rmtree", lambda *a, **k: None)
+  from w2sg_jax import cache as cache_lib
+  monkeypatch.setattr(cache_lib.shutil, "rmtree", lambda *a, **k: None)
   with pytest.raises(KeyboardInterrupt):
     store_lib.write_store(tmp_path / "s", ids, probs, components=COMPONENTS)
   assert not (tmp_path / "s").exists()
@@ -186,7 +187,7 @@ def test_killed_write_leaves_no_store(tmp_path, monkeypatch):
 
 
 def test_open_missing_store_raises_file_not_found(tmp_path):
-  with pytest.raises(FileNotFoundError, match="get_or_create_store"):
+  with pytest.raises(FileNotFoundError, match="weak-label stage"):
     store_lib.open_store(tmp_path / "nope")
   (tmp_path / "half").mkdir()
   with pytest.raises(FileNotFoundError, match="meta.json is missing"):
@@ -251,64 +252,6 @@ def test_tampered_meta_or_labels_are_detected(written, tmp_path):
 
 
 # ------------------------------------------------------------------ get_or_create
-
-
-def test_get_or_create_calls_compute_once(tmp_path):
-  ids, probs = _data(n=25, c=3)
-  calls = []
-
-  def compute():
-    calls.append(1)
-    return ids, probs
-
-  a = store_lib.get_or_create_store(tmp_path, COMPONENTS, compute)
-  b = store_lib.get_or_create_store(tmp_path, COMPONENTS, compute, expected_ids=ids)
-  assert len(calls) == 1
-  assert a.directory == b.directory == str(tmp_path / store_lib.content_hash(COMPONENTS)[:16])
-  np.testing.assert_array_equal(b.probs, probs)
-  # A changed component computes again, into another folder.
-  c = store_lib.get_or_create_store(tmp_path, {**COMPONENTS, "weak_checkpoint": "x"}, compute)
-  assert len(calls) == 2 and c.directory != a.directory
-
-
-def test_get_or_create_replaces_a_corrupt_store(tmp_path):
-  ids, probs = _data()
-  calls = []
-
-  def compute():
-    calls.append(1)
-    return ids, probs
-
-  s = store_lib.get_or_create_store(tmp_path, COMPONENTS, compute)
-  with open(s.labels_path, "r+b") as f:
-    f.truncate(os.path.getsize(s.labels_path) // 2)
-  with pytest.raises(StoreMismatchError, match="truncated"):
-    store_lib.open_store(s.directory)
-  s2 = store_lib.get_or_create_store(tmp_path, COMPONENTS, compute)
-  os.remove(s.labels_path)
-  s3 = store_lib.get_or_create_store(tmp_path, COMPONENTS, compute)
-  assert len(calls) == 3
-  np.testing.assert_array_equal(s2.probs, probs)
-  np.testing.assert_array_equal(s3.probs, probs)
-
-
-def test_get_or_create_rejects_compute_output_for_other_ids(tmp_path):
-  ids, probs = _data()
-  with pytest.raises(StoreMismatchError, match="position 0"):
-    store_lib.get_or_create_store(tmp_path, COMPONENTS, lambda: (ids[::-1], probs),
-                                  expected_ids=ids)
-  assert os.listdir(tmp_path) == []
-
-
-def test_get_or_create_same_hash_other_ids_says_components_are_incomplete(tmp_path):
-  ids, probs = _data()
-  store_lib.get_or_create_store(tmp_path, COMPONENTS, lambda: (ids, probs))
-  with pytest.raises(StoreMismatchError, match="do not capture"):
-    store_lib.get_or_create_store(tmp_path, COMPONENTS, lambda: (ids, probs),
-                                  expected_ids=["new"] + ids[1:])
-
-
-# ------------------------------------------------------------------ noise
 
 
 def test_noise_rate_zero_is_identity():
@@ -376,48 +319,31 @@ def test_noise_spec_validation():
 
 
 def test_noisy_store_is_derived_once_and_never_confused_with_clean(tmp_path, monkeypatch):
-  ids, probs = _data(n=40)
-  clean = store_lib.get_or_create_store(tmp_path, COMPONENTS, lambda: (ids, probs))
+  from w2sg_jax import cache as cache_lib
+  from w2sg_jax.stages import Stages
+
+  ids, probs = _data(n=40, c=2, seed=1)
+  stages = Stages(config=None, task=None, cache=cache_lib.Cache(str(tmp_path)))
+  clean = stages._store_entry(COMPONENTS, lambda: (ids, probs))  # pylint: disable=protected-access
   spec = noise_lib.flip(0.25, seed=3)
-  noisy = store_lib.noisy_store(clean, spec, tmp_path)
+  noisy = stages.noisy_store(clean, spec)
   assert noisy.hash != clean.hash and noisy.directory != clean.directory
   assert noisy.meta["noise"] == spec.as_dict() and noisy.meta["num_corrupted"] == 10
-  assert noisy.components == {**clean.components, "noise": spec.as_dict()}
   expected, mask = noise_lib.apply_noise(probs, spec)
   np.testing.assert_array_equal(noisy.probs, expected)
   np.testing.assert_array_equal(noisy.corrupted, mask)
   assert not clean.corrupted.any()
   # Reused without recomputing the noise; the clean store is untouched.
   monkeypatch.setattr(noise_lib, "apply_noise", lambda *a: pytest.fail("recomputed"))
-  again = store_lib.noisy_store(clean, spec, tmp_path)
+  again = stages.noisy_store(clean, spec)
   assert again.directory == noisy.directory
   np.testing.assert_array_equal(store_lib.open_store(clean.directory).probs, probs)
   with pytest.raises(StoreMismatchError):
     store_lib.open_store(noisy.directory, expected_hash=clean.hash)
-  assert store_lib.noisy_store(clean, NoiseSpec.none(), tmp_path) is clean
-  with pytest.raises(ValueError, match="clean store"):
-    store_lib.noisy_store(noisy, noise_lib.flip(0.1, seed=0), tmp_path)
+  assert stages.noisy_store(clean, NoiseSpec.none()) is clean
 
 
 # ------------------------------------------------------------------ stream
-
-
-class ListSource:
-  """A random-access inputs source: x = [i, -i] identifies example i."""
-
-  def __init__(self, ids, as_bytes=False):
-    self.ids = list(ids)
-    self.as_bytes = as_bytes
-    self.reads = 0
-
-  def __len__(self):
-    return len(self.ids)
-
-  def __getitem__(self, i):
-    self.reads += 1
-    k = int(self.ids[i][2:])
-    eid = self.ids[i].encode() if self.as_bytes else self.ids[i]
-    return {"id": eid, "x": np.array([k, -k], np.float32)}
 
 
 N, B = 50, 8
@@ -426,102 +352,78 @@ N, B = 50, 8
 @pytest.fixture
 def stream_store(tmp_path):
   ids, probs = _data(n=N, c=3, seed=5)
-  return store_lib.write_store(tmp_path / "s", ids, probs, components=COMPONENTS), ids, probs
+  store = store_lib.write_store(tmp_path / "s", ids, probs, components=COMPONENTS)
+  # x = [k, -k] identifies example k.
+  x = np.stack([np.arange(N), -np.arange(N)], 1).astype(np.float32)
+  return store, ids, probs, x
 
 
-def _take(it, k):
-  return [next(it) for _ in range(k)]
+def _stream(store, ids, x, seed=11, steps=14):
+  return stream_lib.LabelStream(ids, {"x": x}, store, batch_size=B, num_steps=steps, seed=seed)
 
 
 def test_resuming_at_step_k_gives_identical_batches(stream_store):
-  store, ids, _ = stream_store
-  ds = stream_lib.student_dataset(ListSource(ids), store, batch_size=B, seed=11)
-  full = _take(stream_lib.batches_from(ds, 0), 14)
-  # A restarted process: a fresh dataset, resumed at step 9, with and without prefetch.
-  ds2 = stream_lib.student_dataset(ListSource(ids), store, batch_size=B, seed=11)
-  for kw in ({}, {"num_threads": 0}, {"num_threads": 4, "prefetch_buffer_size": 8}):
-    resumed = _take(stream_lib.batches_from(ds2, 9, **kw), 5)
+  store, ids, _, x = stream_store
+  full = list(_stream(store, ids, x).host_batches(0))
+  assert len(full) == 14
+  # A restarted process: a fresh stream, resumed at step 9, with and without prefetch.
+  for kw in ({}, {"num_threads": 0}, {"num_threads": 4, "prefetch": 8}):
+    resumed = list(_stream(store, ids, x).host_batches(9, **kw))
+    assert len(resumed) == 5
     for a, b in zip(full[9:], resumed):
-      assert a.keys() == b.keys() == {"x", "targets"}
-      np.testing.assert_array_equal(a["x"], b["x"])
+      assert a.keys() == b.keys() == {"inputs", "targets", "mask"}
+      np.testing.assert_array_equal(a["inputs"]["x"], b["inputs"]["x"])
       np.testing.assert_array_equal(a["targets"], b["targets"])
-  for k in (0, 6, 13):  # batch k is ds[k]
-    np.testing.assert_array_equal(ds[k]["x"], full[k]["x"])
-  other = stream_lib.student_dataset(ListSource(ids), store, batch_size=B, seed=12)
-  assert not np.array_equal(other[0]["x"], full[0]["x"])
+  other = list(_stream(store, ids, x, seed=12).host_batches(0))
+  assert not np.array_equal(other[0]["inputs"]["x"], full[0]["inputs"]["x"])
 
 
 def test_each_target_is_the_store_row_of_its_id(stream_store):
-  store, ids, probs = stream_store
-  by_id = {i: p for i, p in zip(ids, probs)}
-  ds = stream_lib.student_dataset(ListSource(ids), store, batch_size=B, seed=3, include_index=True)
-  for step, batch in enumerate(_take(stream_lib.batches_from(ds, 0), 7)):
-    assert batch["x"].shape == (B, 2) and batch["targets"].shape == (B, 3)
-    assert batch["targets"].dtype == np.float32
-    for x, t in zip(batch["x"], batch["targets"]):
-      np.testing.assert_array_equal(t, by_id[f"ex{int(x[0]):03d}"])
-    np.testing.assert_array_equal(batch["index"], batch["x"][:, 0].astype(int))
-    np.testing.assert_array_equal(batch["index"], stream_lib.batch_indices(N, B, 3, step))
+  store, ids, probs, x = stream_store
+  stream = _stream(store, ids, x, seed=3, steps=7)
+  for step, batch in enumerate(stream.host_batches(0)):
+    assert batch["inputs"]["x"].shape == (B, 2) and batch["targets"].shape == (B, 3)
+    assert batch["targets"].dtype == np.float32 and batch["mask"].all()
+    k = batch["inputs"]["x"][:, 0].astype(int)
+    np.testing.assert_array_equal(batch["targets"], probs[k])
+    np.testing.assert_array_equal(k, stream_lib.batch_indices(N, B, 7, 3)[step])
 
 
-def test_every_example_once_per_epoch(stream_store):
-  store, ids, _ = stream_store
-  ds = stream_lib.student_dataset(ListSource(ids), store, batch_size=B, seed=1)
-  steps = -(-3 * N // B)  # enough batches to cover three epochs
-  order = np.concatenate([b["x"][:, 0] for b in _take(stream_lib.batches_from(ds, 0), steps)])
-  order = order.astype(int)
-  epochs = [order[e * N:(e + 1) * N] for e in range(3)]
-  for e, ep in enumerate(epochs):
-    np.testing.assert_array_equal(np.sort(ep), np.arange(N))
-    np.testing.assert_array_equal(ep, stream_lib.epoch_order(N, 1, e))
-  assert not np.array_equal(epochs[0], epochs[1])  # each epoch reshuffled
-  assert not np.array_equal(epochs[0], np.arange(N))
+def test_every_example_at_most_once_per_epoch_and_epochs_reshuffle(stream_store):
+  order = stream_lib.batch_indices(N, B, 18, seed=1)
+  per_epoch = N // B
+  epochs = [order[e * per_epoch:(e + 1) * per_epoch].ravel() for e in range(3)]
+  for ep in epochs:
+    assert len(set(ep.tolist())) == per_epoch * B  # The partial last batch is dropped, never padded.
+  assert not np.array_equal(epochs[0], epochs[1])
+  np.testing.assert_array_equal(order, stream_lib.batch_indices(N, B, 18, seed=1))
+  with pytest.raises(ValueError, match="larger than the 50"):
+    stream_lib.batch_indices(N, 64, 3, seed=0)
 
 
-def test_finite_epochs_drop_the_remainder(stream_store):
-  store, ids, _ = stream_store
-  ds = stream_lib.student_dataset(ListSource(ids), store, batch_size=B, seed=1, num_epochs=2)
-  batches = list(stream_lib.batches_from(ds, 0))
-  assert len(batches) == (2 * N) // B and all(len(b["x"]) == B for b in batches)
-  ds = stream_lib.student_dataset(ListSource(ids), store, batch_size=B, seed=1, num_epochs=1,
-                                  drop_remainder=False)
-  sizes = [len(b["x"]) for b in stream_lib.batches_from(ds, 0)]
-  assert sizes == [B] * (N // B) + [N % B]
+def test_processes_read_their_own_rows_of_each_global_batch(stream_store):
+  store, ids, _, x = stream_store
+  whole = list(_stream(store, ids, x).host_batches(0, num_threads=0))
+  halves = [list(_stream(store, ids, x).host_batches(0, process_index=p, process_count=2)) for p in (0, 1)]
+  for k, batch in enumerate(whole):
+    joined = np.concatenate([halves[0][k]["inputs"]["x"], halves[1][k]["inputs"]["x"]])
+    np.testing.assert_array_equal(joined, batch["inputs"]["x"])
 
 
-def test_stream_rejects_a_source_that_does_not_match_the_store(stream_store):
-  store, ids, _ = stream_store
+def test_stream_rejects_inputs_that_do_not_match_the_store(stream_store):
+  store, ids, _, x = stream_store
   swapped = list(ids)
   swapped[4], swapped[5] = swapped[5], swapped[4]
   with pytest.raises(StoreMismatchError, match=r"position 4.*'ex004'.*'ex005'"):
-    stream_lib.student_dataset(ListSource(swapped), store, batch_size=B, seed=0)
-  with pytest.raises(StoreMismatchError, match="50 examples but the inputs source has 49"):
-    stream_lib.student_dataset(ListSource(ids[:-1]), store, batch_size=B, seed=0)
-  # Fast path: ids= is checked against the store, and spot-checked against the source.
-  with pytest.raises(StoreMismatchError, match="position 4"):
-    stream_lib.student_dataset(ListSource(ids), store, batch_size=B, seed=0, ids=swapped)
-  reversed_ids = ids[::-1]
-  with pytest.raises(StoreMismatchError, match="ids= does not describe the inputs source"):
-    stream_lib.student_dataset(ListSource(reversed_ids), store, batch_size=B, seed=0, ids=ids)
+    _stream(store, swapped, x)
+  with pytest.raises(StoreMismatchError, match="50 examples but the dataset has 49"):
+    _stream(store, ids[:-1], x[:-1])
 
 
-def test_fast_path_reads_few_elements_and_bytes_ids_are_accepted(stream_store):
-  store, ids, _ = stream_store
-  src = ListSource(ids, as_bytes=True)
-  stream_lib.student_dataset(src, store, batch_size=B, seed=0)
-  assert src.reads == N
-  src = ListSource(ids)
-  stream_lib.student_dataset(src, store, batch_size=B, seed=0, ids=ids)
-  assert src.reads <= 8
-
-
-def test_train_batches_have_the_trainer_layout(stream_store):
-  store, ids, _ = stream_store
-  ds = stream_lib.student_dataset(ListSource(ids), store, batch_size=B, seed=2)
-  get = stream_lib.train_batches(ds)
-  b5 = next(get(5))
-  assert set(b5) == {"inputs", "targets", "mask"} and set(b5["inputs"]) == {"x"}
-  assert b5["mask"].dtype == bool and b5["mask"].all() and b5["mask"].shape == (B,)
-  np.testing.assert_array_equal(b5["inputs"]["x"], ds[5]["x"])
-  np.testing.assert_array_equal(b5["targets"], ds[5]["targets"])
-  assert stream_lib.steps_per_epoch(N, B) == pytest.approx(6.25)
+def test_stacked_streams_hold_each_runs_targets_and_order(stream_store):
+  store, ids, probs, x = stream_store
+  streams = [_stream(store, ids, x, seed=s) for s in (1, 2)]
+  stacked = stream_lib.stack(streams)
+  assert stacked.targets_RxNxC.shape == (2, N, 3) and stacked.order_SxRxB.shape == (14, 2, B)
+  np.testing.assert_array_equal(stacked.order_SxRxB[:, 1], streams[1].order)
+  assert stacked.seeds == (1, 2)

@@ -72,16 +72,16 @@ def test_checkpoint_folder_without_weights_names_the_missing_files(tmp_path):
 
 @pytest.mark.parametrize("mode", ["top", "full"])
 def test_finetune_modes_train_the_right_parameters(mode):
-  config = _config("tweets_minilm", **{"strong.mode": mode, "strong.hidden": ()})
+  config = _config("tweets_minilm", **{"strong.finetune": mode, "strong.head_hidden": ()})
   task = tasks.get("tweets")
   model = task.make_model("strong", config)(nnx.Rngs(0))
   # Start the head away from zero so that gradients reach the encoder.
   head = model.classifier.head.out
   head.kernel.set_value(0.1 * jax.random.normal(jax.random.PRNGKey(1), head.kernel.shape))
-  apply_fn, params, frozen = train.split_model(model, task.trainable("strong", config))
   mesh = parallel.make_mesh(2)
   tx, schedule = train.make_optimizer({"name": "adamw", "learning_rate": 1e-3}, 2)
-  state = parallel.replicate(train.init_state(params, frozen, tx, 0), mesh)
+  apply_fn, state, _ = train.create_state(lambda rngs: model, tx=tx, seed=0, mesh=mesh,
+                                          trainable=task.trainable("strong", config))
   before = jax.tree.map(np.asarray, state.params)
   trainer = train.Trainer(apply_fn=apply_fn, loss_fn=losses.get("js"), tx=tx, schedule=schedule, num_steps=2,
                           mesh=mesh)
