@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -36,8 +35,10 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from w2sg_jax import cpu as cpu_lib
 from w2sg_jax import losses as losses_lib
 from w2sg_jax import parallel
+from w2sg_jax import progress as progress_lib
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, PyTree, Mapping[str, jax.Array], jax.Array], jax.Array]
@@ -214,19 +215,31 @@ def train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     num_steps: int,
+    num_chains: int | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update. Pure: the same inputs give the same outputs.
 
   The per-example loss is reduced with ``batch["mask"]``, so padding rows and
   partial final batches do not change the gradient. ``progress`` (step over
   total steps) drives the warm-up of confidence terms such as ``logconf``.
+
+  ``num_chains`` cuts the batch into that many interleaved slices that run
+  through the model as independent subgraphs (``cpu.chained``), so a
+  multi-core CPU overlaps their work; the logits are restacked and the loss
+  (with any batch statistic, such as the confidence term's quantile) sees the
+  whole batch, so the update equals the plain one to float rounding. ``None``
+  picks it per platform and model size (``cpu.default_num_chains``: 1 on
+  GPU/TPU and for small models).
   """
   rng = jax.random.fold_in(state.rng, state.step)
   mask = batch["mask"]
   progress = state.step.astype(jnp.float32) / max(num_steps, 1)
+  rows = mask.shape[0]
+  chains = cpu_lib.resolve_num_chains(num_chains, rows, (state.params, state.frozen), batch["inputs"])
+  model = cpu_lib.chained(apply_fn, chains, argnums=(2,))
 
   def loss_of(params):
-    logits = apply_fn(params, state.frozen, batch["inputs"], rng)
+    logits = model(params, state.frozen, batch["inputs"], rng)
     per_example = loss_fn(logits, batch["targets"], where=mask.astype(bool), progress=progress)
     return masked_mean(per_example, mask), logits
 
@@ -302,19 +315,25 @@ class Trainer:
     parallel.check_batch_size(len(host_batch["mask"]) * jax.process_count(), self.mesh)
     return self._step(state, parallel.to_global(host_batch, self.mesh))
 
-  def predict(self, state: TrainState, inputs: Mapping[str, np.ndarray], batch_size: int) -> np.ndarray:
-    """Logits for every row of ``inputs``; the last batch is padded, then cut."""
+  def predict(self, state: TrainState, inputs: Mapping[str, np.ndarray], batch_size: int, *,
+              desc: str | None = None) -> np.ndarray:
+    """Logits for every row of ``inputs``; the last batch is padded, then cut.
+
+    With ``desc``, a progress bar over the examples leaves one line when done.
+    """
     n = len(next(iter(inputs.values())))
     ndev = self.mesh.devices.size
     batch_size = max(ndev, batch_size - batch_size % ndev)
     out = []
-    for start in range(0, n, batch_size):
-      chunk = {k: np.asarray(v[start : start + batch_size]) for k, v in inputs.items()}
-      real = len(next(iter(chunk.values())))
-      if real < batch_size:
-        chunk = {k: _pad_rows(v, batch_size) for k, v in chunk.items()}
-      logits = self._predict(state.params, state.frozen, parallel.to_global(chunk, self.mesh))
-      out.append(np.asarray(jax.device_get(logits))[:real])
+    with progress_lib.Progress(n, desc or "predict", unit="example", enabled=desc is not None) as bar:
+      for start in range(0, n, batch_size):
+        chunk = {k: np.asarray(v[start : start + batch_size]) for k, v in inputs.items()}
+        real = len(next(iter(chunk.values())))
+        if real < batch_size:
+          chunk = {k: _pad_rows(v, batch_size) for k, v in chunk.items()}
+        logits = self._predict(state.params, state.frozen, parallel.to_global(chunk, self.mesh))
+        out.append(np.asarray(jax.device_get(logits))[:real])
+        bar.update(real)
     return np.concatenate(out, 0)
 
 
@@ -327,7 +346,7 @@ def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
 
 
 class Checkpointer:
-  """Orbax checkpoints of ``{"state": TrainState, "data_position": int}``.
+  """Orbax checkpoints of ``{"state": TrainState without frozen, "data_position": int}``.
 
   The data position is the number of batches consumed; the input pipelines
   here are pure functions of (seed, position), so restoring it replays the
@@ -348,7 +367,9 @@ class Checkpointer:
     step = int(jax.device_get(state.step))
     if step in self._manager.all_steps():
       return
-    tree = {"state": state, "data_position": np.asarray(data_position, np.int64)}
+    # `frozen` never changes and is rebuilt from the model on resume: a LoRA run of
+    # an 8B model checkpoints megabytes (adapters, head, their Adam moments), not the base.
+    tree = {"state": state.replace(frozen={}), "data_position": np.asarray(data_position, np.int64)}
     self._manager.save(step, args=ocp.args.StandardSave(tree))
     self._manager.wait_until_finished()
 
@@ -358,11 +379,11 @@ class Checkpointer:
     if step is None:
       return None
     abstract = {
-        "state": jax.tree.map(ocp.utils.to_shape_dtype_struct, like),
+        "state": jax.tree.map(ocp.utils.to_shape_dtype_struct, like.replace(frozen={})),
         "data_position": np.asarray(0, np.int64),
     }
     tree = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    return tree["state"], int(tree["data_position"])
+    return tree["state"].replace(frozen=like.frozen), int(tree["data_position"])
 
   def close(self) -> None:
     self._manager.close()
@@ -403,8 +424,6 @@ def fit(
   before each checkpoint, so a saved checkpoint is always a finite one.
   ``workdir/metrics.jsonl`` gets one line per logged step.
   """
-  from tqdm.auto import tqdm
-
   os.makedirs(workdir, exist_ok=True)
   ckpt = Checkpointer(os.path.join(workdir, "ckpt"))
   start, resumed_from = 0, None
@@ -443,26 +462,27 @@ def fit(
     pending = []
 
   it = batches(start)
-  bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, leave=False)
-  t0 = time.perf_counter()
+  # The bar counts dispatched steps (no device sync); the loss shows at each drain.
+  bar = progress_lib.Progress(num_steps, desc, unit="step", initial=start, enabled=progress)
+  failed = True
   try:
     for step in range(start + 1, num_steps + 1):
       state, metrics = trainer.step(state, next(it))
       pending.append((step, metrics))
+      bar.update(1)
       if on_step is not None:
         on_step(step)
       if step % log_every == 0 or step % save_every == 0 or step == num_steps:
         drain()
-        bar.update(step - bar.n)
         if history:
           bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
       if step % save_every == 0 or step == num_steps:
         ckpt.save(state, data_position=step)
         last_saved = step
+    failed = False
   finally:
-    bar.close()
+    bar.close(failed=failed)
     ckpt.close()
-  del t0
   return FitResult(state=state, history=history, resumed_from=resumed_from)
 
 
