@@ -46,13 +46,22 @@ def train_config(
   })
 
 
-def noise_config(rates: tuple[float, ...], *, scale: float = -1.0, seed: int = 0) -> ml_collections.ConfigDict:
+def noise_config(rates: tuple[float, ...], *, scale: float = -1.0, seed: int = 0,
+                 per_seed: bool = False) -> ml_collections.ConfigDict:
   """Label noise on the weak labels of w2s_train (see ``labels/noise.py``)."""
   return ml_collections.ConfigDict({
       "rates": tuple(rates),  # Fraction of weak labels corrupted, one student group per rate.
       "scale": scale,  # q -> 1/C + scale (q - 1/C): -1 flips (binary), 0 makes the label uniform.
-      "seed": seed,  # Picks the corrupted examples; the same for every student.
+      "seed": seed,  # Picks the corrupted examples; the same for every student (unless per_seed).
+      # True: each student's corrupted subset is drawn with its own seed (as in the Yao et al. code).
+      "per_seed": per_seed,
   })
+
+
+def ceiling_config(split: str = "w2s_train") -> ml_collections.ConfigDict:
+  """The strong ceiling of PGR: the strong model trained on ground truth."""
+  # 'w2s_train' (the students' examples) or 'weak_train' (the weak model's, as Burns et al. and Yao et al.).
+  return ml_collections.ConfigDict({"split": split})
 
 
 def student_config(
@@ -77,6 +86,34 @@ def student_config(
   })
 
 
+def pretrained_model(
+    checkpoint: str,
+    *,
+    dtype: str = "bfloat16",
+    finetune: str = "full",
+    lora_rank: int = 8,
+    lora_alpha: float = 16.0,
+) -> ml_collections.ConfigDict:
+  """A pretrained Hugging Face model (GPT-2, Llama, Qwen2, GPT-NeoX, BERT) with a task head."""
+  return ml_collections.ConfigDict({
+      "checkpoint": checkpoint,  # Hub id or local folder (config.json, *.safetensors, tokenizer.json).
+      "num_layers": 0,  # Keep only the first k transformer layers; 0 = all.
+      "dtype": dtype,  # Compute dtype: 'bfloat16' or 'float32' (trained parameters and the loss stay float32).
+      # 'full', 'top' (top_layers + head), 'head' (a probe on a frozen encoder),
+      # or 'lora' (adapters on the frozen encoder's projections + head).
+      "finetune": finetune,
+      "top_layers": 0,  # With finetune='top': how many of the top layers train.
+      "lora": {
+          "rank": lora_rank,  # With finetune='lora': inner width r of each adapter.
+          "alpha": lora_alpha,  # Adapter output scaled by alpha / r.
+          "dropout": 0.0,  # Dropout on the adapter input while training.
+          "target_modules": (),  # () = the attention and MLP projections of the model's family.
+      },
+      "pooling": "",  # '' = the last real token (decoders) / mean (BERT); or 'last', 'mean'.
+      "head_hidden": (),  # Hidden widths of the head; () = a linear head (zero-initialised).
+  })
+
+
 def head_model(head_hidden: tuple[int, ...] = ()) -> ml_collections.ConfigDict:
   """A model that is a head on features: only the head's widths."""
   return ml_collections.ConfigDict({"head_hidden": tuple(head_hidden)})  # () = a linear probe.
@@ -95,13 +132,15 @@ def load_config(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_col
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   config = module.get_config(variant or None)
+  from w2sg_jax import validate  # Unknown keys get a "did you mean".
+
   with config.unlocked():
     for dotted, value in (overrides or {}).items():
       *parents, leaf = dotted.split(".")
+      if not validate.has_key(config, dotted):
+        raise validate.UnknownKeyError(dotted, config, where=spec)
       node = config
       for key in parents:
         node = node[key]
-      if leaf not in node:
-        raise KeyError(f"unknown config key {dotted!r} in {spec}")
       node[leaf] = value
   return config

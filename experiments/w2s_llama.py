@@ -1,0 +1,109 @@
+r"""The modern W2SG setting: a weak Qwen2 reward model supervises a Llama strong model trained with LoRA.
+
+After EleutherAI's ``w2s`` (the reference for these settings): the weak model
+is Qwen1.5-0.5B (``model_type`` qwen2), the strong one Meta-Llama-3-8B, both
+fine-tuned with LoRA adapters of rank 8 on the attention and MLP projections
+plus a linear reward head; learning rate 5e-4 for the weak model and 8e-5 for
+the strong one, 3 epochs, 40 warm-up steps, weight decay 0.1. Those values
+come from EleutherAI's ``w2s``. This project's own choices: the data (Anthropic
+HH-RLHF harmless-base pairs, 4000/4000/4000, left-truncated to 512 tokens, as
+in ``paper_hh``), AdamW with cosine decay after the warm-up, batch 32, alpha 16,
+bfloat16 bases with float32 adapters, the losses (xent, logconf and the
+f-divergences at noise 0 and 0.2, 3 seeds), and the final model is evaluated
+(EleutherAI select the epoch by validation AUROC; that selection is not
+implemented here).
+
+  python -m w2sg_jax.main --config=experiments/w2s_llama.py --workdir=runs/w2s_llama          # hub, accelerator
+  python -m w2sg_jax.main --config=experiments/w2s_llama.py:smoke --workdir=/tmp/w2s_llama   # offline, ~2 min CPU
+  python -m w2sg_jax.plan --config=experiments/w2s_llama.py --devices=8 --device-memory=80   # memory plan
+
+Variants (after the colon): ``smoke`` (tiny random Qwen2 and Llama checkpoints
+made by transformers and shipped with the tests, on the HH fixture pairs, 16
+pairs a split; for tests, not for numbers), ``pythia`` (weak = Pythia-410m,
+a GPT-NeoX model, instead of Qwen).
+
+The real variants download weights from the Hugging Face hub
+(``pip install 'w2sg-jax[hub]'``; Llama 3 needs an accepted licence and a token).
+"""
+
+import os
+
+import ml_collections
+
+from w2sg_jax import losses
+from w2sg_jax.config_lib import noise_config, pretrained_model, student_config, train_config
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_FIXTURES = os.path.join(_REPO, "tests", "fixtures")
+
+VARIANTS = ("smoke", "pythia")
+
+
+def _train(learning_rate: float, batch_size: int = 32) -> ml_collections.ConfigDict:
+  t = train_config(batch_size=batch_size, epochs=3, learning_rate=learning_rate, optimizer="adamw",
+                   eval_batch_size=32, weight_decay=0.1, grad_clip=1.0, save_every=200, log_every=10)
+  t.optimizer.warmup_steps = 40
+  return t
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = "w2s_llama"
+  c.task = "preference"
+  c.seed = 0  # Weak model seed; student (and ceiling) seeds are seed+1 .. seed+seeds.
+  c.seeds = 3
+  c.cache_dir = "runs/cache"
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = "hh_rlhf"
+  c.data.subset = "harmless-base"
+  c.data.source_splits = ("train",)
+  c.data.data_dir = ""
+  c.data.manual_dir = ""
+  c.data.download = True
+  c.data.sizes = ml_collections.ConfigDict({"weak_train": 4000, "w2s_train": 4000, "test": 4000})
+  c.data.split_seed = 0
+  c.data.order_seed = 0
+  c.data.max_length = 512
+
+  c.weak = pretrained_model("Qwen/Qwen1.5-0.5B", finetune="lora")
+  c.weak.train = _train(5e-4)
+  c.strong = pretrained_model("meta-llama/Meta-Llama-3-8B", finetune="lora")
+
+  c.student = student_config(
+      engine="data_parallel",
+      losses=("xent", "logconf") + losses.F_DIVERGENCES,
+      noise=noise_config((0.0, 0.2)),
+      train=_train(8e-5),
+  )
+
+  if arg == "pythia":
+    c.name = "w2s_llama_pythia"
+    c.weak.checkpoint = "EleutherAI/pythia-410m"
+  elif arg == "smoke":
+    c.name = "w2s_llama_smoke"
+    c.seeds = 1
+    c.data.manual_dir = os.path.join(_FIXTURES, "data", "hh-rlhf")
+    c.data.download = False
+    c.data.source_splits = ("train", "test")  # The fixtures hold ~50 pairs in all.
+    c.data.sizes = ml_collections.ConfigDict({"weak_train": 16, "w2s_train": 16, "test": 16})
+    c.data.max_length = 64
+    c.weak.checkpoint = os.path.join(_FIXTURES, "models", "tiny_qwen2")
+    c.strong.checkpoint = os.path.join(_FIXTURES, "models", "tiny_llama")
+    for role in (c.weak, c.strong):
+      role.dtype = "float32"
+      role.lora.rank = 2  # The tiny models are 32 wide: rank 8 would train a fifth of them.
+      role.lora.alpha = 4.0
+    for t in (c.weak.train, c.student.train):
+      t.batch_size = 8  # Divisible by the 8 simulated CPU devices of the tests.
+      t.eval_batch_size = 16
+      t.log_every = 1
+      t.epochs = 2
+      t.optimizer.warmup_steps = 1
+      t.optimizer.learning_rate = 1e-3  # Random tiny weights need a larger step.
+    c.student.losses = ("xent", "js")
+    c.student.noise.rates = (0.0, 0.2)
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} of experiments/w2s_llama.py; known: {', '.join(VARIANTS)}.")
+  c.lock()
+  return c

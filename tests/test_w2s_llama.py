@@ -1,0 +1,81 @@
+"""The modern W2SG setting: weak Qwen2 -> strong Llama with LoRA, on the tiny fixtures."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from w2sg_jax import config_lib, losses, parallel, tasks, train
+from w2sg_jax.models import lora as lora_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(**overrides):
+  return config_lib.load_config(os.path.join(REPO, "experiments", "w2s_llama.py:smoke"), overrides)
+
+
+def test_real_config_declares_the_reference_settings():
+  c = config_lib.load_config(os.path.join(REPO, "experiments", "w2s_llama.py"))
+  assert c.weak.finetune == c.strong.finetune == "lora" and c.strong.lora.rank == 8
+  assert c.weak.train.optimizer.learning_rate == 5e-4 and c.student.train.optimizer.learning_rate == 8e-5
+  assert c.student.train.epochs == 3 and c.student.train.optimizer.warmup_steps == 40
+  assert c.student.train.optimizer.weight_decay == 0.1
+  assert "llama" in c.strong.checkpoint.lower() and "qwen" in c.weak.checkpoint.lower()
+
+
+def test_lora_student_trains_only_adapters_and_head(tmp_path):
+  config = _config(cache_dir=str(tmp_path))
+  task = tasks.get("preference")
+  task.splits(config, str(tmp_path))
+  make_model = task.make_model("strong", config)
+  filt = task.trainable("strong", config)
+  mesh = parallel.make_mesh(2)
+  tx, schedule = train.make_optimizer({"name": "adamw", "learning_rate": 1e-2}, 3)
+  apply_fn, state, _ = train.create_state(make_model, tx=tx, seed=0, mesh=mesh, trainable=filt)
+  params0 = jax.tree.map(np.asarray, state.params)
+  frozen0 = jax.tree.map(np.asarray, state.frozen)
+  leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
+  names = ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in leaves]
+  assert names and all("lora_" in n or n.startswith("head") for n in names), names
+  trainer = train.Trainer(apply_fn=apply_fn, loss_fn=losses.get("xent"), tx=tx, schedule=schedule, num_steps=3,
+                          mesh=mesh)
+  rng = np.random.default_rng(0)
+  ids = rng.integers(3, 250, (4, 12)).astype(np.int32)
+  batch = {"inputs": {"a_ids": ids, "a_mask": np.ones_like(ids), "b_ids": ids[::-1].copy(),
+                      "b_mask": np.ones_like(ids)},
+           "targets": np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]], np.float32),
+           "mask": np.ones(4, np.float32)}
+  for _ in range(3):
+    state, metrics = trainer.step(state, batch)
+  assert np.isfinite(float(metrics["loss"]))
+  moved = {n: not np.allclose(a, np.asarray(b))
+           for n, a, b in zip(names, jax.tree.leaves(params0), jax.tree.leaves(state.params))}
+  # Every adapter and the head's kernel train; the head's bias cancels in the margin r(a) - r(b).
+  assert all(v for n, v in moved.items() if "bias" not in n), moved
+  for a, b in zip(jax.tree.leaves(frozen0), jax.tree.leaves(state.frozen)):
+    np.testing.assert_array_equal(a, np.asarray(b))  # The base never moves.
+  total, trainable = (sum(int(np.prod(x.shape)) for x in jax.tree.leaves(t)) for t in (
+      nnx.state(nnx.eval_shape(lambda: make_model(nnx.Rngs(0))), nnx.Param), state.params))
+  assert trainable < 0.1 * total
+  del lora_lib
+
+
+@pytest.mark.slow
+def test_smoke_experiment_trains_lora_students_end_to_end(tmp_path):
+  env = {**os.environ, "PYTHONPATH": REPO}
+  proc = subprocess.run([sys.executable, "-m", "w2sg_jax.main", "--config=experiments/w2s_llama.py:smoke",
+                         f"--workdir={tmp_path / 'run'}", f"--config.cache_dir={tmp_path / 'cache'}"],
+                        capture_output=True, text=True, env=env, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert len(results["runs"]) == 2 * 2
+  for part in (results["weak"], results["ceiling"], *results["runs"]):
+    assert 0 < part["trainable_params"] < 0.1 * part["params"]
+  # Finished runs keep their logits, not their checkpoints: nothing of the base was saved.
+  assert not any(d.endswith(".partial") for d in os.listdir(tmp_path / "cache" / "student"))
