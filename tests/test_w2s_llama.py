@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from w2sg_jax import config_lib, losses, parallel, tasks, train
-from w2sg_jax.models import lora as lora_lib
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,7 +63,7 @@ def test_lora_student_trains_only_adapters_and_head(tmp_path):
   total, trainable = (sum(int(np.prod(x.shape)) for x in jax.tree.leaves(t)) for t in (
       nnx.state(nnx.eval_shape(lambda: make_model(nnx.Rngs(0))), nnx.Param), state.params))
   assert trainable < 0.1 * total
-  del lora_lib
+
 
 
 @pytest.mark.slow
