@@ -249,9 +249,9 @@ def test_missing_files_are_named(tmp_path):
 def test_unsupported_model_type(tmp_path):
   shutil.copytree(TINY_GPT2, tmp_path / "ck")
   cfg = json.loads((TINY_GPT2 / "config.json").read_text())
-  cfg["model_type"] = "llama"
+  cfg["model_type"] = "mamba"
   (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
-  with pytest.raises(ValueError, match=r"model_type='llama'.*\['bert', 'gpt2'\]"):
+  with pytest.raises(ValueError, match=r"model_type='mamba'.*\['bert', 'gpt2', 'gpt_neox', 'llama', 'qwen2'\]"):
     load_pretrained(tmp_path / "ck")
 
 

@@ -21,6 +21,8 @@ from flax import nnx
 
 from w2sg_jax.models.bert import Bert
 from w2sg_jax.models.gpt2 import GPT2
+from w2sg_jax.models.gpt_neox import GPTNeoX
+from w2sg_jax.models.llama import Llama
 
 Pooling = Literal["mean", "last"]
 
@@ -69,7 +71,7 @@ _POOLS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 def _resolve_pooling(encoder: nnx.Module, pooling: str | None) -> str:
   if pooling is None:
     # Causal models summarise a sequence in their last state; encoders in all.
-    if isinstance(encoder, GPT2):
+    if isinstance(encoder, (GPT2, Llama, GPTNeoX)):
       return "last"
     if isinstance(encoder, Bert):
       return "mean"
@@ -140,7 +142,7 @@ class SequenceClassifier(nnx.Module):
     encoder: e.g. from :func:`~w2sg_jax.models.load_pretrained`.
     num_classes: C.
     pooling: ``'mean'`` or ``'last'``; ``None`` picks ``'mean'`` for BERT and
-      ``'last'`` for GPT-2.
+      ``'last'`` for the decoders (GPT-2, Llama, Qwen2, GPT-NeoX).
     hidden_sizes: head hidden widths (``()``: linear probe).
     rngs: initialises the head.
   """

