@@ -9,7 +9,7 @@ ARGS ?=
 # Simulated CPU devices for the data-parallel tests; harmless on GPU/TPU hosts.
 TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8
 
-.PHONY: setup test test-slow test-all experiment bench clean
+.PHONY: setup test test-slow test-all experiment check-experiment bench clean
 
 setup: $(STAMP)
 
@@ -30,8 +30,16 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	XLA_FLAGS=$(TEST_XLA_FLAGS) $(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
-experiment: $(STAMP)
+# The name is checked before anything else runs: a missing experiment lists the ones there are.
+experiment: check-experiment $(STAMP)
 	$(PY) -m w2sg_jax.main --config=experiments/$(NAME).py --workdir=$(WORKDIR) $(ARGS)
+
+check-experiment:
+	@test -f experiments/$(NAME).py || { \
+	  echo "error: no experiment named '$(NAME)' (experiments/$(NAME).py does not exist)." >&2; \
+	  echo "The experiments are: $$(ls experiments | sed -n 's/^\([^_].*\)\.py$$/\1/p' | tr '\n' ' ')" >&2; \
+	  echo "Run one with: make experiment NAME=<name> [ARGS='--config.KEY=VALUE ...']" >&2; \
+	  exit 2; }
 
 bench: $(STAMP)
 	$(PY) -m w2sg_jax.bench --outdir=runs/bench $(ARGS)

@@ -74,6 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.weak.train.optimizer.learning_rate = 0.1
   elif arg == "ternary":
     c.data.task = "ternary"
+    c.student.noise.scale = -0.5  # A corrupted label moves to the other two classes; a flip (-1) is binary-only.
   elif arg == "finetune":
     c.strong.finetune = "top"
     c.student.engine = "data_parallel"

@@ -146,3 +146,62 @@ def test_sorted_rows_puts_nan_last():
       {"loss": "d", "noise": 0.1, "pgr_mean": 0.9},
   ]
   assert [r["loss"] for r in report.sorted_rows(rows)] == ["c", "d", "b", "a"]
+
+
+# ----------------------------------------------------------------------------
+# Undefined PGR: flagged, never ranked
+# ----------------------------------------------------------------------------
+
+
+def _degenerate(tmp_path, **pgr_status):
+  """The fake sweep with the ceiling below the weak model (as with lr 1e30 on the ceiling)."""
+  results = _fake_results(n_losses=4, seeds=3, n=300)
+  results["weak"], results["ceiling"] = results["ceiling"], results["weak"]
+  if pgr_status:
+    results["pgr_status"] = pgr_status
+  with pytest.warns(RuntimeWarning, match="PGR is undefined"):
+    results["summary"] = metrics.summarize_runs(
+        results["runs"], results["weak"], results["ceiling"], n_resamples_seeds=200, n_resamples_examples=100,
+        **({"min_gap": pgr_status["min_gap"]} if pgr_status else {}))
+  return results, report.write_report(results, tmp_path, title="Broken ceiling")
+
+
+def test_undefined_pgr_is_flagged_on_top_and_nothing_is_ranked(tmp_path):
+  results, paths = _degenerate(tmp_path)
+  md = open(paths["summary_md"], encoding="utf-8").read()
+  first = md.split("\n", 3)
+  assert first[0] == "# Broken ceiling" and first[2].startswith("> **Warning.** PGR is undefined:")
+  assert f"{results['ceiling']['test_accuracy']:.4f}" in first[2] and "does not beat" in first[2]
+  assert "nothing is ranked" in md and "best first" not in md
+  header = [c.strip() for c in md.split("\n| ", 1)[1].split("\n")[0].strip("|").split("|")]
+  rows = _table_rows(md)
+  assert len(rows) == 4 * 3
+  for col in ("PGR (mean ± std)", "PGR 95% CI (seeds)", "PGR 95% CI (examples)"):
+    assert {r[header.index(col)] for r in rows} == {"n/a"}, col
+  # Sorted by noise, then by loss name: an order that says nothing about PGR.
+  assert [(float(r[1]), r[0]) for r in rows] == sorted((float(r[1]), r[0]) for r in rows)
+  with open(paths["summary_csv"], newline="") as f:
+    assert {(r["pgr_mean"], r["pgr_ci95_low"]) for r in csv.DictReader(f)} == {("", "")}
+  # The PGR figure says why instead of drawing bars: almost no saturated (bar) pixels.
+  img = mpimg.imread(paths["pgr_by_loss"])[..., :3].reshape(-1, 3)
+  assert ((img.max(axis=1) - img.min(axis=1)) > 0.25).mean() < 0.001
+
+
+def test_a_summary_with_pgr_is_blanked_when_the_gap_is_too_small(tmp_path):
+  results = _fake_results(n_losses=3, seeds=2, n=200)
+  results["summary"] = metrics.summarize_runs(results["runs"], results["weak"], results["ceiling"],
+                                              n_resamples_seeds=100, n_resamples_examples=100)
+  assert all(row["pgr_mean"] is not None for row in results["summary"])
+  results["pgr_status"] = {"min_gap": 0.5}  # A margin the ceiling (+0.16) does not reach.
+  paths = report.write_report(results, tmp_path, title="Margin")
+  md = open(paths["summary_md"], encoding="utf-8").read()
+  assert "> **Warning.** PGR is undefined:" in md and "0.5 accuracy points" not in md and "50 accuracy points" in md
+  assert all(r[-1] == "n/a" for r in _table_rows(md))
+
+
+def test_markdown_table_reads_n_a_for_a_missing_pgr():
+  row = {"loss": "kl", "noise": 0.0, "n_seeds": 2, "accuracy_mean": 0.8, "accuracy_std": 0.01,
+         "accuracy_ci95": [0.79, 0.81], "auroc_mean": 0.9, "pgr_mean": None, "pgr_std": None, "pgr_ci95": None}
+  (cells,) = _table_rows(report.markdown_table([row]))
+  assert cells[-2:] == ["n/a", "n/a"] and cells[3] == "0.800 ± 0.010"
+  assert not report.pgr_defined([row])

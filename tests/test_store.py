@@ -151,8 +151,24 @@ def test_duplicate_ids_are_rejected(tmp_path):
 def test_rows_summing_to_one_within_tolerance_are_accepted(tmp_path):
   ids, probs = _data()
   probs = probs.astype(np.float64)
-  probs[:, 0] += 5e-5
-  store_lib.write_store(tmp_path / "s", ids, probs, components=COMPONENTS)
+  probs[:, 0] += 5e-5  # Every row sums to 1 + 5e-5, inside store_lib.SUM_TOL.
+  written = store_lib.write_store(tmp_path / "s", ids, probs, components=COMPONENTS)
+  # What was stored is the rows as given, cast to float32: not renormalised, not reordered.
+  expected = probs.astype(np.float32)
+  for store in (written, store_lib.open_store(tmp_path / "s", expected_hash=written.hash, expected_ids=ids)):
+    assert store.ids == tuple(ids) and store.num_classes == 2 and len(store) == len(ids)
+    assert store.probs.dtype == np.float32
+    np.testing.assert_array_equal(store.probs, expected)
+    np.testing.assert_allclose(store.probs.astype(np.float64).sum(1), 1 + 5e-5, atol=1e-6)
+  assert written.hash == store_lib.content_hash(COMPONENTS)
+  records = [written.source()[k] for k in (0, len(ids) - 1)]
+  assert [r["id"] for r in records] == [ids[0], ids[-1]]
+  np.testing.assert_array_equal(np.stack([r["probs"] for r in records]), expected[[0, -1]])
+  # Just past the tolerance, the same write is refused and leaves nothing behind.
+  probs[3, 0] += 2 * store_lib.SUM_TOL
+  with pytest.raises(ValueError, match="row 3"):
+    store_lib.write_store(tmp_path / "t", ids, probs, components=COMPONENTS)
+  assert not (tmp_path / "t").exists()
 
 
 def test_killed_write_leaves_no_store(tmp_path, monkeypatch):

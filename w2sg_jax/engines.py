@@ -33,6 +33,7 @@ from flax import nnx
 
 from w2sg_jax import losses as losses_lib
 from w2sg_jax import parallel
+from w2sg_jax import progress as progress_lib
 from w2sg_jax import train as train_lib
 from w2sg_jax.labels import stream as stream_lib
 from w2sg_jax.labels.store import WeakLabelStore
@@ -120,23 +121,42 @@ def train_runs(
   if engine == "vmap":
     if trainable is not nnx.Param:
       raise ValueError("the vmap engine trains every parameter; use engine='data_parallel' to freeze some.")
-    apply, params_R, history = train_vmap(
-        make_model, stream_lib.stack(streams), loss_fn=loss_fn, opt=cfg["optimizer"], num_steps=num_steps,
-        desc=desc, progress=progress, on_chunk=on_chunk,
-    )
+    try:
+      apply, params_R, history = train_vmap(
+          make_model, stream_lib.stack(streams), loss_fn=loss_fn, opt=cfg["optimizer"], num_steps=num_steps,
+          desc=desc, progress=progress, on_chunk=on_chunk,
+      )
+    except train_lib.NonFiniteError as e:
+      raise _group_error(e, desc, runs, lost=runs) from e
     logits = {split: list(np.asarray(apply(params_R, jax.tree.map(jnp.asarray, dict(inputs)))))
               for split, inputs in eval_inputs.items()}
     return TrainedRuns(logits=logits, history=[history] * len(runs))
   out = TrainedRuns(logits={split: [] for split in eval_inputs}, history=[])
-  for run, stream in zip(runs, streams):
-    logits, history = _train_data_parallel(
-        make_model, stream, eval_inputs, loss_fn=loss_fn, cfg=cfg, trainable=trainable, work_dir=run.work_dir,
-        desc=f"{desc} seed {run.seed}", progress=progress,
-    )
+  for i, (run, stream) in enumerate(zip(runs, streams)):
+    try:
+      logits, history = _train_data_parallel(
+          make_model, stream, eval_inputs, loss_fn=loss_fn, cfg=cfg, trainable=trainable, work_dir=run.work_dir,
+          desc=f"{desc} seed {run.seed}", progress=progress,
+      )
+    except train_lib.NonFiniteError as e:
+      raise _group_error(e, desc, runs, lost=runs[i:]) from e
     for split in eval_inputs:
       out.logits[split].append(logits[split])
     out.history.append(history)
   return out
+
+
+def _run_name(run: RunSpec) -> str:
+  noise = run.store.noise if run.store is not None else None
+  return f"seed {run.seed}, noise {noise.rate:g}" if noise is not None else f"seed {run.seed}"
+
+
+def _group_error(e: Exception, desc: str, runs: Sequence[RunSpec], lost: Sequence[RunSpec]) -> Exception:
+  """The NaN message with the group it stopped and the runs that did not finish."""
+  return train_lib.NonFiniteError(
+      f"{e} The group '{desc}' stopped; its unfinished runs ({'; '.join(_run_name(r) for r in lost)}) were not "
+      "saved, and every group that finished before it is kept."
+  )
 
 
 # ------------------------------------------------------------- data parallel
@@ -164,7 +184,8 @@ def _train_data_parallel(make_model, stream, eval_inputs, *, loss_fn, cfg, train
       progress=progress,
   )
   eval_batch = int(cfg.get("eval_batch_size", 256))
-  logits = {split: trainer.predict(result.state, inputs, eval_batch) for split, inputs in eval_inputs.items()}
+  logits = {split: trainer.predict(result.state, inputs, eval_batch, desc=f"{desc}: predict {split}" if progress else None)
+            for split, inputs in eval_inputs.items()}
   return logits, result.history
 
 
@@ -209,8 +230,6 @@ def train_vmap(
   Returns ``(apply, params_R, history)``: ``apply(params_R, inputs)`` gives
   logits ``[R, N, C]`` and ``history`` holds the run-mean loss per chunk.
   """
-  from tqdm.auto import tqdm
-
   seeds = data.seeds
   num_runs = len(seeds)
   chunk_steps = chunk_steps or chunk_steps_for(num_steps)
@@ -257,7 +276,7 @@ def train_vmap(
   targets_dev = jnp.asarray(data.targets_RxNxC, jnp.float32)
   order_dev = jnp.asarray(data.order_SxRxB)
   history = []
-  with tqdm(total=num_steps, desc=desc, disable=not progress, leave=False) as bar:
+  with progress_lib.Progress(num_steps, desc, unit="step", enabled=progress) as bar:
     for start in range(0, num_steps, chunk_steps):
       stop = min(start + chunk_steps, num_steps)
       states, loss_R, first_bad = run_steps(states, start, stop, order_dev, inputs_dev, targets_dev)

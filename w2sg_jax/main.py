@@ -4,12 +4,21 @@
 
 Rerunning the same command resumes: finished stages and runs are skipped and
 an interrupted training run continues from its last checkpoint.
+
+Every expected failure (a config mistake, a missing file or permission, a
+corrupt cache entry, a diverged run, Ctrl-C) ends in one short paragraph on
+stderr, saying what happened, which key or file, and what to do, and a
+non-zero exit status: 2 for a usage or config error, 1 for a failure while
+running, 130 after Ctrl-C. The whole config is checked (`validate`) before
+any stage runs. ``--debug`` or ``W2SG_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
+import warnings
 
 import jax
 
@@ -18,7 +27,8 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/NAME.py[:variant]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, results.json and the report.")
-_DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks for configuration and data errors.")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of an error instead of its one-paragraph summary "
+                           "(also W2SG_DEBUG=1).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -36,16 +46,189 @@ def run(config, workdir: str) -> dict:
 def main(argv):
   # Orbax and TFDS log every checkpoint step at INFO; progress bars say enough.
   logging.set_verbosity(logging.WARNING)
+  # Python hides DeprecationWarnings outside __main__; show ours (old engine names).
+  warnings.filterwarnings("default", category=DeprecationWarning, module=r"w2sg_jax(\.|$)")
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from w2sg_jax import distributed, validate
+
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  distributed.maybe_initialize()  # Before the first JAX call: check_config counts the devices.
+  validate.check_paths(workdir=workdir, cache_dir=str(config.get("cache_dir", "")))
+  validate.check_config(config)  # Every runner reads the pipeline's config blocks.
+  run(config, workdir)
+
+
+# ------------------------------------------------------------ error boundary
+
+
+class ExperimentNotFoundError(FileNotFoundError):
+  """``--config`` names a file that does not exist; the message lists the experiments."""
+
+
+def _debug_requested(argv) -> bool:
+  if os.environ.get("W2SG_DEBUG", "").lower() in ("1", "true", "yes", "on"):
+    return True
+  return any(a in ("--debug", "--debug=true", "--debug=True", "--debug=1") for a in argv[1:])
+
+
+def _config_args(argv) -> tuple[str | None, list[str]]:
+  """``(spec, [override keys])`` from ``--config=SPEC`` and ``--config.KEY=VALUE`` (or ``--flag VALUE``)."""
+  spec, keys = None, []
+  args = list(argv[1:])
+  for i, arg in enumerate(args):
+    if arg == "--":
+      break
+    name, eq, value = arg.partition("=")
+    if name == "--config":
+      spec = value if eq else (args[i + 1] if i + 1 < len(args) else None)
+    elif name.startswith("--config."):
+      keys.append(name[len("--config."):])
+  return spec, keys
+
+
+def experiment_names(folder: str = "experiments") -> list[str]:
+  """The experiment configs in ``folder`` (``NAME`` of ``NAME.py``)."""
+  if not os.path.isdir(folder):
+    return []
+  return sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and not f.startswith("_"))
+
+
+def check_arguments(argv) -> None:
+  """What absl and config_flags would fail on with a traceback, checked first.
+
+  The config file must exist (else the experiments that do are listed), its
+  variant must load, and every ``--config.KEY`` must exist (else "did you mean").
+  """
+  from w2sg_jax import config_lib, validate
+
+  spec, keys = _config_args(argv)
+  if not spec:
+    return  # absl reports the missing required flag itself.
+  path = spec.partition(":")[0]
+  if not os.path.isfile(path):
+    folder = os.path.dirname(path) or "."
+    names = experiment_names(folder if os.path.isdir(folder) else "experiments")
+    listing = ", ".join(names) if names else "(none found)"
+    raise ExperimentNotFoundError(
+        f"no experiment config at {path!r}. The experiments are: {listing}. Run one with "
+        f"make experiment NAME=<name>, or --config=experiments/<name>.py[:variant]."
+    )
+  config = config_lib.load_config(spec)
+  for key in keys:
+    if not validate.has_key(config, key):
+      raise validate.UnknownKeyError(key, config, where=spec)
+
+
+def _cache_dir_of_run() -> str | None:
   try:
-    run(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, KeyError) as e:
-    if _DEBUG.value:
+    return os.path.abspath(str(_CONFIG.value.cache_dir))
+  except Exception:  # noqa: BLE001 -- flags not parsed yet: nothing was written.
+    return None
+
+
+def kept_summary(cache_dir: str | None) -> str:
+  """What the cache holds: finished entries per stage, and interrupted runs' checkpoints."""
+  if not cache_dir or not os.path.isdir(cache_dir):
+    return "Nothing was written yet."
+  counts, partial = {}, 0
+  for stage in sorted(os.listdir(cache_dir)):
+    folder = os.path.join(cache_dir, stage)
+    if not os.path.isdir(folder):
+      continue
+    for name in os.listdir(folder):
+      entry = os.path.join(folder, name)
+      if name.endswith(".partial") and os.path.isdir(entry) and os.listdir(entry):
+        partial += 1
+      elif not name.startswith(".") and os.path.isfile(os.path.join(entry, "manifest.json")):
+        counts[stage] = counts.get(stage, 0) + 1
+  if not counts and not partial:
+    return f"The cache at {cache_dir} holds no finished artifact yet."
+  text = f"The cache at {cache_dir} keeps {sum(counts.values())} finished artifacts"
+  if counts:
+    text += " (" + ", ".join(f"{stage} {n}" for stage, n in counts.items()) + ")"
+  if partial:
+    text += f" and the checkpoints of {partial} interrupted run{'s' if partial > 1 else ''}"
+  return text + "."
+
+
+def resume_command(argv) -> str:
+  return shlex.join(["python", "-m", "w2sg_jax.main", *argv[1:]])
+
+
+def explain(exc: BaseException, argv) -> tuple[str, int] | None:
+  """``(paragraph, exit status)`` for an expected failure; None for a bug (shown with its traceback)."""
+  import pickle
+  import zipfile
+
+  from w2sg_jax import cache as cache_lib
+  from w2sg_jax import train as train_lib
+  from w2sg_jax import validate
+  from w2sg_jax.labels import store as store_lib
+
+  debug = "(Rerun with --debug or W2SG_DEBUG=1 to see the traceback.)"
+  if isinstance(exc, KeyboardInterrupt):
+    return (f"interrupted. {kept_summary(_cache_dir_of_run())} Finished stages and runs are reused and an "
+            "interrupted data-parallel run continues from its last checkpoint; to resume, run the same command "
+            f"again:\n  {resume_command(argv)}"), 130
+  if isinstance(exc, ExperimentNotFoundError):
+    return f"error: {exc}", 2
+  if isinstance(exc, validate.PathError):
+    return (f"error: {exc}\nPass another --workdir or --config.cache_dir; nothing was written.\n{debug}"), 2
+  if isinstance(exc, validate.ConfigError):
+    where = "in the experiment file or on the command line (--config.KEY=VALUE)"
+    return f"error: invalid config: {exc}\nFix it {where}; nothing was trained.\n{debug}", 2
+  if isinstance(exc, cache_lib.CorruptEntryError):
+    return f"error: a cached artifact is corrupt: {exc}\n{debug}", 1
+  if isinstance(exc, store_lib.StoreMismatchError):
+    return (f"error: a weak-label store does not match this run: {exc}\nDelete the store folder it names and rerun "
+            f"the same command; the store is recomputed.\n{debug}"), 1
+  if isinstance(exc, train_lib.NonFiniteError):
+    return (f"error: training diverged: {exc}\nEvery run that finished before it is kept in the cache. Lower the "
+            "learning rate (student.train.optimizer.learning_rate), or set grad_clip, then rerun the same command: "
+            f"only the unfinished runs train.\n{debug}"), 1
+  if isinstance(exc, PermissionError):
+    return (f"error: permission denied: {exc.filename or exc}. Choose a folder you can write to (--workdir, "
+            f"--config.cache_dir) or fix its permissions.\n{debug}"), 1
+  if isinstance(exc, (FileExistsError, NotADirectoryError)):
+    return (f"error: {exc.strerror or exc}: {exc.filename}. A file stands where a folder is needed; choose another "
+            f"--workdir or --config.cache_dir, or move the file away.\n{debug}"), 1
+  if isinstance(exc, FileNotFoundError):
+    what = str(exc) if exc.filename is None else f"file not found: {exc.filename}"
+    return f"error: {what}\n{debug}", 1
+  if isinstance(exc, ModuleNotFoundError):
+    return f"error: a package this run needs is not installed: {exc.name}. Install it (make setup).\n{debug}", 1
+  if isinstance(exc, OSError):
+    return f"error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}.\n{debug}", 1
+  if isinstance(exc, (zipfile.BadZipFile, EOFError, pickle.UnpicklingError)):
+    return (f"error: a file could not be read ({type(exc).__name__}: {exc}). If it is under the cache, delete it "
+            f"and rerun; it is recomputed.\n{debug}"), 1
+  if isinstance(exc, KeyError):
+    return f"error: {exc.args[0] if exc.args else exc}\n{debug}", 2
+  if isinstance(exc, ValueError):
+    return f"error: {exc}\n{debug}", 2
+  return None
+
+
+def cli(argv=None) -> None:
+  """``python -m w2sg_jax.main``: `main` inside the error boundary."""
+  argv = list(sys.argv if argv is None else argv)
+  try:
+    check_arguments(argv)
+    app.run(main, argv=argv)
+  except SystemExit:
+    raise
+  except BaseException as exc:  # pylint: disable=broad-except (the boundary: expected failures become a paragraph)
+    if _debug_requested(argv):
       raise
-    print(f"error: {e}\n(rerun with --debug for the traceback)", file=sys.stderr)
-    sys.exit(2)
+    explained = explain(exc, argv)
+    if explained is None:
+      print("unexpected error (a bug?); the traceback follows.", file=sys.stderr, flush=True)
+      raise
+    paragraph, status = explained
+    print(paragraph, file=sys.stderr, flush=True)
+    sys.exit(status)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli()

@@ -10,7 +10,11 @@ devices, except `correct` and `accuracy_jax`, which are jnp and safe inside
   `roc_auc_score`.
 * PGR (performance gap recovered, Burns et al. 2023)
   = (student - weak) / (ceiling - weak): 0 at the weak supervisor, 1 at the
-  strong model trained on ground truth.
+  strong model trained on ground truth. It is *undefined* unless the ceiling
+  beats the weak model by a margin (`DEFAULT_MIN_GAP`, half an accuracy
+  point; `pgr_status`): dividing by a gap that is empty, negative or within
+  noise gives numbers such as +14 or +27 that mean nothing, and would rank
+  losses by chance. `summarize_runs` then leaves every PGR field None.
 
 Two kinds of 95% interval are offered, and they answer different questions.
 `bootstrap_ci` resamples seeds: how much does the result move when training is
@@ -30,6 +34,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from w2sg_jax.progress import Progress
+
 __all__ = [
     "accuracy",
     "accuracy_jax",
@@ -38,11 +44,16 @@ __all__ = [
     "auroc_multiclass",
     "bootstrap_ci",
     "correct",
+    "DEFAULT_MIN_GAP",
     "paired_bootstrap_accuracy",
     "paired_bootstrap_pgr",
     "pgr",
+    "pgr_status",
     "summarize_runs",
 ]
+
+# PGR is undefined unless ceiling - weak >= this (accuracy, so 0.005 = half a point).
+DEFAULT_MIN_GAP = 0.005
 
 # Working-memory ceiling for one chunk of the paired bootstrap; the total
 # allocation stays near this whatever the number of resamples.
@@ -243,7 +254,7 @@ def auroc_from_scores(logits_or_probs_NxC, labels_N, *, from_logits: bool = True
 # ----------------------------------------------------------------------------
 
 
-def pgr(student, weak, ceiling):
+def pgr(student, weak, ceiling, *, min_gap: float | None = None):
   """Performance gap recovered: the student's share of the weak-to-ceiling gap.
 
   .. math:: \\mathrm{PGR} = \\frac{\\mathrm{student} - \\mathrm{weak}}
@@ -251,13 +262,16 @@ def pgr(student, weak, ceiling):
 
   Inputs broadcast. Where ceiling == weak the gap is empty and PGR is
   undefined: the result is nan there, with one RuntimeWarning (never a
-  ZeroDivisionError). A ceiling below the weak model gives a negative
-  denominator and is returned as computed.
+  ZeroDivisionError). With ``min_gap`` (e.g. `DEFAULT_MIN_GAP`), PGR is also
+  nan wherever the ceiling does not beat the weak model by that much; without
+  it, a ceiling below the weak model gives a negative denominator and is
+  returned as computed.
 
   Args:
     student: student metric (usually test accuracy); scalar or array.
     weak: the weak supervisor's metric; scalar or array.
     ceiling: the strong model trained on ground truth; scalar or array.
+    min_gap: the smallest ceiling - weak for which PGR is defined.
 
   Returns:
     A float for scalar inputs, else an array of the broadcast shape.
@@ -273,9 +287,51 @@ def pgr(student, weak, ceiling):
         RuntimeWarning,
         stacklevel=2,
     )
+  if min_gap is not None:
+    small = ~_gap_is_enough(gap, min_gap) & ~empty
+    if np.any(small):
+      warnings.warn(
+          f"PGR is undefined where the ceiling does not beat the weak model by "
+          f"{min_gap} (the gap is within noise or negative); returning nan there.",
+          RuntimeWarning,
+          stacklevel=2,
+      )
+    empty = empty | small
   with np.errstate(divide="ignore", invalid="ignore"):
     out = np.where(empty, np.nan, (s - w) / np.where(empty, 1.0, gap))
   return float(out) if out.ndim == 0 else out
+
+
+def _gap_is_enough(gap, min_gap: float):
+  # A hair of slack: 0.855 - 0.85 is 0.00499999... in binary.
+  return (gap > 0) & (gap >= float(min_gap) - 1e-12)
+
+
+def pgr_status(weak_accuracy: float, ceiling_accuracy: float, *, min_gap: float = DEFAULT_MIN_GAP) -> dict[str, Any]:
+  """Whether PGR is defined for a weak model and a ceiling, and why not.
+
+  PGR needs a gap to recover: the ceiling must beat the weak model by at
+  least ``min_gap`` (accuracy; `DEFAULT_MIN_GAP` is half a point).
+
+  Returns:
+    ``{"defined": bool, "gap": ceiling - weak, "min_gap", "reason"}``, where
+    ``reason`` is None when defined and else a sentence for the user (the
+    report puts it at the top of summary.md, the pipeline on the terminal).
+  """
+  if not 0 <= float(min_gap) < 1:
+    raise ValueError(f"min_gap={min_gap}; it is an accuracy margin in [0, 1), e.g. {DEFAULT_MIN_GAP}.")
+  w, c = float(weak_accuracy), float(ceiling_accuracy)
+  gap = c - w
+  defined = bool(math.isfinite(gap) and _gap_is_enough(gap, min_gap))
+  reason = None
+  if not defined:
+    reason = (
+        f"PGR is undefined: the strong ceiling (test accuracy {c:.4f}) does not beat the weak model ({w:.4f}) by "
+        f"the required {100 * float(min_gap):.2g} accuracy points (gap {100 * gap:+.2f} points), so there is no gap "
+        "to recover. PGR is left empty (null in results.json, n/a in the tables) and no loss is ranked by it. "
+        "Check the ceiling's training (learning rate, epochs) and the weak model; report.min_gap sets the margin."
+    )
+  return {"defined": defined, "gap": gap, "min_gap": float(min_gap), "reason": reason}
 
 
 # ----------------------------------------------------------------------------
@@ -570,6 +626,8 @@ def summarize_runs(
     n_resamples_examples: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    min_gap: float = DEFAULT_MIN_GAP,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
   """Group student runs by (loss, noise) and summarise accuracy and PGR.
 
@@ -589,6 +647,9 @@ def summarize_runs(
     n_resamples_examples: replicates of the paired bootstrap over examples.
     confidence: coverage of every interval.
     seed: bootstrap seed; the same seed gives the same summary.
+    min_gap: PGR is undefined unless the ceiling beats the weak model by this
+      much (`pgr_status`); then every PGR field is None, with one warning.
+    progress: show a progress bar over the groups (the bootstrap).
 
   Returns:
     One dict per (loss, noise), sorted by noise then loss, with `loss`,
@@ -597,7 +658,8 @@ def summarize_runs(
     ([low, high] over seeds) and, when every run of the group, the weak model
     and the ceiling carry `test_correct`, `accuracy_ci95_examples` and
     `pgr_ci95_examples` (paired bootstrap over test examples). Values are
-    plain Python floats and lists, ready for JSON.
+    plain Python floats and lists, ready for JSON; the PGR fields are None
+    when PGR is undefined.
   """
   for name, ref in (("weak", weak), ("ceiling", ceiling)):
     if "test_accuracy" not in ref:
@@ -615,55 +677,59 @@ def summarize_runs(
       raise ValueError(f"run {i} lacks {missing}; every run needs loss, noise and test_accuracy.")
     groups.setdefault((str(run["loss"]), float(run["noise"])), []).append(run)
 
+  status = pgr_status(weak_acc, ceiling_acc, min_gap=min_gap)
   summary = []
-  for (loss, noise), group in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-    seeds = [r["seed"] for r in group if "seed" in r]
-    dupes = sorted({s for s in seeds if seeds.count(s) > 1})
-    if dupes:
-      raise ValueError(
-          f"loss={loss!r} noise={noise} has seeds {dupes} more than once; remove "
-          "the duplicate runs so no seed is counted twice."
-      )
-    if len(seeds) == len(group):
-      group = sorted(group, key=lambda r: r["seed"])
-    acc_S = np.array([float(r["test_accuracy"]) for r in group])
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", RuntimeWarning)  # one warning below, not one per run
-      pgr_S = np.asarray(pgr(acc_S, weak_acc, ceiling_acc), dtype=np.float64)
-    boot = dict(n_resamples=n_resamples_seeds, confidence=confidence, seed=seed)
-    row: dict[str, Any] = {
-        "loss": loss,
-        "noise": noise,
-        "n_seeds": len(group),
-        "accuracy_mean": float(acc_S.mean()),
-        "accuracy_std": _std(acc_S),
-        "accuracy_ci95": list(bootstrap_ci(acc_S, **boot)),
-        "auroc_mean": _nanmean_or_nan([float(r.get("test_auroc", math.nan)) for r in group]),
-        "pgr_mean": float(pgr_S.mean()),
-        "pgr_std": _std(pgr_S),
-        "pgr_ci95": list(bootstrap_ci(pgr_S, **boot)),
-    }
-    if have_ref_correct and all("test_correct" in r for r in group):
-      lengths = {len(r["test_correct"]) for r in group}
-      if len(lengths) != 1:
+  with Progress(len(groups), "bootstrap", unit="group", enabled=progress) as bar:
+    for (loss, noise), group in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+      seeds = [r["seed"] for r in group if "seed" in r]
+      dupes = sorted({s for s in seeds if seeds.count(s) > 1})
+      if dupes:
         raise ValueError(
-            f"loss={loss!r} noise={noise}: runs have test_correct of different "
-            "lengths; every model must be scored on the same test examples."
+            f"loss={loss!r} noise={noise} has seeds {dupes} more than once; remove "
+            "the duplicate runs so no seed is counted twice."
         )
-      student_SxN = np.stack([np.asarray(r["test_correct"]) for r in group])
-      _check_correct_matches(student_SxN, acc_S, f"loss={loss!r} noise={noise}")
-      acc_ex, pgr_ex = _paired_bootstrap(
-          student_SxN, weak["test_correct"], ceiling["test_correct"],
-          n_resamples=n_resamples_examples, confidence=confidence, seed=seed,
-          max_bytes=_BOOTSTRAP_CHUNK_BYTES,
-      )
-      row["accuracy_ci95_examples"] = [acc_ex["low"], acc_ex["high"]]
-      row["pgr_ci95_examples"] = [pgr_ex["low"], pgr_ex["high"]]
-    summary.append(row)
-  if weak_acc == ceiling_acc and summary:
-    warnings.warn(
-        f"weak and ceiling test accuracy are both {weak_acc}; every PGR is nan.",
-        RuntimeWarning,
-        stacklevel=2,
-    )
+      if len(seeds) == len(group):
+        group = sorted(group, key=lambda r: r["seed"])
+      acc_S = np.array([float(r["test_accuracy"]) for r in group])
+      with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # one warning below, not one per run
+        pgr_S = np.asarray(pgr(acc_S, weak_acc, ceiling_acc), dtype=np.float64)
+      boot = dict(n_resamples=n_resamples_seeds, confidence=confidence, seed=seed)
+      row: dict[str, Any] = {
+          "loss": loss,
+          "noise": noise,
+          "n_seeds": len(group),
+          "accuracy_mean": float(acc_S.mean()),
+          "accuracy_std": _std(acc_S),
+          "accuracy_ci95": list(bootstrap_ci(acc_S, **boot)),
+          "auroc_mean": _nanmean_or_nan([float(r.get("test_auroc", math.nan)) for r in group]),
+          "pgr_mean": float(pgr_S.mean()) if status["defined"] else None,
+          "pgr_std": _std(pgr_S) if status["defined"] else None,
+          "pgr_ci95": list(bootstrap_ci(pgr_S, **boot)) if status["defined"] else None,
+      }
+      if have_ref_correct and all("test_correct" in r for r in group):
+        lengths = {len(r["test_correct"]) for r in group}
+        if len(lengths) != 1:
+          raise ValueError(
+              f"loss={loss!r} noise={noise}: runs have test_correct of different "
+              "lengths; every model must be scored on the same test examples."
+          )
+        student_SxN = np.stack([np.asarray(r["test_correct"]) for r in group])
+        _check_correct_matches(student_SxN, acc_S, f"loss={loss!r} noise={noise}")
+        if status["defined"]:
+          acc_ex, pgr_ex = _paired_bootstrap(
+              student_SxN, weak["test_correct"], ceiling["test_correct"],
+              n_resamples=n_resamples_examples, confidence=confidence, seed=seed,
+              max_bytes=_BOOTSTRAP_CHUNK_BYTES,
+          )
+          row["pgr_ci95_examples"] = [pgr_ex["low"], pgr_ex["high"]]
+        else:  # The same resamples as above, without the undefined PGR.
+          acc_ex = paired_bootstrap_accuracy(student_SxN, n_resamples=n_resamples_examples,
+                                             confidence=confidence, seed=seed)
+          row["pgr_ci95_examples"] = None
+        row["accuracy_ci95_examples"] = [acc_ex["low"], acc_ex["high"]]
+      summary.append(row)
+      bar.update(1)
+  if not status["defined"] and summary:
+    warnings.warn(status["reason"], RuntimeWarning, stacklevel=2)
   return summary

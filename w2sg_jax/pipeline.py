@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -23,11 +24,10 @@ import ml_collections
 import numpy as np
 
 from w2sg_jax import cache as cache_lib
-from w2sg_jax import engines
-from w2sg_jax import losses as losses_lib
 from w2sg_jax import metrics as metrics_lib
 from w2sg_jax import report as report_lib
 from w2sg_jax import stages as stages_lib
+from w2sg_jax import validate as validate_lib
 from w2sg_jax.data.task import Task
 from w2sg_jax.log import log
 
@@ -62,14 +62,9 @@ class Pipeline:
     self.timings: dict[str, float] = {}
 
   def validate(self) -> None:
-    """Checks the names and values the stages will need, before any compute."""
-    cfg = self.config.student
-    engines.resolve_engine(str(cfg.engine))
-    for name in cfg.losses:
-      losses_lib.get(name, **dict(cfg.loss_hparams.get(name, {})))
-    self.stages.noise_specs()
-    if int(self.config.seeds) < 1:
-      raise ValueError(f"config.seeds={self.config.seeds}; it must be at least 1.")
+    """Checks the whole config and the workdir before any compute (`validate.ConfigError` lists each problem)."""
+    validate_lib.check_paths(workdir=self.workdir)
+    validate_lib.check_config(self.config, self.task)
 
   def run(self) -> dict[str, Any]:
     t_start = time.perf_counter()
@@ -97,23 +92,36 @@ class Pipeline:
 
   def report(self, weak: stages_lib.WeakResult, ceiling: stages_lib.CeilingResult,
              students: stages_lib.StudentRuns) -> dict[str, Any]:
-    """results.json's content, the tables and the plots."""
+    """results.json's content, the tables and the plots.
+
+    When the ceiling does not beat the weak model by ``report.min_gap``, PGR is
+    undefined: null in results.json, n/a in the tables, a warning on top of
+    summary.md and on the terminal, and no ranking.
+    """
+    pgr_status = metrics_lib.pgr_status(weak.test_accuracy, ceiling.test_accuracy,
+                                        min_gap=validate_lib.min_gap(self.config))
     runs = []
     for r in students.runs:
       row = r.public()
-      row["pgr"] = float(metrics_lib.pgr(r.test_accuracy, weak.test_accuracy, ceiling.test_accuracy))
+      row.update(params=students.params, trainable_params=students.trainable_params)
+      row["pgr"] = (float(metrics_lib.pgr(r.test_accuracy, weak.test_accuracy, ceiling.test_accuracy))
+                    if pgr_status["defined"] else None)
       runs.append(row)
-    summary = metrics_lib.summarize_runs(
-        [{**row, "test_correct": r.test_correct} for row, r in zip(runs, students.runs)],
-        {"test_accuracy": weak.test_accuracy, "test_correct": weak.test_correct},
-        {"test_accuracy": ceiling.test_accuracy, "test_correct": ceiling.test_correct},
-    )
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message="PGR is undefined", category=RuntimeWarning)  # Logged below.
+      summary = metrics_lib.summarize_runs(
+          [{**row, "test_correct": r.test_correct} for row, r in zip(runs, students.runs)],
+          {"test_accuracy": weak.test_accuracy, "test_correct": weak.test_correct},
+          {"test_accuracy": ceiling.test_accuracy, "test_correct": ceiling.test_correct},
+          min_gap=pgr_status["min_gap"], progress=True,
+      )
     results = {
         "experiment": self.config.name,
         "task": self.task.name,
         "weak": weak.public(),
         "ceiling": ceiling.public(),
         "students": {"params": students.params, "trainable_params": students.trainable_params},
+        "pgr_status": pgr_status,
         "runs": runs,
         "summary": summary,
     }
@@ -121,5 +129,7 @@ class Pipeline:
     if jax.process_index() == 0:  # One process writes the shared workdir.
       paths = report_lib.write_report(results, self.workdir, title=self.config.name)
     print(report_lib.markdown_table(summary), flush=True)
+    if not pgr_status["defined"]:
+      log.warning("%s", pgr_status["reason"])
     results["report_files"] = {k: str(v) for k, v in paths.items()}
     return results

@@ -16,6 +16,12 @@
 * ``accuracy_vs_noise.png``: student accuracy against the noise rate, one line
   per loss, with the weak model and the ceiling as reference lines.
 
+When PGR is undefined (the ceiling does not beat the weak model by
+``results["pgr_status"]["min_gap"]``, see `metrics.pgr_status`), nothing is ranked:
+summary.md opens with a warning that says why, every PGR cell reads "n/a",
+rows are sorted by noise and loss name, and the PGR plot shows the reason
+instead of bars.
+
 The plots use matplotlib's object API on an Agg canvas, so they never touch
 pyplot's global state or need a display.
 """
@@ -25,6 +31,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,7 +41,7 @@ from matplotlib.lines import Line2D
 
 from w2sg_jax import metrics
 
-__all__ = ["CSV_COLUMNS", "markdown_table", "sorted_rows", "write_report"]
+__all__ = ["CSV_COLUMNS", "markdown_table", "pgr_defined", "sorted_rows", "write_report"]
 
 _DPI = 120
 
@@ -57,6 +64,8 @@ CSV_COLUMNS = (
     "pgr_ci95_examples_low",
     "pgr_ci95_examples_high",
 )
+
+_PGR_FIELDS = ("pgr_mean", "pgr_std", "pgr_ci95", "pgr_ci95_examples")
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*", "d", "8")
 
@@ -99,7 +108,12 @@ def _fmt_ci(ci: Any) -> str:
 
 
 def _has_examples_ci(summary: Sequence[Mapping[str, Any]]) -> bool:
-  return any("pgr_ci95_examples" in row for row in summary)
+  return any("pgr_ci95_examples" in row or "accuracy_ci95_examples" in row for row in summary)
+
+
+def pgr_defined(summary: Sequence[Mapping[str, Any]]) -> bool:
+  """False when every row's PGR is missing (None) or nan: nothing can be ranked."""
+  return any(not math.isnan(_num(row.get("pgr_mean"))) for row in summary)
 
 
 def markdown_table(summary: Sequence[Mapping[str, Any]]) -> str:
@@ -134,13 +148,15 @@ def markdown_table(summary: Sequence[Mapping[str, Any]]) -> str:
     ]
     if examples:
       cells.append(_fmt_ci(row.get("accuracy_ci95_examples")))
+    # A row without PGR (undefined: no gap to recover) reads n/a, never a dash.
+    no_pgr = row.get("pgr_mean") is None
     cells += [
         _fmt(row.get("auroc_mean")),
-        _fmt_pm(row["pgr_mean"], row["pgr_std"]),
-        _fmt_ci(row.get("pgr_ci95")),
+        _fmt_pm(row.get("pgr_mean"), row.get("pgr_std")),
+        "n/a" if no_pgr else _fmt_ci(row.get("pgr_ci95")),
     ]
     if examples:
-      cells.append(_fmt_ci(row.get("pgr_ci95_examples")))
+      cells.append("n/a" if no_pgr else _fmt_ci(row.get("pgr_ci95_examples")))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -162,7 +178,8 @@ def _csv_rows(summary: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         "n_seeds": int(row["n_seeds"]),
     }
     for key in ("accuracy_mean", "accuracy_std", "auroc_mean", "pgr_mean", "pgr_std"):
-      flat[key] = _num(row.get(key))
+      # An undefined PGR is an empty cell, like a missing interval.
+      flat[key] = "" if row.get(key) is None and key.startswith("pgr") else _num(row.get(key))
     for key in ("accuracy_ci95", "accuracy_ci95_examples", "pgr_ci95", "pgr_ci95_examples"):
       ci = row.get(key)
       flat[f"{key}_low"], flat[f"{key}_high"] = ("", "") if ci is None else map(_num, ci)
@@ -213,8 +230,14 @@ def _seed_note(summary: Sequence[Mapping[str, Any]]) -> str:
   return f"{seeds} seed{'s' if counts[-1] > 1 else ''} per bar"
 
 
-def plot_pgr_by_loss(summary, path: str, *, title: str) -> str:
-  """Grouped PGR bars: a group per noise rate, a bar per loss, 95% CIs as whiskers."""
+def plot_pgr_by_loss(summary, path: str, *, title: str, reason: str | None = None) -> str:
+  """Grouped PGR bars: a group per noise rate, a bar per loss, 95% CIs as whiskers.
+
+  When no row has a PGR (undefined: see `metrics.pgr_status`), the figure
+  says why (``reason``) instead of drawing bars.
+  """
+  if not pgr_defined(summary):
+    return _plot_pgr_undefined(path, title=title, reason=reason)
   losses = _loss_order(summary)
   noises = sorted({float(row["noise"]) for row in summary})
   cell = {(str(r["loss"]), float(r["noise"])): r for r in summary}
@@ -271,13 +294,25 @@ def plot_pgr_by_loss(summary, path: str, *, title: str) -> str:
   if examples:
     handles.append(Line2D([], [], color="0.35", linewidth=0.9, marker="_", markersize=8))
     labels.append("95% CI, test examples")
-  if all(math.isnan(_num(r.get("pgr_mean"))) for r in summary):
-    ax.text(0.5, 0.5, "PGR undefined: the ceiling and the weak model\nhave the same test accuracy",
-            transform=ax.transAxes, ha="center", va="center", fontsize=11, color="0.3")
   # "outside" lets the constrained layout keep the legend clear of the axes and
   # of the reference labels written past its right edge.
   fig.legend(handles, labels, loc="outside right upper", frameon=False, fontsize=9,
              title="loss (best first)", title_fontsize=9)
+  fig.savefig(path, dpi=_DPI)
+  return path
+
+
+def _plot_pgr_undefined(path: str, *, title: str, reason: str | None) -> str:
+  """The PGR figure when PGR is undefined: the reason, and no bar to misread as a ranking."""
+  import textwrap
+
+  fig = Figure(figsize=(8.0, 3.6), dpi=_DPI, layout="constrained")
+  ax = fig.add_subplot()
+  ax.set_axis_off()
+  ax.set_title(f"{title}: performance gap recovered", fontsize=11)
+  text = reason or "PGR is undefined: the ceiling does not beat the weak model."
+  ax.text(0.5, 0.5, "\n".join(textwrap.wrap(text, 80)), transform=ax.transAxes, ha="center", va="center",
+          fontsize=10, color="0.2")
   fig.savefig(path, dpi=_DPI)
   return path
 
@@ -333,7 +368,7 @@ def plot_accuracy_vs_noise(summary, weak, ceiling, path: str, *, title: str) -> 
   handles += [h for h, _ in refs]
   labels += [lab for _, lab in refs]
   fig.legend(handles, labels, loc="outside right upper", frameon=False, fontsize=9,
-             title="loss (best PGR first)", title_fontsize=9)
+             title="loss (best PGR first)" if pgr_defined(summary) else "loss", title_fontsize=9)
   fig.savefig(path, dpi=_DPI)
   return path
 
@@ -348,7 +383,9 @@ def write_report(results: Mapping[str, Any], outdir: str | os.PathLike, *, title
 
   Args:
     results: {"weak", "ceiling", "runs", "summary"} as in the module docstring;
-      "summary" is computed with `metrics.summarize_runs` when absent.
+      "summary" is computed with `metrics.summarize_runs` when absent. An
+      optional "pgr_status" ({"min_gap": ...}, as the pipeline writes it) sets the
+      margin below which PGR is undefined (default `metrics.DEFAULT_MIN_GAP`).
     outdir: directory to write into; created when missing.
     title: a short name of the experiment, used in headings and plot titles.
 
@@ -360,13 +397,20 @@ def write_report(results: Mapping[str, Any], outdir: str | os.PathLike, *, title
     if key not in results:
       raise ValueError(f"results lack {key!r}; pass the pipeline's results dict with 'weak', 'ceiling' and 'runs'.")
   weak, ceiling = results["weak"], results["ceiling"]
+  min_gap = float((results.get("pgr_status") or {}).get("min_gap", metrics.DEFAULT_MIN_GAP))
   summary = results.get("summary")
   if summary is None:
     if not results.get("runs"):
       raise ValueError("results have neither 'summary' nor 'runs'; nothing to report.")
-    summary = metrics.summarize_runs(results["runs"], weak, ceiling)
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message="PGR is undefined", category=RuntimeWarning)  # Said below.
+      summary = metrics.summarize_runs(results["runs"], weak, ceiling, min_gap=min_gap)
   if not summary:
     raise ValueError("the summary is empty; run at least one student before writing the report.")
+  status = metrics.pgr_status(_num(weak.get("test_accuracy")), _num(ceiling.get("test_accuracy")), min_gap=min_gap)
+  if not status["defined"]:  # Whatever the summary holds, an undefined PGR ranks nothing.
+    summary = [{**row, **{k: None for k in _PGR_FIELDS if k in row}} for row in summary]
+  reason = status["reason"] or (None if pgr_defined(summary) else "PGR is undefined for every row of the summary.")
 
   os.makedirs(outdir, exist_ok=True)
   paths = {
@@ -377,14 +421,16 @@ def write_report(results: Mapping[str, Any], outdir: str | os.PathLike, *, title
   }
 
   gap = _num(ceiling.get("test_accuracy")) - _num(weak.get("test_accuracy"))
-  notes = [
-      f"# {title}",
-      "",
+  notes = [f"# {title}", ""]
+  if reason:
+    notes += [f"> **Warning.** {reason}", ""]
+  notes += [
       f"- {_reference_line('Weak', weak)}",
       f"- {_reference_line('Ceiling', ceiling)}",
-      f"- Gap to recover: {_fmt(gap)}. PGR = (student − weak) / (ceiling − weak).",
-      "- Rows are sorted by noise rate, then by mean PGR (best first). CI (seeds): "
-      "percentile bootstrap over training seeds.",
+      f"- Gap to recover: {_fmt(gap)} (PGR needs at least {min_gap:g}). PGR = (student − weak) / (ceiling − weak).",
+      ("- Rows are sorted by noise rate, then by mean PGR (best first)." if not reason else
+       "- Rows are sorted by noise rate, then by loss name: with PGR undefined, nothing is ranked.")
+      + " CI (seeds): percentile bootstrap over training seeds.",
   ]
   if _has_examples_ci(summary):
     notes.append(
@@ -401,6 +447,6 @@ def write_report(results: Mapping[str, Any], outdir: str | os.PathLike, *, title
     writer.writeheader()
     writer.writerows(_csv_rows(summary))
 
-  plot_pgr_by_loss(summary, paths["pgr_by_loss"], title=title)
+  plot_pgr_by_loss(summary, paths["pgr_by_loss"], title=title, reason=reason)
   plot_accuracy_vs_noise(summary, weak, ceiling, paths["accuracy_vs_noise"], title=title)
   return paths

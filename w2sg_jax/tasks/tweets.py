@@ -125,19 +125,21 @@ def extract_features(
     progress: bool = True,
 ) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
   """Mean-pooled features ``{k: [N, D]}`` for each depth k, plus tokenisation stats."""
-  from tqdm.auto import tqdm
+  from w2sg_jax.progress import Progress
 
   encoder, tokenizer = models.load_pretrained(checkpoint)
   enc = tokenize_lib.encode(tokenizer, texts, max_length=max_length, truncation_side="right")
   run = pooled_layers(encoder, layers)
   out = {k: np.zeros((len(texts), encoder.hidden_size), np.float32) for k in layers}
   groups = tokenize_lib.length_buckets(enc.lengths, batch_size=batch_size, max_length=max_length)
-  for idx, width in tqdm(groups, desc="embedding", disable=not progress, leave=False):
-    # Pad every batch to full size: one compiled shape per width, not per remainder.
-    rows = np.resize(idx, batch_size) if len(idx) < batch_size else idx
-    pooled = run(enc.input_ids[rows, :width], enc.attention_mask[rows, :width])
-    for k in layers:
-      out[k][idx] = np.asarray(pooled[k])[: len(idx)]
+  with Progress(len(texts), "embedding (feature pass)", unit="text", enabled=progress) as bar:
+    for idx, width in groups:
+      # Pad every batch to full size: one compiled shape per width, not per remainder.
+      rows = np.resize(idx, batch_size) if len(idx) < batch_size else idx
+      pooled = run(enc.input_ids[rows, :width], enc.attention_mask[rows, :width])
+      for k in layers:
+        out[k][idx] = np.asarray(pooled[k])[: len(idx)]
+      bar.update(len(idx))
   stats = {"num_truncated": int(enc.num_truncated), "mean_tokens": float(enc.lengths.mean())}
   return out, stats
 
