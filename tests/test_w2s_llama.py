@@ -79,3 +79,22 @@ def test_smoke_experiment_trains_lora_students_end_to_end(tmp_path):
     assert 0 < part["trainable_params"] < 0.1 * part["params"]
   # Finished runs keep their logits, not their checkpoints: nothing of the base was saved.
   assert not any(d.endswith(".partial") for d in os.listdir(tmp_path / "cache" / "student"))
+
+
+def test_lora_dropout_follows_the_step_key_and_is_off_in_evaluation(tmp_path):
+  config = _config(cache_dir=str(tmp_path), **{"strong.lora.dropout": 0.5})
+  task = tasks.get("preference")
+  task.splits(config, str(tmp_path))
+  mesh = parallel.make_mesh(1)
+  tx, _ = train.make_optimizer({"name": "adamw", "learning_rate": 1e-2}, 1)
+  apply_fn, state, _ = train.create_state(task.make_model("strong", config), tx=tx, seed=0, mesh=mesh,
+                                          trainable=task.trainable("strong", config))
+  # Move the adapters' B away from zero so that dropout on their input shows in the output.
+  params = jax.tree.map(lambda x: x + 0.5, state.params)
+  ids = np.arange(3, 27, dtype=np.int32).reshape(2, 12)
+  inputs = {"a_ids": ids, "a_mask": np.ones_like(ids), "b_ids": ids[:, ::-1].copy(), "b_mask": np.ones_like(ids)}
+  run = jax.jit(apply_fn)
+  k1, k2 = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
+  assert not np.allclose(run(params, state.frozen, inputs, k1), run(params, state.frozen, inputs, k2))
+  np.testing.assert_array_equal(run(params, state.frozen, inputs, k1), run(params, state.frozen, inputs, k1))
+  np.testing.assert_array_equal(run(params, state.frozen, inputs, None), run(params, state.frozen, inputs, None))

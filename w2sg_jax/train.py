@@ -39,6 +39,7 @@ from w2sg_jax import cpu as cpu_lib
 from w2sg_jax import losses as losses_lib
 from w2sg_jax import parallel
 from w2sg_jax import progress as progress_lib
+from w2sg_jax.models import lora as lora_lib
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, PyTree, Mapping[str, jax.Array], jax.Array], jax.Array]
@@ -180,11 +181,16 @@ def create_state(
   creates the parameters and optimizer state directly on the devices, each
   device holding only its shards. Nothing is built on one device and copied.
   """
-  graphdef, _, _ = nnx.split(abstract_model(make_model, seed), trainable, ...)
+  abstract = abstract_model(make_model, seed)
+  graphdef, _, _ = nnx.split(abstract, trainable, ...)
+  # LoRA adapters with dropout draw it from the step's key; evaluation passes rng=None.
+  dropout = any(getattr(layer, "dropout_rate", 0) > 0 for _, layer in lora_lib.lora_modules(abstract))
 
   def apply_fn(params, frozen, inputs, rng):
-    del rng  # Models here are deterministic; the key is threaded for those that are not.
-    return nnx.merge(graphdef, params, frozen)(**inputs)
+    model = nnx.merge(graphdef, params, frozen, copy=dropout)
+    if dropout:
+      lora_lib.set_lora_dropout(model, rng)
+    return model(**inputs)
 
   def init() -> TrainState:
     _, params, frozen = nnx.split(make_model(nnx.Rngs(params=seed)), trainable, ...)
@@ -299,7 +305,7 @@ class Trainer:
     params_sharding = rep if state_sharding is None else state_sharding.params
     frozen_sharding = rep if state_sharding is None else state_sharding.frozen
     self._predict = jax.jit(
-        lambda params, frozen, inputs: apply_fn(params, frozen, inputs, jax.random.PRNGKey(0)),
+        lambda params, frozen, inputs: apply_fn(params, frozen, inputs, None),  # No key: no dropout.
         in_shardings=(params_sharding, frozen_sharding, parallel.batch_sharding(mesh)),
         out_shardings=parallel.batch_sharding(mesh),
     )
