@@ -23,7 +23,6 @@ from tests.helpers import tiny
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 6
 GLOBAL_BATCH = 32
-TIMEOUT_S = 120
 
 
 def _free_port() -> int:
@@ -51,12 +50,13 @@ def _launch_two_processes(out_prefix: str) -> list[str]:
         [sys.executable, "-m", "tests.helpers.multihost_worker", out_prefix, str(NUM_STEPS), str(GLOBAL_BATCH)],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     ))
-  deadline = time.monotonic() + TIMEOUT_S
+  # No wall-clock limit (a loaded machine is slow, not wrong): wait until both
+  # exit, and stop the other as soon as one fails, so a lost peer cannot hang it.
   try:
-    for p in procs:
-      p.wait(timeout=max(deadline - time.monotonic(), 1))
-  except subprocess.TimeoutExpired:
-    pass
+    while any(p.poll() is None for p in procs):
+      if any(p.poll() not in (None, 0) for p in procs):
+        break
+      time.sleep(0.2)
   finally:
     for p in procs:
       if p.poll() is None:
@@ -69,7 +69,7 @@ def _launch_two_processes(out_prefix: str) -> list[str]:
     log.close()
   for pid, p in enumerate(procs):
     assert p.returncode == 0, (
-        f"worker {pid} exited with {p.returncode} (killed after {TIMEOUT_S} s if negative):\n"
+        f"worker {pid} exited with {p.returncode} (negative: stopped after the other worker failed):\n"
         + outputs[pid][-3000:]
     )
   return outputs
