@@ -34,10 +34,10 @@ Config (``experiments/paper_hh.py`` documents every key): ``data.dataset``
 ``pooling``, ``head_hidden``.
 
 Loss names. ``<loss>+conf`` (e.g. ``js+conf``) is ``<loss>`` with the
-confidence term of Burns et al.; :func:`register_confidence_losses` adds these
-names to the loss registry when this module is imported, with the defaults of
-the Burns et al. release (``confidence=0.5``, ``warmup=0.1``), overridable via
-``student.loss_hparams["js+conf"]``.
+confidence term of Burns et al. at the defaults of their release
+(``confidence=0.5``, ``warmup=0.1``, ``confidence_schedule="burns"``),
+overridable via ``student.loss_hparams["js+conf"]``. The loss registry
+(``w2sg_jax.losses``) provides these names; this module registers nothing.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from w2sg_jax import losses as losses_lib
 from w2sg_jax.data import splits as splits_lib
 from w2sg_jax.data import tokenize as tokenize_lib
 from w2sg_jax.models import heads as heads_lib
@@ -68,60 +67,8 @@ VERSION = "1.0.0"  # Bump when the example construction changes: it is part of e
 DATASETS = ("hh_rlhf", "cai_harmless")
 INPUT_KEYS = ("a_ids", "a_mask", "b_ids", "b_mask")
 
-CONF_SUFFIX = "+conf"
-# The auxiliary-confidence defaults of the Burns et al. (2023) code release
-# (logconf_loss_fn: aux_coef=0.5, warmup_frac=0.1).
-CONFIDENCE_DEFAULTS = {"confidence": 0.5, "warmup": 0.1}
-
-
 def _log(msg: str) -> None:
   log.info("%s", msg)
-
-
-# ------------------------------------------------------------- loss names
-
-
-def split_loss_name(run_name: str) -> tuple[str, dict[str, float]]:
-  """``"js+conf"`` -> ``("js", CONFIDENCE_DEFAULTS)``; ``"js"`` -> ``("js", {})``.
-
-  The run name is what the pipeline files results under; the pair is what
-  ``losses.get`` is called with (before the run's own ``loss_hparams``).
-  """
-  if run_name.endswith(CONF_SUFFIX):
-    return run_name[: -len(CONF_SUFFIX)], dict(CONFIDENCE_DEFAULTS)
-  return run_name, {}
-
-
-def _confidence_factory(base: str):
-  def factory(**hparams):
-    return losses_lib.get(base, **{**CONFIDENCE_DEFAULTS, **hparams})
-
-  return factory
-
-
-def register_confidence_losses(bases: tuple[str, ...] | None = None) -> list[str]:
-  """Registers ``<base>+conf`` for every loss that takes a ``confidence`` hparam.
-
-  Idempotent. ``losses.get("js+conf", **kw)`` then returns
-  ``losses.get("js", confidence=0.5, warmup=0.1, **kw)``.
-
-  Returns:
-    The names registered by this call.
-  """
-  added = []
-  for base in bases if bases is not None else losses_lib.names():
-    if base == "logconf" or base.endswith(CONF_SUFFIX) or base + CONF_SUFFIX in losses_lib.names():
-      continue  # logconf already is xent with the confidence term.
-    try:
-      losses_lib.get(base, **CONFIDENCE_DEFAULTS)
-    except ValueError:  # No confidence term (or needs other hparams).
-      continue
-    losses_lib.register(base + CONF_SUFFIX, _confidence_factory(base))
-    added.append(base + CONF_SUFFIX)
-  return added
-
-
-register_confidence_losses()
 
 
 # ------------------------------------------------------------ presentation
