@@ -247,8 +247,7 @@ def test_confidence_loss_names_resolve_to_the_confidence_term():
     assert not np.allclose(got, plain)
   over = losses_lib.get("js+conf", confidence=0.75)(logits, weak)
   np.testing.assert_allclose(over, losses_lib.get("js", confidence=0.75, warmup=0.1)(logits, weak), rtol=1e-6)
-  assert pref.register_confidence_losses() == []  # Idempotent.
-  assert pref.split_loss_name("js+conf") == ("js", {"confidence": 0.5, "warmup": 0.1})
+  assert losses_lib.resolve("js+conf") == ("js", {"confidence": 0.5, "warmup": 0.1, "confidence_schedule": "burns"})
 
 
 @pytest.mark.parametrize("name", ["paper_hh", "paper_cai"])
@@ -261,7 +260,8 @@ def test_experiment_configs(name, variant):
   if variant is None:
     assert dict(c.data.sizes) == {"weak_train": 4000, "w2s_train": 4000, "test": 4000}
     assert (c.weak.checkpoint, c.strong.checkpoint) == ("gpt2", "gpt2-medium")
-    assert len(c.student.losses) == 16 and list(c.student.noise.rates) == [0.0, 0.1, 0.2, 0.3, 0.4]
+    # 9 losses (the paper's, Pearson chi2 in both directions, and tv) with and without +conf.
+    assert len(c.student.losses) == 18 and list(c.student.noise.rates) == [0.0, 0.1, 0.2, 0.3, 0.4]
     assert c.seeds == 3 and c.data.max_length == 512
     opt = c.student.train.optimizer
     assert (opt.name, opt.learning_rate, opt.schedule, opt.warmup_steps) == ("adam", 1e-5, "cosine", 0)
