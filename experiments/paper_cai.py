@@ -12,7 +12,10 @@ one (rejected).
   python -m w2sg_jax.main --config=experiments/paper_cai.py:xl --workdir=runs/paper_cai_xl
   python -m w2sg_jax.main --config=experiments/paper_cai.py:smoke --workdir=/tmp/paper_cai_smoke
 
-Variants: ``large``, ``xl``, ``tpu_small``, ``smoke`` (as in paper_hh.py).
+Variants: ``large``, ``xl``, ``tpu_small``, ``smoke`` (as in paper_hh.py;
+``single_turn`` reads HH-RLHF files and is paper_hh.py's only). docs/paper.md
+says which settings come from the paper, which from the authors' code, and
+which are this project's choice.
 """
 
 import importlib.util

@@ -1,16 +1,25 @@
 r"""Yao et al. (2025), HH-RLHF: GPT-2 reward models, weak-to-strong with f-divergence losses.
 
-The paper's reward-modelling setting (arXiv:2506.03109, after Yang et al. 2024
-and Burns et al. 2023): a GPT-2 Base reward model is trained on 4000 pairs of
-Anthropic HH-RLHF (harmless-base) with ground truth, labels 4000 more pairs
-once (soft labels sigmoid(r(a) - r(b))), and a larger GPT-2 reward model
-learns from those labels with each loss -- xent, kl, reverse_kl, js,
-hellinger, pearson, jeffreys, tv, each also with the Burns et al. confidence
-term (``+conf``) -- at label-noise rates 0, 0.1, 0.2, 0.3, 0.4 (weak labels
-flipped, q -> 1 - q), 3 seeds each, and is tested on 4000 held-out pairs.
-The strong ceiling is the large model trained on the same 4000 pairs'
-ground truth. Output: ``results.json``, ``summary.md``/``.csv`` and the plots
-(test accuracy vs noise rate, one line per loss) in the workdir.
+The reward-modelling setting of arXiv:2506.03109. docs/paper.md says, for every
+setting below, whether it comes from the paper's text, from the authors'
+released code, or is this project's own choice. In short: a GPT-2 Base reward
+model is trained on 4000 pairs of Anthropic HH-RLHF (harmless-base) with
+ground truth, labels 4000 more pairs once (soft labels sigmoid(r(a) - r(b))),
+and GPT-2 Medium learns from those labels with each loss, and is tested on
+4000 held-out pairs. Losses: the paper's xent, kl, reverse_kl, js, hellinger,
+jeffreys and Pearson chi2 -- run in both directions, ``pearson`` and
+``neyman``, because the paper's text does not settle which one it means --
+plus ``tv``, which is beyond the paper; each also with the Burns et al.
+confidence term (``+conf``, the Burns et al. release's schedule: see below).
+Noise: on a fraction 0, 0.1, 0.2, 0.3, 0.4 of the w2s pairs the weak label is
+flipped, q -> 0.5 + a (q - 0.5) with a = -1, the subset drawn with each
+student's seed as in the authors' code (``student.noise.per_seed``). Seeds:
+3; each seed retrains the weak model (``weak.per_seed``), so the seed
+intervals include the weak model's variance, as a rerun of the authors'
+scripts would. The strong ceiling is trained on the weak model's split
+(``ceiling.split='weak_train'``), as in Burns et al. and the authors' code.
+Output: ``results.json``, ``summary.md``/``.csv`` and the plots (test accuracy
+vs noise rate, one line per loss) in the workdir.
 
   python -m w2sg_jax.main --config=experiments/paper_hh.py --workdir=runs/paper_hh
   python -m w2sg_jax.main --config=experiments/paper_hh.py:large --workdir=runs/paper_hh_large
@@ -20,11 +29,16 @@ ground truth. Output: ``results.json``, ``summary.md``/``.csv`` and the plots
 Variants (after the colon):
 
 * (none): GPT-2 Base (124M, hub id ``gpt2``) supervises GPT-2 Medium (355M).
-  243 strong runs (16 losses x 5 noise rates x 3 seeds + 3 ceiling seeds) of
-  250 steps of 32 pairs at up to 512 tokens, ~4.6e18 FLOPs in all. Estimated
-  wall time in bf16 at 35% of peak (docs/paper.md gives the arithmetic):
-  H100 ~3.7 h, A100 ~12 h, TPU v4-8 ~3.3 h, TPU v5e-8 ~2.3 h. Add compile
-  time, about 1 min per run unless the XLA compilation cache is on.
+  273 strong runs (18 losses x 5 noise rates x 3 seeds + 3 ceiling seeds) of
+  250 steps of 32 pairs at up to 512 tokens, ~5.2e18 FLOPs in all, plus 3
+  weak models (<0.1%). Estimated wall time in bf16 at 35% of peak
+  (docs/paper.md gives the arithmetic): H100 ~4.2 h,
+  A100 ~13.5 h, TPU v4-8 ~3.7 h, TPU v5e-8 ~2.6 h. Add compile time, about
+  1 min per run unless the XLA compilation cache is on.
+* ``single_turn``: the default on the authors' own pre-split single-turn
+  files (``harmless_train_gt.jsonl``, ``harmless_train_w2s.jsonl``,
+  ``harmless_test.jsonl``, 4000 pairs each), their split kept; pass the
+  folder with ``--config.data.manual_dir=DIR`` (paper_hh.py only).
 * ``large``: strong = GPT-2 Large (774M), ~2.3x the default; 2 micro-batches
   of 16 pairs, so it fits an 80 GB GPU or a v4 chip (32 GB).
 * ``xl``: strong = GPT-2 XL (1.5B), ~4.7x the default; its float32 Adam state
@@ -38,6 +52,8 @@ Variants (after the colon):
   layer only) on the committed fixture pairs, 16/16/16 pairs at 64 tokens,
   1 seed, 3 losses x 2 noise rates. Runs offline on a laptop CPU in about a
   minute; for tests, not for numbers.
+* ``single_turn_smoke``: ``smoke`` on the committed single-turn fixture
+  files (tests/fixtures/data/hh-single-turn), their split kept.
 
 Weights come from the Hugging Face hub (``pip install 'w2sg-jax[hub]'``) or
 any local folder with config.json, model.safetensors and tokenizer.json. The
@@ -49,11 +65,18 @@ import os
 
 import ml_collections
 
-from w2sg_jax.config_lib import train_config
+from w2sg_jax.config_lib import ceiling_config, train_config
 
-LOSSES = ["xent", "kl", "reverse_kl", "js", "hellinger", "pearson", "jeffreys", "tv"]
-# "<loss>+conf": the same loss with the Burns et al. confidence term; the names
-# are registered by w2sg_jax.tasks.preference (defaults confidence=0.5, warmup=0.1).
+# The paper's losses (CE, KL, reverse KL, JS, squared Hellinger, Pearson chi2, Jeffreys).
+# Its text does not settle the direction of Pearson chi2, so both run: `pearson` is
+# chi2(weak || student), `neyman` is chi2(student || weak).
+PAPER_TEXT_LOSSES = ["xent", "kl", "reverse_kl", "js", "hellinger", "pearson", "neyman", "jeffreys"]
+BEYOND_PAPER_LOSSES = ["tv"]  # Total variation: not in the paper; kept as the bounded reference.
+LOSSES = PAPER_TEXT_LOSSES + BEYOND_PAPER_LOSSES
+# "<loss>+conf": the same loss with the Burns et al. confidence term, with the
+# Burns et al. release's settings (confidence 0.5, warm-up 10% of training) and
+# its schedule, confidence_schedule="burns": the weight ramps to 0.1 x 0.5 over
+# the warm-up, then jumps to 0.5 (w2sg_jax.losses; "linear" is the continuous ramp).
 PAPER_LOSSES = LOSSES + [f"{name}+conf" for name in LOSSES]
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,8 +85,11 @@ FIXTURE_DATA = {
     "cai_harmless": os.path.join(_REPO, "tests", "fixtures", "data", "cai-conversation-harmless"),
 }
 TINY_GPT2 = os.path.join(_REPO, "tests", "fixtures", "models", "tiny_gpt2")
+SINGLE_TURN_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "data", "hh-single-turn")
+# The preference builder's config that reads Yao et al.'s pre-split files and keeps their split.
+SINGLE_TURN = "harmless-single-turn"
 
-VARIANTS = ("smoke", "tpu_small", "large", "xl")
+VARIANTS = ("smoke", "tpu_small", "large", "xl", "single_turn", "single_turn_smoke")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -95,9 +121,16 @@ def build_config(
   c.data.max_length = 512  # Tokens per transcript, truncated from the LEFT (keeps the final response).
 
   c.weak = _model("gpt2")
+  # One weak model per student seed (the authors rerun the whole pipeline per seed),
+  # so seed intervals include the weak model's variance; its stores are keyed by it.
+  c.weak.per_seed = True
   c.weak.train = _train(epochs=1)
 
   c.strong = _model("gpt2-medium")
+
+  # The ceiling learns the weak model's split (Burns et al. and the authors' code);
+  # 'w2s_train' trains it on the students' pairs instead.
+  c.ceiling = ceiling_config("weak_train")
 
   c.student = ml_collections.ConfigDict()
   c.student.engine = "fit"  # One data-parallel fine-tuning run per (loss, noise, seed).
@@ -108,7 +141,8 @@ def build_config(
   c.student.noise = ml_collections.ConfigDict()
   c.student.noise.rates = (0.0, 0.1, 0.2, 0.3, 0.4)  # Fraction of w2s pairs whose weak label is corrupted.
   c.student.noise.scale = -1.0  # q -> 0.5 + scale (q - 0.5): -1 flips the preference, 0 makes it 0.5.
-  c.student.noise.seed = 0  # Picks the corrupted pairs; the same for every student.
+  c.student.noise.seed = 0  # Picks the corrupted pairs when per_seed is False (then the same for every student).
+  c.student.noise.per_seed = True  # Each student's corrupted subset drawn with its own seed, as in the authors' code.
   c.student.train = _train(epochs=2)  # Also trains the strong ceiling.
 
   if arg == "large":
@@ -132,8 +166,13 @@ def build_config(
     c.data.max_length = 256
     c.student.losses = ("xent", "kl", "js", "js+conf")
     c.student.noise.rates = (0.0, 0.2)
-  elif arg == "smoke":
-    c.name = f"{name}_smoke"
+  elif arg in ("single_turn", "single_turn_smoke") and dataset != "hh_rlhf":
+    raise ValueError(f"variant {arg!r} reads the HH-RLHF single-turn files; use experiments/paper_hh.py:{arg}.")
+  elif arg == "single_turn":
+    c.name = f"{name}_single_turn"
+    _single_turn(c, manual_dir="")  # --config.data.manual_dir=DIR: the folder with the three files.
+  elif arg in ("smoke", "single_turn_smoke"):
+    c.name = f"{name}_{arg}"
     c.seeds = 1
     c.data.manual_dir = FIXTURE_DATA[dataset]
     c.data.download = False
@@ -152,10 +191,21 @@ def build_config(
       t.optimizer.learning_rate = 1e-3  # Random tiny weights: the paper's 1e-5 would not move them.
     c.student.losses = ("xent", "js", "js+conf")
     c.student.noise.rates = (0.0, 0.2)
+    if arg == "single_turn_smoke":
+      _single_turn(c, manual_dir=SINGLE_TURN_FIXTURE)
+      c.data.sizes = ml_collections.ConfigDict({"weak_train": 16, "w2s_train": 16, "test": 16})
   elif arg:
     raise ValueError(f"unknown variant {arg!r} of experiments/{module}; known: {', '.join(VARIANTS)}.")
   c.lock()
   return c
+
+
+def _single_turn(c: ml_collections.ConfigDict, *, manual_dir: str) -> None:
+  """Yao et al.'s pre-split single-turn files: each split is its own file, in file order."""
+  c.data.subset = SINGLE_TURN
+  c.data.source_splits = ("weak_train", "w2s_train", "test")  # The builder's splits: kept, not redrawn.
+  c.data.manual_dir = manual_dir
+  c.data.download = False  # The files have no public URL of their own.
 
 
 def _model(checkpoint: str) -> ml_collections.ConfigDict:
@@ -171,6 +221,7 @@ def _model(checkpoint: str) -> ml_collections.ConfigDict:
 
 
 def _train(epochs: float) -> ml_collections.ConfigDict:
-  # The paper: Adam, lr 1e-5, cosine decay to 0, no warm-up, batches of 32 pairs, no clipping.
+  # From the authors' released code (the paper's text does not give them): Adam, lr 1e-5,
+  # cosine decay to 0, no warm-up, batches of 32 pairs. No clipping: this project's reading of that code.
   return train_config(batch_size=32, epochs=epochs, learning_rate=1e-5, optimizer="adam", eval_batch_size=64,
                       save_every=1000, log_every=25, grad_clip=0.0)

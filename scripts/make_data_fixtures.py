@@ -17,6 +17,11 @@ produce. The expectations are written down here from how each row was planted
 * ``cai-conversation-harmless/data/{train,test}_prefs-...parquet``: the
   columns of HuggingFaceH4/cai-conversation-harmless, with ``chosen`` /
   ``rejected`` as lists of ``{"content", "role"}`` messages.
+* ``hh-single-turn/harmless_{train_gt,train_w2s,test}.jsonl``: the pre-split
+  single-turn files of the Yao et al. release (plain JSON lines
+  ``{"chosen": ..., "rejected": ...}``, one Human and one Assistant turn),
+  24 pairs each; ``w2s_train`` has a repeated pair, and one pair of
+  ``weak_train`` appears again in ``test`` (kept in both: the split is the files').
 
 Deterministic: the same script writes the same bytes (gzip mtime 0, seeded
 choices).
@@ -37,7 +42,7 @@ import pyarrow.parquet as pq
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "fixtures" / "data"
 sys.path.insert(0, str(ROOT))
-from w2sg_jax.data.preference import CAI_FILES  # noqa: E402  (file names only)
+from w2sg_jax.data.preference import CAI_FILES, SINGLE_TURN_FILES  # noqa: E402  (file names only)
 
 NAN = None  # JSON has no NaN; null means "confidence unknown".
 
@@ -221,6 +226,40 @@ def make_hh() -> None:
   (OUT / "hh-rlhf_expected.json").write_text(json.dumps(expected, indent=1) + "\n")
 
 
+# ------------------------------------------------------ HH single-turn (Yao et al.)
+
+
+def make_hh_single_turn() -> None:
+  rng = random.Random(300)
+  expected: dict = {}
+  first_weak = None
+  for split, name in SINGLE_TURN_FILES.items():
+    lines, kept = [], []
+    stats = dict(pairs_read=0, dropped_malformed=0, dropped_no_assistant_turn=0,
+                 dropped_prompt_mismatch=0, dropped_identical=0, duplicates_merged=0)
+    for i in range(24):
+      prompt, _ = _conversation(rng, 1)  # Single-turn: one Human turn, then the Assistant's answer.
+      chosen = prompt + " " + rng.choice(GOOD) + f" ({split} #{i})"
+      rejected = prompt + " " + rng.choice(BAD) + f" ({split} #{i})"
+      if split == "test" and i == 3:
+        chosen, rejected = first_weak  # The same pair in two files: each split keeps it.
+      lines.append({"chosen": chosen, "rejected": rejected})
+      kept.append({"prompt": prompt if split != "test" or i != 3 else first_weak[0][: first_weak[0].rfind(
+          "\n\nAssistant:") + len("\n\nAssistant:")], "chosen": chosen, "rejected": rejected})
+    if split == "weak_train":
+      first_weak = (lines[0]["chosen"], lines[0]["rejected"])
+    if split == "w2s_train":
+      lines.append(dict(lines[5]))  # A repeat within one file is merged.
+      stats["duplicates_merged"] += 1
+    stats["pairs_read"] = len(lines)
+    stats["num_examples"] = len(kept)
+    path = OUT / "hh-single-turn" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    expected[split] = {"file": name, "stats": stats, "examples": kept}
+  (OUT / "hh-single-turn_expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+
+
 # ------------------------------------------------------------------- CAI
 
 
@@ -275,4 +314,5 @@ if __name__ == "__main__":
   make_tweets()
   make_hh()
   make_cai()
+  make_hh_single_turn()
   print(f"Wrote fixtures under {OUT}")

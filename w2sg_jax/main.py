@@ -40,6 +40,15 @@ def run(config, workdir: str) -> dict:
   # A sweep compiles one step per run; the persistent cache makes every
   # compilation after the first (and every rerun) a disk read.
   jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(config.cache_dir), "xla"))
+  # `runner` picks what runs the config: the W2SG pipeline (default) or the
+  # theory lab (experiments/tweets_theory.py), which reuses the pipeline's stages.
+  runner = str(config.get("runner", "pipeline"))
+  if runner == "theory":
+    from w2sg_jax import theory
+
+    return theory.run(config, workdir)
+  if runner != "pipeline":
+    raise ValueError(f"config.runner={runner!r}; use 'pipeline' or 'theory'.")
   return Pipeline(config, workdir, tasks.get(config.task)).run()
 
 

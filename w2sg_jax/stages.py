@@ -38,6 +38,7 @@ from w2sg_jax.log import log
 
 # Config keys that change how a run is logged or saved, never its numbers.
 NON_SEMANTIC_KEYS = frozenset({"log_every", "save_every", "eval_batch_size", "keep_checkpoints", "keep_checkpoint"})
+CEILING_SPLITS = ("w2s_train", "weak_train")  # ceiling.split
 TEST_LOGITS = "test_logits.npy"
 
 
@@ -100,6 +101,13 @@ class WeakResult:
   test_correct: np.ndarray
   w2s_label_accuracy: float
   weak_model_runs: int  # 0 when every store was found in the cache
+  # weak.per_seed: student seed -> that seed's weak model's stores (the fields
+  # above are then means over the seeds, `stores` the first seed's).
+  seed_stores: dict[int, dict[str, store_lib.WeakLabelStore]] = dataclasses.field(default_factory=dict)
+
+  def stores_for(self, seed: int) -> dict[str, store_lib.WeakLabelStore]:
+    """The weak labels a student of ``seed`` learns from: its own weak model's under weak.per_seed."""
+    return self.seed_stores.get(int(seed), self.stores)
 
   def public(self) -> dict[str, Any]:
     return {
@@ -194,25 +202,49 @@ class Stages:
     return store_lib.open_store(entry.directory)
 
   # -- weak model and its labels
-  def weak_components(self, data: DataResult) -> dict[str, Any]:
-    return {
-        "task": self.task.name, "data": data.fingerprint, "weak": semantic(self.config.weak),
-        "seed": int(self.config.seed), "truth": self.truth_store(data, "weak_train").hash,
+  def weak_components(self, data: DataResult, seed: int | None = None) -> dict[str, Any]:
+    weak = semantic(self.config.weak)
+    per_seed = bool(weak.pop("per_seed", False))
+    components = {
+        "task": self.task.name, "data": data.fingerprint, "weak": weak,
+        "seed": int(self.config.seed if seed is None else seed), "truth": self.truth_store(data, "weak_train").hash,
     }
+    if per_seed:  # In the key only when on, so that entries made without the option stay valid.
+      components["per_seed"] = True
+    return components
+
+  @property
+  def weak_seeds(self) -> list[int]:
+    """The weak models' seeds: ``config.seed``, or every student seed under ``weak.per_seed``."""
+    return self.student_seeds if self.config.weak.get("per_seed", False) else [int(self.config.seed)]
 
   def weak(self, data: DataResult) -> WeakResult:
-    """The weak model, trained on weak_train's ground truth only if one of its stores is missing."""
+    """The weak model(s); with ``weak.per_seed`` one per student seed, so seed intervals include its variance."""
+    results = {seed: self._weak_model(data, seed) for seed in self.weak_seeds}
+    if len(results) == 1 and not self.config.weak.get("per_seed", False):
+      return next(iter(results.values()))
+    runs = list(results.values())
+    mean = lambda field: float(np.mean([getattr(r, field) for r in runs]))  # noqa: E731
+    return dataclasses.replace(
+        runs[0], test_accuracy=mean("test_accuracy"), test_auroc=mean("test_auroc"),
+        w2s_label_accuracy=mean("w2s_label_accuracy"), weak_model_runs=sum(r.weak_model_runs for r in runs),
+        test_correct=np.mean([r.test_correct for r in runs], 0).astype(np.float32),
+        seed_stores={seed: r.stores for seed, r in results.items()},
+    )
+
+  def _weak_model(self, data: DataResult, seed: int) -> WeakResult:
+    """One weak model, trained on weak_train's ground truth only if one of its stores is missing."""
     cfg = self.config.weak
     make_model = self.task.make_model("weak", self.config)
     trainable = self.task.trainable("weak", self.config)
-    weak_components = self.weak_components(data)
+    weak_components = self.weak_components(data, seed)
     runs_before = len(self.cache.computed("weak"))
 
     def weak_entry() -> cache_lib.Entry:
       def produce(out_dir, work_dir):
         train = data.splits["weak_train"]
         trained = engines.train_runs(
-            [engines.RunSpec(seed=int(self.config.seed), store=self.truth_store(data, "weak_train"),
+            [engines.RunSpec(seed=int(seed), store=self.truth_store(data, "weak_train"),
                              work_dir=work_dir)],
             engine=str(cfg.get("engine", "data_parallel")), make_model=make_model, train_ids=train.ids,
             train_inputs=train.inputs["weak"],
@@ -241,7 +273,7 @@ class Stages:
         w2s_label_accuracy=float(np.mean(np.argmax(stores["w2s_train"].probs, -1) == data.splits["w2s_train"].labels)),
         weak_model_runs=len(self.cache.computed("weak")) - runs_before, **test,
     )
-    log.info("weak model: test accuracy %.4f", result.test_accuracy)
+    log.info("weak model (seed %d): test accuracy %.4f", seed, result.test_accuracy)
     return result
 
   def noisy_store(self, clean: store_lib.WeakLabelStore, spec: noise_lib.NoiseSpec) -> store_lib.WeakLabelStore:
@@ -252,6 +284,15 @@ class Stages:
     components = {**clean.components, "noise": spec.as_dict(), "clean": clean.hash}
     return self._store_entry(components, lambda: (clean.ids, noise_lib.apply_noise(clean.probs, spec)[0]))
 
+  def prefix_store(self, store: store_lib.WeakLabelStore, n: int) -> store_lib.WeakLabelStore:
+    """The first ``n`` rows of ``store`` (a random subset: splits are drawn at random), stored once."""
+    if not 0 < int(n) <= len(store):
+      raise ValueError(f"a prefix of {n} rows of a store of {len(store)}; use 1 <= n <= {len(store)}.")
+    if int(n) == len(store):
+      return store
+    components = {**store.components, "prefix": int(n), "of": store.hash}
+    return self._store_entry(components, lambda: (list(store.ids[: int(n)]), store.probs[: int(n)]))
+
   # -- strong runs (ceiling and students)
   def _strong_components(self, data: DataResult) -> dict[str, Any]:
     return {
@@ -260,12 +301,17 @@ class Stages:
     }
 
   def _train_strong(self, data: DataResult, stage: str, loss: str, hparams: Mapping[str, Any],
-                    runs: Sequence[tuple[int, store_lib.WeakLabelStore]], desc: str) -> list[cache_lib.Entry]:
-    """Entries (test logits) of strong runs ``[(seed, store), ...]``, trained together where missing."""
+                    runs: Sequence[tuple[int, store_lib.WeakLabelStore]], desc: str,
+                    train_split: str = "w2s_train") -> list[cache_lib.Entry]:
+    """Entries (test logits) of strong runs ``[(seed, store), ...]`` on ``train_split``, trained together
+    where missing."""
     base = self._strong_components(data)
-    components = [{**base, "loss": loss, "loss_hparams": dict(hparams), "seed": seed, "labels": store.hash}
+    if train_split != "w2s_train":  # In the key only when not the default, so older entries stay valid.
+      base["train_split"] = train_split
+    resolved = _resolved_hparams(loss, hparams)
+    components = [{**base, "loss": loss, "loss_hparams": resolved, "seed": seed, "labels": store.hash}
                   for seed, store in runs]
-    train = data.splits["w2s_train"]
+    train = data.splits[train_split]
     cfg = self.config.student
 
     def produce_group(todo: list[int], work_dirs: list[str]):
@@ -287,11 +333,22 @@ class Stages:
 
     return self.cache.get_or_create_group(stage, components, produce_group)
 
+  @property
+  def ceiling_split(self) -> str:
+    """``ceiling.split``: the split whose ground truth trains the ceiling (default ``w2s_train``)."""
+    split = str(self.config.get("ceiling", {}).get("split", "w2s_train"))
+    if split not in CEILING_SPLITS:
+      raise ValueError(f"ceiling.split={split!r}; use one of {', '.join(CEILING_SPLITS)} (Burns et al. and "
+                       "Yao et al. train the ceiling on the weak model's split, weak_train).")
+    return split
+
   def ceiling(self, data: DataResult) -> CeilingResult:
-    """The strong model on w2s_train's ground truth, one run per student seed: the ceiling of PGR."""
+    """The strong model on ground truth (``ceiling.split``), one run per student seed: the ceiling of PGR."""
     seeds = self.student_seeds
-    truth = self.truth_store(data, "w2s_train")
-    entries = self._train_strong(data, "ceiling", "xent", {}, [(s, truth) for s in seeds], "ceiling")
+    split = self.ceiling_split
+    truth = self.truth_store(data, split)
+    entries = self._train_strong(data, "ceiling", "xent", {}, [(s, truth) for s in seeds], "ceiling",
+                                 train_split=split)
     per_seed = [evaluate(np.load(e.path(TEST_LOGITS)), data.splits["test"].labels) for e in entries]
     make_model = self.task.make_model("strong", self.config)
     params, trainable_params = count_params(make_model, self.task.trainable("strong", self.config))
@@ -310,22 +367,35 @@ class Stages:
     cfg = self.config.student.noise
     return [noise_lib.NoiseSpec(rate=float(r), scale=float(cfg.scale), seed=int(cfg.seed)) for r in cfg.rates]
 
+  def noise_spec(self, rate: float, student_seed: int) -> noise_lib.NoiseSpec:
+    """The noise of the student of ``student_seed`` at ``rate``.
+
+    ``student.noise.per_seed``: the corrupted subset is drawn with the
+    student's own seed (as in the Yao et al. code), so seed intervals include
+    the choice of subset; otherwise with ``noise.seed``, the same for every student.
+    """
+    cfg = self.config.student.noise
+    seed = int(student_seed) if cfg.get("per_seed", False) else int(cfg.seed)
+    return noise_lib.NoiseSpec(rate=float(rate), scale=float(cfg.scale), seed=seed)
+
   def students(self, data: DataResult, weak: WeakResult) -> StudentRuns:
     """Every (loss, noise, seed) student; the runs of one loss train together."""
     cfg = self.config.student
     seeds = self.student_seeds
-    clean = weak.stores["w2s_train"]
-    stores = {spec.rate: self.noisy_store(clean, spec) for spec in self.noise_specs()}
-    test_weak = weak.stores["test"].probs
+    rates = [spec.rate for spec in self.noise_specs()]
+    # (rate, seed) -> the labels that student learns from (its weak model's under weak.per_seed).
+    stores = {(rate, seed): self.noisy_store(weak.stores_for(seed)["w2s_train"], self.noise_spec(rate, seed))
+              for rate in rates for seed in seeds}
     runs = []
     for loss in cfg.losses:
       hparams = dict(cfg.loss_hparams.get(loss, {}))
-      cells = [(rate, seed) for rate in stores for seed in seeds]
-      entries = self._train_strong(data, "student", loss, hparams, [(seed, stores[rate]) for rate, seed in cells],
+      cells = [(rate, seed) for rate in rates for seed in seeds]
+      entries = self._train_strong(data, "student", loss, hparams, [(s, stores[(r, s)]) for r, s in cells],
                                    f"students {loss}")
       for (rate, seed), entry in zip(cells, entries):
         logits = np.load(entry.path(TEST_LOGITS))
         ev = evaluate(logits, data.splits["test"].labels)
+        test_weak = weak.stores_for(seed)["test"].probs
         runs.append(StudentRun(
             loss=loss, noise=float(rate), seed=int(seed), test_accuracy=ev["test_accuracy"],
             test_auroc=ev["test_auroc"], misfit_kl=_mean_divergence("kl", logits, test_weak),
@@ -335,6 +405,12 @@ class Stages:
     make_model = self.task.make_model("strong", self.config)
     params, trainable_params = count_params(make_model, self.task.trainable("strong", self.config))
     return StudentRuns(runs=runs, params=params, trainable_params=trainable_params)
+
+
+def _resolved_hparams(loss: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
+  """Every hyperparameter the loss will use, defaults included: a changed default (such as
+  the confidence schedule of the ``+conf`` names) changes the key of the runs it trains."""
+  return {k: v for k, v in losses_lib.get(loss, **dict(hparams)).hparams.items()}
 
 
 def _mean_divergence(name: str, student_logits: np.ndarray, weak_probs: np.ndarray) -> float:

@@ -15,6 +15,15 @@ Sources (the exact files read):
   (MIT): ``https://huggingface.co/datasets/Anthropic/hh-rlhf/resolve/main/{subset}/{train,test}.jsonl.gz``.
   Gzipped JSON lines, each ``{"chosen": str, "rejected": str}`` with full
   transcripts; mapped as is.
+* ``HhRlhf`` config ``harmless-single-turn``: the pre-split single-turn
+  harmless pairs that Yao et al. (2025) released with their code
+  (``data/hh-single-turn`` there): ``harmless_train_gt.jsonl`` (the weak
+  model's ground-truth pairs), ``harmless_train_w2s.jsonl`` (the pairs the
+  weak model labels) and ``harmless_test.jsonl``, 4,000 pairs each, plain
+  JSON lines of the same ``{"chosen", "rejected"}`` records. Their split is
+  kept: the builder's splits are ``weak_train``, ``w2s_train`` and ``test``,
+  one per file, in file order. They have no public download URL of their
+  own, so they are read from ``manual_dir`` only.
 * ``CaiHarmless``, HuggingFaceH4/cai-conversation-harmless (Apache-2.0) at
   revision ``51954823511ffd96d15ed6d1004949277e7af464``: the preference splits
   ``data/train_prefs-00000-of-00001-32cbb1e30771a5e7.parquet`` and
@@ -69,6 +78,8 @@ __all__ = [
     "CAI_URL",
     "CAI_REVISION",
     "CAI_FILES",
+    "SINGLE_TURN",
+    "SINGLE_TURN_FILES",
     "ASSISTANT",
     "HUMAN",
     "pair_id",
@@ -97,6 +108,13 @@ CAI_URL = (
 CAI_FILES = {
     "train": "data/train_prefs-00000-of-00001-32cbb1e30771a5e7.parquet",
     "test": "data/test_prefs-00000-of-00001-f0c5cd137d4c1d93.parquet",
+}
+# The HH-RLHF builder config that keeps the Yao et al. split, and its files (split -> file in manual_dir).
+SINGLE_TURN = "harmless-single-turn"
+SINGLE_TURN_FILES = {
+    "weak_train": "harmless_train_gt.jsonl",
+    "w2s_train": "harmless_train_w2s.jsonl",
+    "test": "harmless_test.jsonl",
 }
 
 
@@ -198,12 +216,13 @@ def clean_pairs(
 
 
 def read_hh_jsonl(path: os.PathLike | str) -> Iterator[tuple[Any, Any]]:
-  """Yields ``(chosen, rejected)`` per line of an HH-RLHF ``.jsonl.gz`` file.
+  """Yields ``(chosen, rejected)`` per line of an HH-RLHF ``.jsonl.gz`` (or plain ``.jsonl``) file.
 
   A line that is not a JSON object with both keys yields ``(None, None)``, so
   that ``clean_pairs`` counts it as malformed.
   """
-  with gzip.open(os.fspath(path), "rt", encoding="utf-8") as f:
+  opener = gzip.open if os.fspath(path).endswith(".gz") else open
+  with opener(os.fspath(path), "rt", encoding="utf-8") as f:
     for line in f:
       if not line.strip():
         continue
@@ -266,6 +285,7 @@ class _PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
   _TITLE = ""
   _HOMEPAGE = ""
   _LICENSE = ""
+  MANUAL_ONLY_SOURCE = ""  # Where files without a download URL come from.
 
   @tfds.core.utils.classproperty
   @classmethod
@@ -318,6 +338,15 @@ class _PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         missing[split] = (rel, url)
     if not missing:
       return found
+    manual_only = [rel for rel, url in missing.values() if not url]
+    if manual_only:
+      where = manual or getattr(dl_manager, "_manual_dir", None) or "<manual_dir>"
+      raise FileNotFoundError(
+          f"{self.name}/{self.builder_config.name if self.builder_config else ''}: these source files have no "
+          f"download URL and were not found in manual_dir ({where}): {', '.join(manual_only)}. "
+          f"{self.MANUAL_ONLY_SOURCE} Put them in one folder and pass it as manual_dir= "
+          "(--config.data.manual_dir=DIR)."
+      )
     if self._allow_download:
       why = _unreachable(url for _, url in missing.values())
       if why is None:
@@ -364,14 +393,22 @@ class HhRlhf(_PreferenceBuilder):
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name="harmless-base", description="Harmlessness pairs."),
       tfds.core.BuilderConfig(name="helpful-base", description="Helpfulness pairs."),
+      tfds.core.BuilderConfig(
+          name=SINGLE_TURN,
+          description="The single-turn harmless pairs of the Yao et al. (2025) release, pre-split into "
+                      "weak_train / w2s_train / test (4,000 pairs each); read from manual_dir."),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "harmless-base"
   _TITLE = "Anthropic HH-RLHF"
   _HOMEPAGE = "https://huggingface.co/datasets/Anthropic/hh-rlhf"
   _LICENSE = "MIT"
+  MANUAL_ONLY_SOURCE = ("They are the pre-split single-turn pairs released with the code of Yao et al. (2025), "
+                        "'On Weak-to-Strong Generalization and f-Divergence' (its data/hh-single-turn folder).")
 
   def source_files(self) -> dict[str, tuple[str, str]]:
     subset = self.builder_config.name
+    if subset == SINGLE_TURN:  # The split is the file's: no URL, manual_dir only.
+      return {split: (name, "") for split, name in SINGLE_TURN_FILES.items()}
     return {s: (f"{subset}/{s}.jsonl.gz", f"{HH_URL}{subset}/{s}.jsonl.gz")
             for s in ("train", "test")}
 

@@ -316,6 +316,42 @@ def load_pool(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, np
   return {k: v[keep] for k, v in pool.items()}
 
 
+def load_presplit(config: ml_collections.ConfigDict, cache_dir: str, sizes: dict[str, int],
+                  name: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """A source whose splits are weak_train, w2s_train and test, kept as given.
+
+  Each split is the first ``sizes[split]`` pairs of its own source split, in
+  file order (Yao et al.'s pre-split single-turn files); no pair moves
+  between splits, and ``split_seed`` is not used.
+
+  Returns:
+    ``(pool, parts)``: the three source splits concatenated, and each split's
+    row indices into it.
+  """
+  per_split = {}
+  for split in sizes:
+    one = _with_config(config, source_splits=(split,))
+    per_split[split] = load_pool(one, cache_dir)
+    if sizes[split] > len(per_split[split]["id"]):
+      raise ValueError(
+          f"data.sizes.{split}={sizes[split]}, but {name}'s {split} split holds only {len(per_split[split]['id'])}"
+          f" pairs (after cleaning); lower data.sizes.{split} to at most {len(per_split[split]['id'])}."
+      )
+  pool = {k: np.concatenate([per_split[s][k] for s in sizes]) for k in ("id", "chosen", "rejected")}
+  parts, start = {}, 0
+  for split in sizes:
+    parts[split] = np.arange(start, start + sizes[split])
+    start += len(per_split[split]["id"])
+  return pool, parts
+
+
+def _with_config(config: ml_collections.ConfigDict, **data_overrides: Any) -> ml_collections.ConfigDict:
+  out = ml_collections.ConfigDict(config.to_dict())
+  for k, v in data_overrides.items():
+    out.data[k] = v
+  return out
+
+
 def prepare(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]:
   """Splits, presentation order and tokens of every split, plus the data fingerprint.
 
@@ -327,19 +363,22 @@ def prepare(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]
       message gives both numbers and the fix), or a bad config value.
   """
   cfg = config.data
-  pool = load_pool(config, cache_dir)
   sizes = {str(k): int(v) for k, v in cfg.sizes.items()}
   if set(sizes) != {"weak_train", "w2s_train", "test"}:
     raise ValueError(f"data.sizes must name weak_train, w2s_train and test; got {sorted(sizes)}.")
-  wanted = sum(v for v in sizes.values() if v > 0)
   name = f"{cfg.dataset}" + (f"/{cfg.subset}" if _none_if_empty(cfg.get("subset", "")) else "")
-  if wanted > len(pool["id"]):
-    raise ValueError(
-        f"data.sizes={sizes} needs {wanted} pairs, but {name} splits {list(cfg.source_splits)} hold only"
-        f" {len(pool['id'])} (after cleaning). Lower data.sizes to add up to at most {len(pool['id'])},"
-        " or add a source split to data.source_splits."
-    )
-  parts = splits_lib.split_indices(len(pool["id"]), sizes, seed=int(cfg.split_seed))
+  if set(cfg.source_splits) == set(sizes):  # The source is pre-split (hh_rlhf/harmless-single-turn): keep it.
+    pool, parts = load_presplit(config, cache_dir, sizes, name)
+  else:
+    pool = load_pool(config, cache_dir)
+    wanted = sum(v for v in sizes.values() if v > 0)
+    if wanted > len(pool["id"]):
+      raise ValueError(
+          f"data.sizes={sizes} needs {wanted} pairs, but {name} splits {list(cfg.source_splits)} hold only"
+          f" {len(pool['id'])} (after cleaning). Lower data.sizes to add up to at most {len(pool['id'])},"
+          " or add a source split to data.source_splits."
+      )
+    parts = splits_lib.split_indices(len(pool["id"]), sizes, seed=int(cfg.split_seed))
 
   max_length = int(cfg.max_length)
   tokenizers = {role: _checkpoint(str(config[role].checkpoint))[1] for role in ("weak", "strong")}
