@@ -12,15 +12,24 @@ from w2sg_jax import config_lib, engines, pipeline, tasks, train, validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SHIPPED = [
-    ("synthetic", None), ("synthetic", "smoke"),
-    ("tweets_minilm", None), ("tweets_minilm", "smoke"), ("tweets_minilm", "bow"), ("tweets_minilm", "ternary"),
-    ("tweets_minilm", "finetune"),
-    ("paper_hh", None), ("paper_hh", "smoke"), ("paper_hh", "tpu_small"), ("paper_hh", "large"), ("paper_hh", "xl"),
-    ("paper_cai", None), ("paper_cai", "smoke"),
-]
-if os.path.exists(os.path.join(REPO, "experiments", "tweets_theory.py")):
-  SHIPPED += [("tweets_theory", None), ("tweets_theory", "smoke"), ("tweets_theory", "synthetic")]
+
+def _shipped() -> list[tuple[str, str | None]]:
+  """Every experiment file with its default config and every variant it declares (or that is known here)."""
+  import importlib.util
+
+  known = {"synthetic": ("smoke",), "tweets_minilm": ("smoke", "bow", "ternary", "finetune"),
+           "tweets_theory": ("smoke", "synthetic"), "paper_cai": ("smoke",)}
+  out = []
+  folder = os.path.join(REPO, "experiments")
+  for name in sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and not f.startswith("_")):
+    spec = importlib.util.spec_from_file_location(f"shipped_{name}", os.path.join(folder, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out += [(name, None)] + [(name, v) for v in getattr(module, "VARIANTS", known.get(name, ()))]
+  return out
+
+
+SHIPPED = _shipped()
 
 
 def _config(name="synthetic", variant="smoke", **overrides) -> ml_collections.ConfigDict:
