@@ -315,7 +315,7 @@ def _engine(c: _Checker, key: str, *, required: bool, default: str) -> str | Non
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", DeprecationWarning)  # The stage warns once when it runs.
-      return engines.resolve_engine(str(value)) if isinstance(value, str) else engines.resolve_engine(value)
+      return engines.resolve_engine(value)
   except (ValueError, TypeError):
     old = ", ".join(getattr(engines, "_DEPRECATED", {}))
     c.fail(key, value, f"unknown engine; use one of: {', '.join(engines.ENGINES)}" + (f" (old names: {old})." if old else "."))
