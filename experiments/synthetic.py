@@ -15,7 +15,7 @@ Variants (after the colon): ``smoke`` (tiny, for tests; seconds).
 import ml_collections
 
 from w2sg_jax import losses
-from w2sg_jax.config_lib import head_model, noise_config, student_config, train_config
+from w2sg_jax.config_lib import head_model, noise_config, report_config, student_config, train_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -47,6 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       noise=noise_config((0.0, 0.2)),
       train=train_config(batch_size=64, epochs=2, learning_rate=1e-3),
   )
+
+  c.report = report_config()
 
   if arg == "smoke":
     c.seeds = 2

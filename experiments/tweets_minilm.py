@@ -21,7 +21,7 @@ Variants (after the colon): ``smoke`` (tiny sizes, seconds after embedding),
 import ml_collections
 
 from w2sg_jax import losses
-from w2sg_jax.config_lib import noise_config, student_config, train_config
+from w2sg_jax.config_lib import noise_config, report_config, student_config, train_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -60,6 +60,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       noise=noise_config((0.0, 0.2, 0.4)),
       train=train_config(batch_size=64, epochs=4, learning_rate=3e-3),
   )
+
+  c.report = report_config()
 
   if arg == "smoke":
     c.seeds = 2

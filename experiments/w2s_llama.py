@@ -31,7 +31,7 @@ import os
 import ml_collections
 
 from w2sg_jax import losses
-from w2sg_jax.config_lib import noise_config, pretrained_model, student_config, train_config
+from w2sg_jax.config_lib import noise_config, pretrained_model, report_config, student_config, train_config
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _FIXTURES = os.path.join(_REPO, "tests", "fixtures")
@@ -76,6 +76,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       noise=noise_config((0.0, 0.2)),
       train=_train(8e-5),
   )
+
+  c.report = report_config()
 
   if arg == "pythia":
     c.name = "w2s_llama_pythia"

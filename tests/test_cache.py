@@ -296,9 +296,8 @@ def test_kill_and_resume_through_the_streamed_data_parallel_road(tmp_path):
 
   cache = tmp_path / "cache"
   proc = _main(*args, f"--workdir={tmp_path / 'run'}", f"--config.cache_dir={cache}")
-  deadline = time.monotonic() + 600
   ckpt_seen = False
-  while proc.poll() is None and time.monotonic() < deadline:
+  while proc.poll() is None:  # Until the first student checkpoint appears, or the run ends.
     student = cache / "student"
     if student.exists():
       partial = [d for d in os.listdir(student) if d.endswith(".partial")]

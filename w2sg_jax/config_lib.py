@@ -114,6 +114,15 @@ def pretrained_model(
   })
 
 
+def report_config(*, min_gap: float = 0.005) -> ml_collections.ConfigDict:
+  """What the report needs beyond the runs."""
+  return ml_collections.ConfigDict({
+      # PGR is undefined (null, "n/a", never ranked) unless the ceiling beats the weak
+      # model by at least this much test accuracy (0.005 = half a point).
+      "min_gap": min_gap,
+  })
+
+
 def head_model(head_hidden: tuple[int, ...] = ()) -> ml_collections.ConfigDict:
   """A model that is a head on features: only the head's widths."""
   return ml_collections.ConfigDict({"head_hidden": tuple(head_hidden)})  # () = a linear probe.
