@@ -91,8 +91,6 @@ __all__ = [
 
 # The f of a loss that is not itself an f-divergence.
 _OWN_F = {"xent": "kl", "logconf": "kl", "reverse_xent": "reverse_kl"}
-_CONFIDENCE_HPARAMS = ("confidence", "warmup", "confidence_schedule")
-_CONF_SUFFIX = "+conf"
 BOUNDED = ("tv", "js", "hellinger")  # f-divergences bounded above (by 1, log 2, 2).
 UNBOUNDED = ("kl", "pearson", "neyman")
 PROB_FLOOR = 1e-12  # A weak probability enters as the logit log(max(q, floor)), as in stages.evaluate.
@@ -115,9 +113,9 @@ def own_divergence(loss: str, hparams: Mapping[str, Any] | None = None) -> tuple
   Raises:
     ValueError: the loss minimises no f-divergence (``product``).
   """
-  name = loss[: -len(_CONF_SUFFIX)] if loss.endswith(_CONF_SUFFIX) else loss
+  name = loss[: -len(losses_lib.CONF_SUFFIX)] if loss.endswith(losses_lib.CONF_SUFFIX) else loss
   name = _OWN_F.get(name, name)
-  hp = {k: v for k, v in dict(hparams or {}).items() if k not in _CONFIDENCE_HPARAMS}
+  hp = {k: v for k, v in dict(hparams or {}).items() if k not in losses_lib.CONFIDENCE_HPARAMS}
   if name not in losses_lib.F_DIVERGENCES:
     raise ValueError(f"loss {loss!r} minimises no f-divergence; the theory lab takes "
                      f"{', '.join(('xent', 'logconf') + tuple(losses_lib.F_DIVERGENCES))} (or their +conf names).")
@@ -622,7 +620,7 @@ def fits(sections: Mapping[str, Any], weak_acc: float, ceiling_acc: float) -> di
 
 
 def _has_confidence(loss: str) -> bool:
-  return loss == "logconf" or loss.endswith(_CONF_SUFFIX)
+  return loss == "logconf" or loss.endswith(losses_lib.CONF_SUFFIX)
 
 
 def _spearman(x, y) -> float:
