@@ -145,7 +145,9 @@ def _section_a(a: dict[str, Any]) -> list[str]:
     fl = m.get("first_loss")
     if fl:
       others = ", ".join(f"{k} {v:.6f} (|diff| {abs(v - fl['jax']):.1e})" for k, v in fl.items() if k != "jax")
-      out.append(f"- {m['label']} ({m['weights']}): first-step loss JAX {fl['jax']:.6f}; {others}.")
+      fwd = m.get("forward_max_abs_diff")
+      fwd = "" if fwd is None else f"; forward max |logit diff| JAX vs PyTorch {fwd:.1e}"
+      out.append(f"- {m['label']} ({m['weights']}): first-step loss JAX {fl['jax']:.6f}; {others}{fwd}.")
   return out
 
 

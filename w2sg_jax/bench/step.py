@@ -35,8 +35,9 @@ from flax import nnx
 
 from w2sg_jax import losses as losses_lib
 from w2sg_jax import train
+from w2sg_jax.bench import llama as llama_bench
 from w2sg_jax.bench import profile, timing
-from w2sg_jax.models import Bert, BertConfig, GPT2, GPT2Config, SequenceClassifier
+from w2sg_jax.models import Bert, BertConfig, GPT2, GPT2Config, Llama, SequenceClassifier
 
 CHAINS = {False: 4, True: 2}  # Independent batch slices for the "JAX, chains" contender.
 OPT = {"name": "adamw", "learning_rate": 1e-5, "schedule": "constant", "weight_decay": 0.01, "grad_clip": 1.0}
@@ -56,7 +57,7 @@ class StepCase:
 
   name: str
   label: str
-  arch: str  # "bert" | "gpt2"
+  arch: str  # "bert" | "gpt2" | "llama"
   config: Any
   batch: int
   seq: int
@@ -71,10 +72,12 @@ def cases(quick: bool) -> list[StepCase]:
                             intermediate_size=128, max_position_embeddings=64), 8, 16),
         StepCase("gpt2", "GPT-2 (tiny, --quick) b4 s16", "gpt2",
                  GPT2Config(vocab_size=512, n_embd=64, n_layer=1, n_head=4, n_positions=64), 4, 16),
+        StepCase(**llama_bench.spec(quick=True)),
     ]
   return [
       StepCase("minilm", "MiniLM-L6 BERT b32 s64", "bert", MINILM_CONFIG, 32, 64, pretrained=True),
       StepCase("gpt2", "GPT-2 small (124M) b8 s128", "gpt2", GPT2_SMALL, 8, 128),
+      StepCase(**llama_bench.spec(quick=False)),  # Against transformers.LlamaModel.
   ]
 
 
@@ -107,6 +110,8 @@ def build_jax_model(case: StepCase) -> tuple[SequenceClassifier, str]:
         encoder = None
     if encoder is None:
       encoder = Bert(case.config, rngs=nnx.Rngs(0))
+  elif case.arch == "llama":
+    encoder = Llama(case.config, rngs=nnx.Rngs(0))
   else:
     encoder = GPT2(case.config, rngs=nnx.Rngs(0))
   model = SequenceClassifier(encoder, NUM_CLASSES, rngs=nnx.Rngs(1))
@@ -200,6 +205,8 @@ def make_jax_step(model: nnx.Module, batch: Mapping[str, np.ndarray], loss: str 
 def analytic_flops(case: StepCase) -> float:
   """6 N_matmul B T + 12 L B T^2 D for one training step (see module docstring)."""
   c = case.config
+  if case.arch == "llama":
+    return llama_bench.analytic_flops(c, case.batch, case.seq, NUM_CLASSES)
   if case.arch == "bert":
     d, f, layers = c.hidden_size, c.intermediate_size, c.num_hidden_layers
   else:
@@ -214,7 +221,7 @@ def state_sizes(quick: bool) -> dict[str, dict[str, int]]:
   out = {}
   for case in cases(quick):
     def build(case=case):
-      enc = Bert(case.config, rngs=nnx.Rngs(0)) if case.arch == "bert" else GPT2(case.config, rngs=nnx.Rngs(0))
+      enc = {"bert": Bert, "llama": Llama}.get(case.arch, GPT2)(case.config, rngs=nnx.Rngs(0))
       return SequenceClassifier(enc, NUM_CLASSES, rngs=nnx.Rngs(1))
 
     model = nnx.eval_shape(build)
@@ -244,9 +251,12 @@ def _torch_side(case: StepCase, model: SequenceClassifier, batch: Mapping[str, n
       inductor_config.force_disable_caches = True
     except (ImportError, AttributeError):  # Other torch versions: a warm cache may shorten it.
       pass
-  cls = torch_ref.TorchBertClassifier if case.arch == "bert" else torch_ref.TorchGPT2Classifier
-  tm = cls(case.config, NUM_CLASSES)
-  torch_ref.copy_from_jax(tm, model)
+  if case.arch == "llama":
+    tm = llama_bench.torch_classifier(model)  # transformers.LlamaModel, not torch_ref.
+  else:
+    cls = torch_ref.TorchBertClassifier if case.arch == "bert" else torch_ref.TorchGPT2Classifier
+    tm = cls(case.config, NUM_CLASSES)
+    torch_ref.copy_from_jax(tm, model)
   step, opt = torch_ref.make_step(tm, lr=OPT["learning_rate"], weight_decay=OPT["weight_decay"],
                                   grad_clip=OPT["grad_clip"], compile_model=compile_model)
   ids = torch.from_numpy(batch["input_ids"]).long()
@@ -313,9 +323,11 @@ def bench_training_step(*, quick: bool, reps: int, warmup: int, torch_compile: b
     jc()
     row["first_loss"] = {"jax": float(js.last_metrics["loss"]), "jax_chains": float(jc.last_metrics["loss"])}
     tm = t_inputs = None
-    row["torch_eager"] = row["torch_compile"] = torch_msg if torch is None else None
-    if torch is not None:
+    missing = torch_msg if torch is None else llama_bench.missing_reference(case.arch)
+    row["torch_eager"] = row["torch_compile"] = missing
+    if missing is None:
       eager, tm, opt, t_inputs = _torch_side(case, model, batch, compile_model=False)
+      row["forward_max_abs_diff"] = llama_bench.forward_max_abs_diff(model, tm, batch)  # Logits, before any step.
       row["first_loss"]["torch"] = float(eager())
       row["torch_state_bytes"] = dict(zip(("params", "opt_state"), (int(b) for b in _torch_bytes(tm, opt))))
       contenders["torch_eager"] = eager
