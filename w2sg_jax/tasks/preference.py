@@ -57,6 +57,7 @@ from flax import nnx
 from w2sg_jax.data import splits as splits_lib
 from w2sg_jax.data import tokenize as tokenize_lib
 from w2sg_jax.models import heads as heads_lib
+from w2sg_jax.models import lora as lora_lib
 from w2sg_jax.models import pretrained as pretrained_lib
 from w2sg_jax.data.task import Split, Task
 from w2sg_jax.log import log
@@ -198,6 +199,15 @@ def _encoder_state(folder: str, num_layers: int | None, dtype_name: str):
   return graphdef, jax.tree.map(np.asarray, state)
 
 
+def _lora_spec(cfg: ml_collections.ConfigDict) -> "lora_lib.LoRAConfig | None":
+  """The role's LoRA adapters when ``finetune == "lora"`` (``cfg.lora``: rank, alpha, dropout, target_modules)."""
+  if str(cfg.get("finetune", "full")) != "lora":
+    return None
+  block = dict(cfg.get("lora", {}) or {})
+  targets = tuple(block.pop("target_modules", ()) or ()) or None
+  return lora_lib.LoRAConfig(**block, target_modules=targets)
+
+
 def _role(config: ml_collections.ConfigDict, role: str) -> ml_collections.ConfigDict:
   if role not in ("weak", "strong"):
     raise ValueError(f"role={role!r}; expected 'weak' or 'strong'.")
@@ -256,16 +266,24 @@ class PreferenceTask(Task):
     pooling = cfg.get("pooling", "") or None
     hidden = tuple(int(h) for h in cfg.get("head_hidden", ()))
 
+    lora = _lora_spec(cfg)
+    # Read the weights here, eagerly: the factory runs under jit/eval_shape traces.
+    graphdef, host_state = _encoder_state(folder, num_layers, dtype_name)
+
     def factory(rngs: nnx.Rngs) -> PairRewardModel:
-      graphdef, host_state = _encoder_state(folder, num_layers, dtype_name)
       encoder = nnx.merge(graphdef, jax.tree.map(jnp.asarray, host_state))
-      return PairRewardModel(encoder, pooling=pooling, hidden_sizes=hidden, rngs=rngs)
+      model = PairRewardModel(encoder, pooling=pooling, hidden_sizes=hidden, rngs=rngs)
+      if lora is not None:
+        lora_lib.apply_lora(model, lora, rngs=rngs)  # Adapters on the frozen encoder's projections.
+      return model
 
     return factory
 
   def trainable(self, role: str, config: ml_collections.ConfigDict):
     cfg = _role(config, role)
     mode = str(cfg.get("finetune", "full"))
+    if mode == "lora":
+      return lora_lib.lora_trainable_filter(("head",))  # The adapters and the reward head; the base is frozen.
     return heads_lib.trainable_filter(mode, int(cfg.get("top_layers", 0)) if mode == "top" else 0)
 
   def model_name(self, role: str, config: ml_collections.ConfigDict) -> str:
@@ -274,6 +292,8 @@ class PreferenceTask(Task):
     layers = f", first {_num_layers(cfg)} layers" if _num_layers(cfg) else ""
     mode = str(cfg.get("finetune", "full"))
     mode = f"top {cfg.top_layers} layers" if mode == "top" else mode
+    if mode == "lora":
+      mode = f"LoRA rank {_lora_spec(cfg).rank}"
     return f"{name} reward model ({mode}{layers})"
 
 
