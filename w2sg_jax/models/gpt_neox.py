@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from w2sg_jax.models import remat as remat_lib
 from w2sg_jax.models.bert import WeightMap
 from w2sg_jax.models.gpt2 import causal_padding_bias, positions_from_mask
 from w2sg_jax.models.llama import (
@@ -176,6 +177,7 @@ class GPTNeoX(nnx.Module):
       num_layers: int | None = None,
       dtype: Any = jnp.float32,
       param_dtype: Any = None,
+      remat: str = "none",
       rngs: nnx.Rngs,
   ):
     n = config.num_hidden_layers if num_layers is None else num_layers
@@ -188,6 +190,7 @@ class GPTNeoX(nnx.Module):
     self.config = config
     self.num_layers = n
     self.dtype = dtype
+    self.remat = remat_lib.check_remat(remat)  # Per block in the backward pass; see models/remat.py.
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.embed_in = nnx.Embed(config.vocab_size, config.hidden_size, **kw)
     self.layers = nnx.List([GPTNeoXBlock(config, **kw) for _ in range(n)])
@@ -208,8 +211,9 @@ class GPTNeoX(nnx.Module):
     cos, sin = rope_cos_sin(pos_BxT, rope_inv_freq(self.config.rotary_ndims, self.config.rope))
     bias = causal_padding_bias(attention_mask_BxT)
     x = self.embed_in(input_ids_BxT)
+    remat = remat_lib.check_remat(self.remat)
     for block in self.layers:
-      x = block(x, bias, cos, sin)
+      x = remat_lib.call_block(block, remat, x, bias, cos, sin)
     return self.final_layer_norm(x)
 
   def hf_weight_map(self) -> WeightMap:

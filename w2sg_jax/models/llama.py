@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from w2sg_jax.models import remat as remat_lib
 from w2sg_jax.models.bert import WeightMap
 from w2sg_jax.models.gpt2 import causal_padding_bias, positions_from_mask
 
@@ -385,6 +386,7 @@ class Llama(nnx.Module):
       num_layers: int | None = None,
       dtype: Any = jnp.float32,
       param_dtype: Any = None,
+      remat: str = "none",
       rngs: nnx.Rngs,
   ):
     n = config.num_hidden_layers if num_layers is None else num_layers
@@ -397,6 +399,7 @@ class Llama(nnx.Module):
     self.config = config
     self.num_layers = n
     self.dtype = dtype
+    self.remat = remat_lib.check_remat(remat)  # Per block in the backward pass; see models/remat.py.
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     self.embed_tokens = nnx.Embed(config.vocab_size, config.hidden_size, rngs=rngs, **kw)
     self.layers = nnx.List([LlamaBlock(config, rngs=rngs, **kw) for _ in range(n)])
@@ -417,8 +420,9 @@ class Llama(nnx.Module):
     cos, sin = rope_cos_sin(pos_BxT, rope_inv_freq(self.config.head_size, self.config.rope))
     bias = causal_padding_bias(attention_mask_BxT)
     x = self.embed_tokens(input_ids_BxT)
+    remat = remat_lib.check_remat(self.remat)
     for block in self.layers:
-      x = block(x, bias, cos, sin)
+      x = remat_lib.call_block(block, remat, x, bias, cos, sin)
     return self.norm(x)
 
   def logits(self, hidden_BxTxD: jax.Array) -> jax.Array:

@@ -59,6 +59,7 @@ from w2sg_jax.data import tokenize as tokenize_lib
 from w2sg_jax.models import heads as heads_lib
 from w2sg_jax.models import lora as lora_lib
 from w2sg_jax.models import pretrained as pretrained_lib
+from w2sg_jax.models import remat as remat_lib
 from w2sg_jax.data.task import Split, Task
 from w2sg_jax.log import log
 from w2sg_jax.labels import store as store_lib
@@ -267,11 +268,13 @@ class PreferenceTask(Task):
     hidden = tuple(int(h) for h in cfg.get("head_hidden", ()))
 
     lora = _lora_spec(cfg)
+    remat = remat_lib.check_remat(str(cfg.get("remat", "none")))
     # Read the weights here, eagerly: the factory runs under jit/eval_shape traces.
     graphdef, host_state = _encoder_state(folder, num_layers, dtype_name)
 
     def factory(rngs: nnx.Rngs) -> PairRewardModel:
       encoder = nnx.merge(graphdef, jax.tree.map(jnp.asarray, host_state))
+      remat_lib.set_remat(encoder, remat)  # Recompute blocks in the backward pass: memory for FLOPs.
       model = PairRewardModel(encoder, pooling=pooling, hidden_sizes=hidden, rngs=rngs)
       if lora is not None:
         lora_lib.apply_lora(model, lora, rngs=rngs)  # Adapters on the frozen encoder's projections.
