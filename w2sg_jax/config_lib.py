@@ -111,6 +111,9 @@ def pretrained_model(
       },
       "pooling": "",  # '' = the last real token (decoders) / mean (BERT); or 'last', 'mean'.
       "head_hidden": (),  # Hidden widths of the head; () = a linear head (zero-initialised).
+      # Rematerialisation of each transformer block in the backward pass: 'none', 'block'
+      # (recompute attention and elementwise ops) or 'full' (keep only block inputs); see models/remat.py.
+      "remat": "none",
   })
 
 

@@ -30,6 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from w2sg_jax import parallel
+from w2sg_jax.models import remat as remat_lib
+
 # Checkpoint names may carry one of these prefixes (BertForX checkpoints use
 # ``bert.``; the sentence-transformers MiniLM checkpoint uses none).
 HF_PREFIXES = ("bert.",)
@@ -206,6 +209,10 @@ class Bert(nnx.Module):
       ``k = 0`` returns the embedding output (after the embedding LayerNorm),
       i.e. Hugging Face's ``hidden_states[k]``.
     dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+    remat: rematerialisation of each layer in the backward pass, ``"none"``,
+      ``"block"`` or ``"full"`` (see :mod:`w2sg_jax.models.remat`); the
+      outputs do not depend on it. A plain attribute: it can also be set on a
+      built model before ``nnx.split``.
     rngs: initialises the parameters (overwritten when weights are loaded).
 
   Every parameter of block i carries the metadata ``depth_from_top = k - i``
@@ -218,6 +225,7 @@ class Bert(nnx.Module):
       *,
       num_layers: int | None = None,
       dtype: Any = jnp.float32,
+      remat: str = "none",
       rngs: nnx.Rngs,
   ):
     n = config.num_hidden_layers if num_layers is None else num_layers
@@ -229,6 +237,7 @@ class Bert(nnx.Module):
     self.config = config
     self.num_layers = n
     self.dtype = dtype
+    self.remat = remat_lib.check_remat(remat)
     self.embeddings = BertEmbeddings(config, dtype=dtype, rngs=rngs)
     self.layers = nnx.List(
         [BertLayer(config, dtype=dtype, rngs=rngs) for _ in range(n)]
@@ -251,9 +260,10 @@ class Bert(nnx.Module):
     ignore (pool with the mask).
     """
     bias = attention_bias(attention_mask_BxT)
-    x = self.embeddings(input_ids_BxT)
+    x = parallel.constrain_batch(self.embeddings(input_ids_BxT))
+    remat = remat_lib.check_remat(self.remat)
     for layer in self.layers:
-      x = layer(x, bias)
+      x = parallel.constrain_batch(remat_lib.call_block(layer, remat, x, bias))
     return x
 
   def hf_weight_map(self) -> WeightMap:

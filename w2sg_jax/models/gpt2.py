@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from w2sg_jax import parallel
+from w2sg_jax.models import remat as remat_lib
 from w2sg_jax.models.bert import WeightMap, multi_head_attention
 
 HF_PREFIXES = ("transformer.",)
@@ -152,6 +154,10 @@ class GPT2(nnx.Module):
     config: the architecture.
     num_layers: keep only the first k blocks (``None``: all), then ``ln_f``.
     dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+    remat: rematerialisation of each block in the backward pass, ``"none"``,
+      ``"block"`` or ``"full"`` (see :mod:`w2sg_jax.models.remat`); the
+      outputs do not depend on it. A plain attribute: it can also be set on a
+      built model before ``nnx.split``.
     rngs: initialises the parameters (overwritten when weights are loaded).
 
   Parameters of block i carry ``depth_from_top = k - i`` (1 for the top
@@ -165,6 +171,7 @@ class GPT2(nnx.Module):
       *,
       num_layers: int | None = None,
       dtype: Any = jnp.float32,
+      remat: str = "none",
       rngs: nnx.Rngs,
   ):
     n = config.n_layer if num_layers is None else num_layers
@@ -176,6 +183,7 @@ class GPT2(nnx.Module):
     self.config = config
     self.num_layers = n
     self.dtype = dtype
+    self.remat = remat_lib.check_remat(remat)
     kw = dict(dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
     self.wte = nnx.Embed(config.vocab_size, config.n_embd, **kw)
     self.wpe = nnx.Embed(config.n_positions, config.n_embd, **kw)
@@ -208,10 +216,11 @@ class GPT2(nnx.Module):
           " truncate the tokenizer output to at most that many tokens."
       )
     pos_BxT = positions_from_mask(attention_mask_BxT)
-    x = self.wte(input_ids_BxT) + self.wpe(pos_BxT)
+    x = parallel.constrain_batch(self.wte(input_ids_BxT) + self.wpe(pos_BxT))
     bias = causal_padding_bias(attention_mask_BxT)
+    remat = remat_lib.check_remat(self.remat)
     for block in self.blocks:
-      x = block(x, bias)
+      x = parallel.constrain_batch(remat_lib.call_block(block, remat, x, bias))
     return self.ln_f(x)
 
   def logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
