@@ -14,8 +14,14 @@ from w2sg_jax.models import remat as remat_lib
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "models")
 
 
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_qwen2", "tiny_neox"])
-@pytest.mark.parametrize("mode", ["block", "full"])
+_CASES = [pytest.param("tiny_llama", "full")] + [  # One fast case; the rest run in the slow suite.
+    pytest.param(f, m, marks=pytest.mark.slow)
+    for f, m in [("tiny_llama", "block"), ("tiny_qwen2", "block"), ("tiny_qwen2", "full"),
+                 ("tiny_neox", "block"), ("tiny_neox", "full")]
+]
+
+
+@pytest.mark.parametrize("fixture,mode", _CASES)
 def test_remat_equals_no_remat_in_values_and_gradients(fixture, mode):
   encoder, _ = models.load_pretrained(os.path.join(FIXTURES, fixture))
   graphdef, state = nnx.split(encoder)
