@@ -1,9 +1,11 @@
 """``report.md`` and ``bench.json`` from the benchmark results.
 
-``bench.json`` holds everything measured (seconds, FLOPs, bytes); the report
-opens with a headline table (benchmark, JAX, PyTorch eager, torch.compile,
-ratio) and then gives one section per benchmark. A section that did not run
-(``--only``) or failed says so instead of disappearing.
+``bench.json`` holds everything measured (seconds, FLOPs, bytes; every timed
+figure as one value per round); the report opens with the machine (CPU model,
+load average, each framework's matmul peak), the targets and a headline table
+(benchmark, JAX, PyTorch eager, torch.compile, worst-round ratio), then gives
+one section per benchmark with every round's medians. A section that did not
+run (``--only``) or failed says so instead of disappearing.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import os
 from typing import Any
 
-from w2sg_jax.bench import notes
+from w2sg_jax.bench import notes, targets
 
 SECTION_TITLES = {
     "a": "a. Training step vs PyTorch",
@@ -21,7 +23,8 @@ SECTION_TITLES = {
     "d": "d. Loss overhead",
     "e": "e. Weak-label streaming",
     "f": "f. Device scaling",
-    "g": "g. Memory",
+    "g": "g. Memory and the cold experiment",
+    "h": "h. Encoder feature pass",
 }
 NA = "n/a"
 
@@ -44,18 +47,24 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
   return out
 
 
+def _rounds(values: Any, spec: str = ".1f", scale: float = 1.0, suffix: str = "") -> str:
+  """Per-round figures as ``a / b / c``."""
+  if not isinstance(values, list):
+    return _fmt(values if not isinstance(values, (int, float)) else values * scale, spec, suffix)
+  return " / ".join(f"{v * scale:{spec}}{suffix}" for v in values)
+
+
 def _eps(row: dict[str, Any], key: str) -> Any:
-  """examples/s of a contender, or its status string (failed / not installed)."""
+  """Per-round examples/s of a contender, or its status string (failed / not installed)."""
   v = row.get(key)
   if isinstance(v, dict):
     return v["examples_per_s"]
   return v
 
 
-def _ratio(a: Any, b: Any) -> str:
-  if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
-    return f"{a / b:.2f}x"
-  return NA
+def _worst(row: dict[str, Any], other: str) -> str:
+  r = row.get("ratios", {}).get(other)
+  return NA if r is None else f"{r['worst']:.2f}x"
 
 
 # ------------------------------------------------------------------ headline
@@ -67,53 +76,70 @@ def headline(results: dict[str, Any]) -> list[list[str]]:
   a = sec.get("a", {})
   for m in a.get("models", []):
     j, e, c = _eps(m, "jax"), _eps(m, "torch_eager"), _eps(m, "torch_compile")
-    ratio = _ratio(j, e)
-    if isinstance(c, (int, float)):
-      ratio += f" ({_ratio(j, c)} vs compile)"
-    jcell = _fmt(j)
-    jc = _eps(m, "jax_chains")
-    if isinstance(jc, (int, float)):
-      jcell += f" ({jc:.1f} in {m['chains']} chains, proposed)"
-      if isinstance(e, (int, float)):
-        ratio += f"; chains {_ratio(jc, e)}"
-    rows.append([f"train step, {m['label']} (examples/s)", jcell, _fmt(e), _fmt(c), ratio])
+    ratio = f"{_worst(m, 'torch_eager')} ({_worst(m, 'torch_compile')} vs compile)"
+    jcell = _rounds(j)
+    if m.get("chains", 1) > 1:
+      jcell += f" ({m['chains']} chains; one chain {_rounds(_eps(m, 'jax_plain'))}, worst {_worst(m, 'jax_plain')})"
+    rows.append([f"train step, {m['label']} (examples/s per round)", jcell, _rounds(e), _rounds(c), ratio])
   b = sec.get("b", {})
   if "models" in b:
     for m in b["models"]:
       eff = m["efficiency"]
-      rows.append([f"FLOP/s share of measured peak, {m['name']}",
-                   _fmt(eff.get("jax", None) and 100 * eff["jax"], ".0f", "%"),
-                   _fmt(eff.get("torch_eager") and 100 * eff["torch_eager"], ".0f", "%"),
-                   _fmt(eff.get("torch_compile") and 100 * eff["torch_compile"], ".0f", "%"),
-                   _ratio(eff.get("jax"), eff.get("torch_eager"))])
+      rows.append([f"FLOP/s share of measured peak, {m['name']} (per round)",
+                   _rounds(eff.get("jax"), ".0f", 100, "%"), _rounds(eff.get("torch_eager"), ".0f", 100, "%"),
+                   _rounds(eff.get("torch_compile"), ".0f", 100, "%"), NA])
+  h = sec.get("h", {})
+  if isinstance(h.get("jax"), dict):
+    t = h.get("torch") if isinstance(h.get("torch"), dict) else None
+    rows.append(["MiniLM feature pass, real tokens/s per round (share of peak)",
+                 _rounds(h["jax"]["tokens_per_s"], ".0f")
+                 + (f" ({_rounds(h['jax']['share_of_peak'], '.0f', 100, '%')})" if "share_of_peak" in h["jax"] else ""),
+                 _rounds(t["tokens_per_s"], ".0f") if t else _fmt(h.get("torch")), NA,
+                 f"{h['ratios']['torch']['worst']:.2f}x" if "torch" in h.get("ratios", {}) else NA])
   c = sec.get("c", {})
   if c.get("rows"):
     last = c["rows"][-1]
-    rows.append([f"sweep of K={last['k']} heads: one vmapped group vs {last['k']} calls (speed-up)",
-                 f"{last['speedup']:.1f}x", NA, NA, NA])
+    rows.append([f"sweep of K={last['k']} heads: one vmapped group vs {last['k']} separate runs (speed-up per round)",
+                 f"{_rounds(last['speedup'])}x (worst {last['worst_speedup']:.1f}x)", NA, NA, NA])
   d = sec.get("d", {})
   if d.get("rows"):
-    worst = max(d["rows"], key=lambda r: r["loss_alone_us"])
-    rel = [r["relative_to_xent"] for r in d["rows"]]
+    worst = max(d["rows"], key=lambda r: max(r["loss_alone_us"]))
+    share = max(max(r["loss_share_of_step"]) for r in d["rows"])
+    rel = [x for r in d["rows"] if "relative_to_xent" in r for x in r["relative_to_xent"]]
     rows.append(["loss overhead: slowest loss alone (fwd+bwd) as a share of a MiniLM step",
-                 f"{worst['loss']}: {worst['loss_alone_us']:.0f} us = {100 * worst['loss_share_of_step']:.3f}%; "
-                 f"whole steps {min(rel):.2f}-{max(rel):.2f}x xent (run-to-run noise)", NA, NA, NA])
+                 f"{worst['loss']}: {max(worst['loss_alone_us']):.0f} us; at most {100 * share:.3f}% of a step; "
+                 f"whole steps {min(rel):.2f}-{max(rel):.2f}x xent", NA, NA, NA])
   e = sec.get("e", {})
   if e.get("rows"):
     g = next(r for r in e["rows"] if r["feed"] == "grain (prefetch)")
-    rows.append(["head step fed by the Grain weak-label stream / fed from memory",
-                 f"{g['relative_to_memory']:.2f}x ({g['step_ms']:.2f} ms/step)", NA, NA, NA])
+    rows.append(["head step fed by the Grain weak-label stream / fed from memory (per round)",
+                 f"{_rounds(g['relative_to_memory'], '.2f')}x", NA, NA, NA])
   f = sec.get("f", {})
   if f.get("rows"):
     r8 = f["rows"][-1]
     diff = max(r["max_param_diff_vs_1"] for r in f["rows"])
-    rows.append([f"data-parallel step on {r8['devices']} simulated CPU devices / 1 device (time)",
-                 f"{r8['step_ms'] / f['rows'][0]['step_ms']:.2f}x; max param diff {diff:.0e}", NA, NA, NA])
+    rows.append([f"data-parallel step on {r8['devices']} simulated CPU devices / 1 device (time per round)",
+                 f"{_rounds(r8['time_vs_1'], '.2f')}x; max param diff {diff:.0e}", NA, NA, NA])
   g = sec.get("g", {})
   exp = g.get("experiment", {})
   if "peak_rss_mib" in exp:
-    rows.append([f"peak RSS, {exp['experiment']}", f"{exp['peak_rss_mib']:.0f} MiB", NA, NA, NA])
+    rows.append([f"`{exp['experiment']}` cold: wall time, peak RSS",
+                 f"{exp.get('wall_s', 0):.0f} s, {exp['peak_rss_mib']:.0f} MiB", NA, NA, NA])
   return rows
+
+
+def _targets(results: dict[str, Any]) -> list[str]:
+  rows = targets.evaluate(results)
+  if not rows:
+    return ["No target was measured in this run (see --only)."]
+  out = _table(["target", "this run", "met", "by how much"],
+               [[r["target"], r["value_text"], {True: "yes", False: "**no**", None: NA}[r["met"]], r["miss"] or ""]
+                for r in rows])
+  whys = [r for r in rows if r["met"] is False and r["why"]]
+  if whys:
+    out += ["", "Why the missed ones fall short:", ""]
+    out += [f"- {r['target']}: {r['why']}." for r in whys]
+  return out
 
 
 # ------------------------------------------------------------------ sections
@@ -121,25 +147,31 @@ def headline(results: dict[str, Any]) -> list[list[str]]:
 
 def _section_a(a: dict[str, Any]) -> list[str]:
   out = [f"PyTorch: {a.get('torch')}. Same weights, same batch, same optimizer (clip 1.0 + AdamW) on "
-         "both sides; each figure is the median of the timed repetitions, taken round-robin "
-         "(JAX, eager, compiled, JAX, ...) so background load hits all alike.", ""]
+         f"both sides. {a.get('reps')} timed steps per implementation per round, round-robin (JAX, JAX one chain, "
+         f"eager, compiled, JAX, ...) after warm-up, in {a.get('rounds')} rounds; each cell lists the rounds' "
+         "medians. `jax` is the library's default step (`train.train_step`, `num_chains=None`).", ""]
   rows = []
   for m in a["models"]:
-    for k, label in (("jax", "JAX (jit, donated state)"),
-                     ("jax_chains", f"JAX, batch in {m.get('chains')} independent chains (proposed)"),
+    for k, label in (("jax", f"JAX default ({m.get('chains', 1)} chain(s))"), ("jax_plain", "JAX, one chain"),
                      ("torch_eager", "PyTorch eager"), ("torch_compile", "torch.compile")):
       v = m.get(k)
-      if k == "jax_chains" and v is None:
+      if k == "jax_plain" and v is None:
         continue
+      compile_s = {"jax": m.get("jax_compile_s"), "jax_plain": m.get("jax_plain_compile_s"),
+                   "torch_compile": m.get("torch_compile_s")}.get(k)
       if isinstance(v, dict):
         t = v["step"]
-        compile_s = {"jax": m.get("jax_compile_s"), "jax_chains": m.get("jax_chains_compile_s"),
-                     "torch_compile": m.get("torch_compile_s")}.get(k)
-        rows.append([m["label"], label, f"{v['examples_per_s']:.1f}", f"{t['median_s'] * 1e3:.0f}",
-                     f"{t['min_s'] * 1e3:.0f}-{t['max_s'] * 1e3:.0f}", _fmt(compile_s, ".1f", " s")])
+        rows.append([m["label"], label, _rounds(v["examples_per_s"]), _rounds(t["median_s"], ".0f", 1e3),
+                     _rounds(t["min_s"], ".0f", 1e3), _fmt(compile_s, ".1f", " s")])
       else:
         rows.append([m["label"], label, _fmt(v), NA, NA, NA])
-  out += _table(["model", "implementation", "examples/s", "median step (ms)", "range (ms)", "compile"], rows)
+  out += _table(["model", "implementation", "examples/s", "median step (ms)", "best step (ms)", "compile"], rows)
+  out += ["", "JAX default / other (examples/s), per round, and the worst round:", ""]
+  rows = []
+  for m in a["models"]:
+    for other, r in m.get("ratios", {}).items():
+      rows.append([m["label"], other, _rounds(r["per_round"], ".2f"), f"{r['worst']:.2f}x"])
+  out += _table(["model", "vs", "ratio per round", "worst"], rows or [[NA] * 4])
   out.append("")
   for m in a["models"]:
     fl = m.get("first_loss")
@@ -148,93 +180,98 @@ def _section_a(a: dict[str, Any]) -> list[str]:
       fwd = m.get("forward_max_abs_diff")
       fwd = "" if fwd is None else f"; forward max |logit diff| JAX vs PyTorch {fwd:.1e}"
       out.append(f"- {m['label']} ({m['weights']}): first-step loss JAX {fl['jax']:.6f}; {others}{fwd}.")
+    if m.get("jax_plain_compile_s"):
+      out.append(f"- {m['label']}: compile {m['jax_compile_s']:.1f} s in {m['chains']} chains vs "
+                 f"{m['jax_plain_compile_s']:.1f} s in one ({m['jax_compile_s'] / m['jax_plain_compile_s']:.2f}x).")
   return out
 
 
 def _section_b(a: dict[str, Any]) -> list[str]:
   peak = a["peak"]
-  out = ["Peak: best of several float32 " + " / ".join(
+  out = ["Peak: best of float32 " + " / ".join(
       f"{k} {v['n']}x{v['n']} matmuls, {v['gflops']:.0f} GFLOP/s" for k, v in peak.items())
-         + f"; the larger, {a['peak_gflops']:.0f} GFLOP/s, is the reference. Achieved = FLOPs per step "
-         "(XLA's count) / median step time.", ""]
+         + f" (timed round-robin); the larger, {a['peak_gflops']:.0f} GFLOP/s, is the reference. Achieved = FLOPs "
+         "per step (XLA's count of the one-chain step) / median step time, per round.", ""]
   rows = []
   for m in a["models"]:
     f = m["flops"]
-    ach, eff = m["achieved_gflops"], m["efficiency"]
+    eff = m["efficiency"]
     rows.append([m["label"], _fmt(f.get("xla") and f["xla"] / 1e9, ".1f"), _fmt(f["analytic"] / 1e9, ".1f"),
                  _fmt(f.get("torch_counter") and f["torch_counter"] / 1e9, ".1f"),
-                 *(f"{ach[k]:.0f} ({100 * eff[k]:.0f}%)" if k in ach else NA
-                   for k in ("jax", "jax_chains", "torch_eager", "torch_compile"))])
+                 *(_rounds(eff[k], ".0f", 100, "%") if k in eff else NA
+                   for k in ("jax", "jax_plain", "torch_eager", "torch_compile"))])
   out += _table(["model", "GFLOP/step (XLA)", "GFLOP/step (analytic)", "GFLOP/step (torch counter)",
-                 "JAX GFLOP/s (% peak)", "JAX chains GFLOP/s (% peak)", "eager GFLOP/s (% peak)",
-                 "compile GFLOP/s (% peak)"], rows)
+                 "JAX % peak", "JAX one chain % peak", "eager % peak", "compile % peak"], rows)
   out += ["", "The torch counter sees forward + backward matmuls and attention only (no AdamW, "
           "no elementwise ops); the analytic count is 6 x matmul parameters x tokens + attention."]
-  profiled = [m for m in a["models"] if "by_kind" in m.get("jax_profile", {})]
+  profiled = [(m, k) for m in a["models"] for k, p in (m.get("jax_profile") or {}).items() if "by_kind" in p]
   if profiled:
-    kinds = []
-    for m in profiled:
-      kinds += [k for k in m["jax_profile"]["by_kind"] if k not in kinds]
+    kinds: list[str] = []
+    for m, k in profiled:
+      kinds += [x for x in m["jax_profile"][k]["by_kind"] if x not in kinds]
     out += ["", "Where the JAX step's time goes (profiler trace, ms per step summed over the threads "
             "that ran each XLA operation). Op concurrency = busy time / wall time: 1.0 means one XLA "
-            "operation at a time; a matmul still uses every core inside its library call, but "
-            "elementwise fusions run on one thread each.", ""]
+            "operation at a time; a matmul still uses every core inside its library call. Chains raise "
+            "the concurrency: the executor runs the chains' operations side by side.", ""]
     rows = []
-    for k in kinds:
-      rows.append([k] + [_fmt(m["jax_profile"]["by_kind"].get(k), ".0f") for m in profiled])
-    rows.append(["**busy / wall (ms)**"] + [f"{m['jax_profile']['busy_ms']:.0f} / {m['jax_profile']['wall_ms']:.0f}"
-                                          for m in profiled])
-    rows.append(["**op concurrency**"] + [f"{m['jax_profile']['parallelism']:.2f}" for m in profiled])
-    out += _table(["op kind"] + [m["label"] for m in profiled], rows)
+    for kind in kinds:
+      rows.append([kind] + [_fmt(m["jax_profile"][k]["by_kind"].get(kind), ".0f") for m, k in profiled])
+    rows.append(["**busy / wall (ms)**"] + [f"{m['jax_profile'][k]['busy_ms']:.0f} / {m['jax_profile'][k]['wall_ms']:.0f}"
+                                          for m, k in profiled])
+    rows.append(["**op concurrency**"] + [f"{m['jax_profile'][k]['parallelism']:.2f}" for m, k in profiled])
+    out += _table(["op kind"] + [f"{m['name']} {k}" for m, k in profiled], rows)
   return out
 
 
 def _section_c(c: dict[str, Any]) -> list[str]:
   out = [f"MLP head {c['dim']} -> {c['hidden']} -> 2 on {c['examples']} cached feature vectors, "
          f"{c['steps']} steps of batch {c['batch']}, loss {c['loss']}; wall time per call, compilation "
-         "included (each call compiles its program).", ""]
-  out += _table(["K seeds", "one train_group(K) (s)", "K x train_group(1) (s)", "speed-up",
-                 "per run, vmapped (s)", "per run, sequential (s)"],
-                [[r["k"], f"{r['vmapped_s']:.2f}", f"{r['sequential_s']:.2f}", f"{r['speedup']:.1f}x",
-                  f"{r['per_run_vmapped_s']:.3f}", f"{r['per_run_sequential_s']:.3f}"] for r in c["rows"]])
+         f"included (each call compiles its program, as each run of a user does). One run (a fresh seed "
+         f"each call) and one group of K alternate, {c['reps']}+ calls each per round, {c['rounds']} rounds; "
+         "K separate runs cost K x one run.", ""]
+  out += _table(["K seeds", "group of K (s)", "one run (s)", "K runs (s)", "speed-up per round", "worst",
+                 "per run, vmapped (s)"],
+                [[r["k"], _rounds(r["group_s"], ".2f"), _rounds(r["one_run_s"], ".2f"), _rounds(r["sequential_s"], ".1f"),
+                  _rounds(r["speedup"], ".1f", suffix="x"), f"{r['worst_speedup']:.1f}x",
+                  _rounds(r["per_run_vmapped_s"], ".3f")] for r in c["rows"]])
   return out
 
 
 def _section_d(d: dict[str, Any]) -> list[str]:
-  out = [f"{d['model']} ({d['weights']}), full training step per loss, timed round-robin. "
-         "'loss alone' is the jitted forward + backward of the mean loss on the step's [B, C] logits.", ""]
-  out += _table(["loss", "median step (ms)", "best step (ms)", "vs xent", "loss alone (us)", "share of step",
-                 "compile (s)"],
-                [[r["loss"], f"{r['step_s'] * 1e3:.1f}", f"{r['step_min_s'] * 1e3:.1f}", f"{r['relative_to_xent']:.3f}",
-                  f"{r['loss_alone_us']:.0f}", f"{100 * r['loss_share_of_step']:.3f}%", f"{r['compile_s']:.1f}"]
-                 for r in d["rows"]])
+  out = [f"{d['model']} ({d['weights']}). 'loss alone' is the jitted forward + backward of the mean loss on "
+         f"the step's [B, C] logits, every loss round-robin; whole steps for a subset, round-robin; "
+         f"{d['reps']}+ calls each per round, {d['rounds']} rounds.", ""]
+  out += _table(["loss", "loss alone (us)", "share of a step", "median step (ms)", "step vs xent", "compile (s)"],
+                [[r["loss"], _rounds(r["loss_alone_us"], ".0f"), _rounds(r["loss_share_of_step"], ".3f", 100, "%"),
+                  _rounds(r.get("step_s"), ".1f", 1e3) if "step_s" in r else NA,
+                  _rounds(r["relative_to_xent"], ".3f") if "relative_to_xent" in r else NA,
+                  _fmt(r.get("compile_s"), ".1f")] for r in d["rows"]])
   out += ["", "The loss touches only the [B, C] logits, so every step does the same encoder work; "
-          "the spread of whole-step times across losses is run-to-run noise (programs switching, "
-          "background load), which the loss-alone column resolves: no loss costs more than a "
-          "fraction of a percent of a step."]
+          "the loss-alone column resolves its cost: no loss costs more than a fraction of a percent of a step."]
   return out
 
 
 def _section_e(e: dict[str, Any]) -> list[str]:
   out = [f"MLP head {e['dim']} -> {e['hidden']} -> 2, batch {e['batch']}, {e['examples']} examples, "
-         f"{e['steps']} timed steps per feed. Store: write {e['store_write_s'] * 1e3:.0f} ms, open (read and "
-         f"verify every record) {e['store_open_s'] * 1e3:.0f} ms. 'data only' iterates the feed without "
-         "training.", ""]
-  out += _table(["feed", "ms/step", "vs memory", "data only (ms/batch)", "steps/s"],
-                [[r["feed"], f"{r['step_ms']:.2f}", f"{r['relative_to_memory']:.2f}x",
-                  f"{r['data_only_ms']:.2f}", f"{r['steps_per_s']:.0f}"] for r in e["rows"]])
+         f"{e['steps']} steps per timed call, {e['reps']} calls per feed per round, {e['rounds']} rounds. Store: "
+         f"write {e['store_write_s'] * 1e3:.0f} ms, open (read and verify every record) "
+         f"{e['store_open_s'] * 1e3:.0f} ms. 'data only' iterates the feed without training.", ""]
+  out += _table(["feed", "ms/step", "vs memory", "data only (ms/batch)"],
+                [[r["feed"], _rounds(r["step_ms"], ".2f"), _rounds(r["relative_to_memory"], ".2f", suffix="x"),
+                  _rounds(r["data_only_ms"], ".2f")] for r in e["rows"]])
   return out
 
 
 def _section_f(f: dict[str, Any]) -> list[str]:
   out = [f"{f['model']}, global batch {f['batch']}, the same batch every step, "
-         f"in a subprocess with 8 simulated CPU devices. **On CPU this shows correctness and overhead "
+         f"in a subprocess with 8 simulated CPU devices, the meshes timed round-robin ({f.get('reps')} steps "
+         f"each per round, {f.get('rounds')} rounds). **On CPU this shows correctness and overhead "
          f"only**: {f['backend_note']}. 'max param diff' compares the parameters after "
          f"{f['steps_compared']} steps with the 1-device run.", ""]
-  out += _table(["devices", "ms/step", "examples/s", "first step incl. compile (s)", "max param diff vs 1",
+  out += _table(["devices", "ms/step", "time vs 1 device", "first step incl. compile (s)", "max param diff vs 1",
                  "traces"],
-                [[r["devices"], f"{r['step_ms']:.1f}", f"{r['examples_per_s']:.1f}", f"{r['first_step_s']:.1f}",
-                  f"{r['max_param_diff_vs_1']:.1e}", r["traces"]] for r in f["rows"]])
+                [[r["devices"], _rounds(r["step_ms"], ".1f"), _rounds(r["time_vs_1"], ".2f", suffix="x"),
+                  f"{r['first_step_s']:.1f}", f"{r['max_param_diff_vs_1']:.1e}", r["traces"]] for r in f["rows"]])
   return out
 
 
@@ -246,7 +283,8 @@ def _section_g(g: dict[str, Any]) -> list[str]:
   if "skipped" in exp:
     out.append(f"- Experiment: skipped ({exp['skipped']}).")
   else:
-    msg = f"- `{exp['experiment']}`: peak RSS {exp['peak_rss_mib']:.0f} MiB, {exp['wall_s']:.0f} s"
+    msg = (f"- `{exp['experiment']}`, cold (fresh workdir and cache, as `make experiment` right after set-up): "
+           f"{exp.get('wall_s', 0):.0f} s, peak RSS {exp.get('peak_rss_mib', 0):.0f} MiB")
     if exp.get("error"):
       msg += f"; exit {exp['returncode']}: {exp['error'][:300]}"
     out.append(msg + ".")
@@ -262,20 +300,69 @@ def _section_g(g: dict[str, Any]) -> list[str]:
   return out
 
 
+def _section_h(h: dict[str, Any]) -> list[str]:
+  pad = h["padding"]
+  out = [f"{h['texts']}, {h['weights']}; features of layers {h['layers']} in one forward, batches of "
+         f"{h['batch']} rows. Real tokens {pad['real_tokens']}. Padding, as a share of the computed tokens: "
+         f"**packed {100 * pad['packed_share']:.1f}%** ({pad['packed_batches']} batches of {h['batch']} x "
+         f"{h['width']}, up to {pad['max_segments']} texts a row, one compiled program); sorted into length "
+         f"buckets {100 * pad['padded_share']:.1f}% ({pad['batches']} batches, widths {pad['widths']}: "
+         f"{len(pad['widths'])} programs); unsorted, padded to the longest row, "
+         f"{100 * pad['padded_share_unsorted']:.1f}%. Each implementation is timed on its own sample of "
+         f"batches, {h['reps']} calls per round, round-robin, {h['rounds']} rounds; {h['chains']} chain(s) "
+         "by default.", ""]
+  rows = []
+  for name, label in (("jax", "JAX, packed (extract_features)"), ("jax_plain", "JAX, packed, one chain"),
+                      ("jax_buckets", "JAX, length buckets (before)"), ("torch", "PyTorch, packed (inference mode)")):
+    v = h.get(name)
+    if isinstance(v, dict):
+      rows.append([label, _rounds(v["tokens_per_s"], ".0f"), _rounds(v["gflops"], ".0f"),
+                   _rounds(v.get("share_of_peak"), ".0f", 100, "%") if "share_of_peak" in v else NA,
+                   _rounds(v["full_pass_s"], ".1f"), _fmt(sum(h["first_call_s"].get(name, [])), ".1f", " s")])
+    elif v is not None and name == "torch":
+      rows.append([label, _fmt(v), NA, NA, NA, NA])
+  out += _table(["implementation", "real tokens/s", "GFLOP/s (computed)", "% of peak",
+                 "full pass (s, est., no compile)", "first calls (incl. compile)"], rows)
+  out.append("")
+  for other, r in h.get("ratios", {}).items():
+    out.append(f"- JAX packed / {other} (real tokens/s): {_rounds(r['per_round'], '.2f')} per round, "
+               f"worst {r['worst']:.2f}x.")
+  for k, v in h.get("max_abs_diff", {}).items():
+    out.append(f"- max |feature difference|, {k.replace('_', ' ')}: {v:.1e}.")
+  return out
+
+
 RENDER = {"a": _section_a, "b": _section_b, "c": _section_c, "d": _section_d, "e": _section_e,
-          "f": _section_f, "g": _section_g}
+          "f": _section_f, "g": _section_g, "h": _section_h}
+
+
+def _machine(results: dict[str, Any]) -> list[str]:
+  meta = results["meta"]
+  load = lambda k: "/".join(f"{x:.1f}" for x in meta[k]) if isinstance(meta.get(k), list) else NA
+  lines = [
+      f"- CPU: {meta['processor']}, {meta['cpu_count']} cores; JAX {meta['jax']} ({meta['backend']}, "
+      f"{meta['devices']} device(s)), PyTorch {meta['torch']}.",
+      f"- Load average (1/5/15 min): {load('loadavg_start')} at the start, {load('loadavg_end')} at the end"
+      " (on a shared machine, read the figures against it).",
+  ]
+  a = results["sections"].get("a") or results["sections"].get("b") or {}
+  if "peak" in a:
+    lines.append("- Measured fp32 matmul peak: " + ", ".join(
+        f"{'XLA' if k == 'jax' else 'PyTorch'} {v['gflops']:.0f} GFLOP/s" for k, v in a["peak"].items())
+        + f" ({a['peak']['jax']['n']}^3 products).")
+  lines.append(f"- Every comparison: {meta.get('reps')}+ repetitions per implementation, round-robin, after "
+               f"warm-up, in {meta.get('rounds')} rounds; headline ratios are the worst round"
+               f"{'; --quick sizes (the harness, not the figures)' if meta.get('quick') else ''}. "
+               f"Total {meta.get('total_s', 0):.0f} s.")
+  return lines
 
 
 def render(results: dict[str, Any]) -> str:
-  meta = results["meta"]
   lines = ["# w2sg-jax benchmarks", ""]
-  lines.append(
-      f"{meta['processor']}, {meta['cpu_count']} CPUs, JAX {meta['jax']} ({meta['backend']}, "
-      f"{meta['devices']} device(s)), PyTorch {meta['torch']}. Load average (1 min) "
-      f"{_fmt(meta.get('loadavg_1m_start'), '.1f')} at the start, {_fmt(meta.get('loadavg_1m_end'), '.1f')} at "
-      f"the end{'; --quick sizes' if meta.get('quick') else ''}. Total {meta.get('total_s', 0):.0f} s.")
+  lines += _machine(results)
+  lines += ["", "## Targets", ""] + _targets(results)
   lines += ["", "## Headline", ""]
-  lines += _table(["benchmark", "JAX", "PyTorch eager", "torch.compile", "ratio (JAX / eager)"],
+  lines += _table(["benchmark", "JAX", "PyTorch eager", "torch.compile", "ratio (JAX / eager, worst round)"],
                   headline(results) or [[NA] * 5])
   sections = results["sections"]
   for key, title in SECTION_TITLES.items():

@@ -2,7 +2,8 @@
 
 Runs in a subprocess started with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (the device count is
-fixed when JAX starts). On CPU the 8 "devices" share the same cores, so this
+fixed when JAX starts); the four meshes are built first and their steps
+timed round-robin in rounds (``timing.time_rounds``). On CPU the 8 "devices" share the same cores, so this
 shows that the sharded step is correct (the same parameters as on one device)
 and what the partitioning and the gradient all-reduce cost; a step that gets
 faster with n only overlaps single-threaded elementwise work, it gains no
@@ -31,20 +32,22 @@ def _worker(out_path: str, quick: bool) -> None:
   from flax import nnx
 
   from w2sg_jax import losses, parallel, train
+  from w2sg_jax.bench import timing
   from w2sg_jax.models import Bert, BertConfig, SequenceClassifier
 
   rng = np.random.default_rng(0)
+  reps, rounds = timing.reps_rounds(quick)
   if quick:  # An MLP head: compiles in a fraction of a second per mesh.
     from w2sg_jax.models import MLPHead
 
-    batch, dim, steps, reps = 16, 32, 3, 3
+    batch, dim, steps = 16, 32, 3
     label = f"MLP head {dim}-64-2 (--quick)"
     make_model = lambda: MLPHead(dim, (64,), 2, rngs=nnx.Rngs(0))
     inputs = {"x_BxD": rng.normal(size=(batch, dim)).astype(np.float32)}
   else:
     cfg = BertConfig(vocab_size=8192, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=512, max_position_embeddings=128)
-    batch, seq, steps, reps = 32, 64, 3, 5
+    batch, seq, steps = 32, 64, 3
     label = f"BERT {cfg.num_hidden_layers} layers x {cfg.hidden_size}, sequence {seq}"
     make_model = lambda: SequenceClassifier(Bert(cfg, rngs=nnx.Rngs(0)), 2, rngs=nnx.Rngs(1))
     inputs = {"input_ids_BxT": rng.integers(1, cfg.vocab_size, (batch, seq)).astype(np.int32),
@@ -52,7 +55,8 @@ def _worker(out_path: str, quick: bool) -> None:
   data = {"inputs": inputs, "targets": rng.dirichlet([1.0, 1.0], batch).astype(np.float32),
           "mask": np.ones(batch, np.float32)}
   opt = {"name": "adamw", "learning_rate": 1e-3, "schedule": "constant", "grad_clip": 1.0}
-  rows, reference = [], None
+  rows, reference, runners = [], None, {}
+  num_steps = 10 + steps + (1 + reps * rounds)
   for n in DEVICE_COUNTS:
     if n > len(jax.devices()):
       break
@@ -61,10 +65,10 @@ def _worker(out_path: str, quick: bool) -> None:
     k = model.out.kernel if quick else model.head.out.kernel
     k[...] = 0.02 * jax.random.normal(jax.random.key(2), k.shape)
     apply_fn, params, frozen = train.split_model(model)
-    tx, schedule = train.make_optimizer(opt, 100)
+    tx, schedule = train.make_optimizer(opt, num_steps)
     state = parallel.replicate(train.init_state(params, frozen, tx, 0), mesh)
     trainer = train.Trainer(apply_fn=apply_fn, loss_fn=losses.get("js"), tx=tx, schedule=schedule,
-                            num_steps=100, mesh=mesh)
+                            num_steps=num_steps, mesh=mesh)
     t0 = time.perf_counter()
     state, _ = trainer.step(state, data)
     jax.block_until_ready(state)
@@ -75,17 +79,23 @@ def _worker(out_path: str, quick: bool) -> None:
     if reference is None:
       reference = params_now
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(params_now, reference))
-    samples = []
-    for _ in range(reps):
-      t0 = time.perf_counter()
-      state, m = trainer.step(state, data)
-      jax.block_until_ready((state, m))
-      samples.append(time.perf_counter() - t0)
-    med = float(np.median(samples))
-    rows.append({"devices": n, "step_ms": med * 1e3, "examples_per_s": batch / med,
-                 "first_step_s": first, "max_param_diff_vs_1": diff, "traces": trainer.num_traces})
+    rows.append({"devices": n, "first_step_s": first, "max_param_diff_vs_1": diff})
+    held = {"state": state}
+
+    def run(trainer=trainer, held=held):
+      held["state"], m = trainer.step(held["state"], data)
+      return held["state"], m
+
+    runners[n] = (run, trainer)
+  res = timing.time_rounds({str(n): r for n, (r, _) in runners.items()}, warmup=1, reps=reps, rounds=rounds)
+  for row in rows:
+    n = row["devices"]
+    med = res.medians(str(n))
+    row.update({"step_ms": [t * 1e3 for t in med], "examples_per_s": [batch / t for t in med],
+                "time_vs_1": [1.0 / s for s in res.speedup(str(n), "1")],
+                "traces": runners[n][1].num_traces})
   with open(out_path, "w") as f:
-    json.dump({"batch": batch, "model": label,
+    json.dump({"batch": batch, "model": label, "reps": reps, "rounds": rounds,
                "steps_compared": steps, "rows": rows}, f)
 
 
@@ -107,7 +117,8 @@ def bench_scaling(*, quick: bool, timeout_s: float, workdir: str,
   with open(out) as f:
     result = json.load(f)
   for r in result["rows"]:
-    log(f"  {r['devices']} device(s): {r['step_ms']:.1f} ms/step, max |param diff| vs 1 device "
+    log(f"  {r['devices']} device(s): {'/'.join(f'{t:.1f}' for t in r['step_ms'])} ms/step, "
+        f"max |param diff| vs 1 device "
         f"{r['max_param_diff_vs_1']:.1e}")
   result["backend_note"] = (
       "the simulated devices share the same cores, so no hardware is added; a faster step on n "

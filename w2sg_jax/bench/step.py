@@ -5,7 +5,11 @@ parameter of a sequence classifier (encoder, pooling, linear head) with the
 ``js`` loss on soft targets: ``w2sg_jax.train.train_step`` under ``jax.jit``
 with the state donated (exactly what ``Trainer`` runs on one device), against
 the same architecture in plain PyTorch (``torch_ref``) with the same weights,
-the same batch and the same optimizer settings.
+the same batch and the same optimizer settings. ``jax`` is the step as the
+library runs it by default (on a multi-core CPU: the batch in independent
+chains, ``w2sg_jax.cpu``); ``jax_plain`` is the same step in one chain, kept
+to show what the default buys. Every comparison is timed round-robin in
+rounds (``timing.time_rounds``); the headline ratio is the worst round.
 
 FLOPs per step come from three independent counts: XLA's cost analysis of the
 compiled step, PyTorch's ``FlopCounterMode`` on one forward + backward, and
@@ -33,13 +37,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from w2sg_jax import cpu as cpu_lib
 from w2sg_jax import losses as losses_lib
 from w2sg_jax import train
 from w2sg_jax.bench import llama as llama_bench
 from w2sg_jax.bench import profile, timing
 from w2sg_jax.models import Bert, BertConfig, GPT2, GPT2Config, Llama, SequenceClassifier
 
-CHAINS = {False: 4, True: 2}  # Independent batch slices for the "JAX, chains" contender.
 OPT = {"name": "adamw", "learning_rate": 1e-5, "schedule": "constant", "weight_decay": 0.01, "grad_clip": 1.0}
 NUM_CLASSES = 2
 
@@ -131,11 +135,11 @@ def jax_inputs(batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
   }
 
 
-def jitted_step(apply_fn, loss_fn, tx, schedule, num_steps: int = 1000):
+def jitted_step(apply_fn, loss_fn, tx, schedule, num_steps: int = 1000, num_chains: int | None = None):
   """``train.train_step`` jitted as ``Trainer`` does on one device: state donated."""
   return jax.jit(
       functools.partial(train.train_step, apply_fn=apply_fn, loss_fn=loss_fn, tx=tx,
-                        schedule=schedule, num_steps=num_steps),
+                        schedule=schedule, num_steps=num_steps, num_chains=num_chains),
       donate_argnums=(0,),
   )
 
@@ -150,6 +154,7 @@ class JaxStep:
   compile_s: float
   flops: float | None
   state_bytes: dict[str, int]
+  chains: int
   last_metrics: Any = None
 
   def __call__(self):
@@ -157,49 +162,20 @@ class JaxStep:
     return self.state, self.last_metrics
 
 
-def chained_apply(apply_fn, chains: int):
-  """``apply_fn`` run on ``chains`` interleaved slices of the batch, logits reassembled.
-
-  Chain i takes rows i, i + chains, i + 2 chains, ... (a reshape
-  ``[B, ...] -> [B / chains, chains, ...]`` and a slice), so on a ``data``
-  mesh every chain keeps an equal share of every device's rows and no data
-  moves between devices. The logits are restacked into the original row
-  order, so the step computes the same function of the batch; XLA just sees
-  ``chains`` independent subgraphs instead of one chain of operations.
-  XLA:CPU runs each elementwise fusion on a single thread and its executor
-  runs independent operations concurrently, so on a multi-core CPU the
-  chains fill the cores that one chain leaves idle. This is the change
-  proposed for ``train.train_step`` (see the performance notes); on GPU/TPU it
-  would only shrink the matrix products, so keep ``chains=1`` there.
-  """
-  if chains <= 1:
-    return apply_fn
-
-  def apply(params, frozen, inputs, rng):
-    rows = next(iter(jax.tree.leaves(inputs))).shape[0]
-    if rows % chains:
-      raise ValueError(f"a batch of {rows} rows does not split into {chains} chains; "
-                       "use a batch size divisible by the number of chains.")
-    split = jax.tree.map(lambda x: x.reshape((rows // chains, chains) + x.shape[1:]), inputs)
-    outs = [apply_fn(params, frozen, jax.tree.map(lambda x, i=i: x[:, i], split), rng) for i in range(chains)]
-    return jnp.stack(outs, axis=1).reshape((rows,) + outs[0].shape[1:])
-
-  return apply
-
-
-def make_jax_step(model: nnx.Module, batch: Mapping[str, np.ndarray], loss: str = "js", *, chains: int = 1,
-                  **loss_kw) -> JaxStep:
+def make_jax_step(model: nnx.Module, batch: Mapping[str, np.ndarray], loss: str = "js", *,
+                  num_chains: int | None = None, **loss_kw) -> JaxStep:
+  """The compiled step; ``num_chains=None`` is the library's default for this platform and model."""
   apply_fn, params, frozen = train.split_model(model)
-  apply_fn = chained_apply(apply_fn, chains)
   tx, schedule = train.make_optimizer(OPT, 1000)
   # A private copy: the step donates its state, and the model's own arrays must
   # survive (other steps and the PyTorch copy are built from them).
   state = jax.tree.map(lambda x: jnp.array(x, copy=True), train.init_state(params, frozen, tx, 0))
-  step = jitted_step(apply_fn, losses_lib.get(loss, **loss_kw), tx, schedule)
   jb = jax_inputs(batch)
+  chains = cpu_lib.resolve_num_chains(num_chains, len(batch["targets"]), (params, frozen), jb["inputs"])
+  step = jitted_step(apply_fn, losses_lib.get(loss, **loss_kw), tx, schedule, num_chains=chains)
   compiled, compile_s = timing.compile_timed(step, state, jb)
   sizes = {"params": timing.tree_bytes(state.params), "opt_state": timing.tree_bytes(state.opt_state)}
-  return JaxStep(compiled, state, jb, compile_s, timing.xla_flops(compiled), sizes)
+  return JaxStep(compiled, state, jb, compile_s, timing.xla_flops(compiled), sizes, chains)
 
 
 def analytic_flops(case: StepCase) -> float:
@@ -291,14 +267,19 @@ def _first_line(e: BaseException) -> str:
 # ----------------------------------------------------------------- section a+b
 
 
-def bench_training_step(*, quick: bool, reps: int, warmup: int, torch_compile: bool = True,
+def bench_training_step(*, quick: bool, torch_compile: bool = True,
                         log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Sections a (throughput vs PyTorch) and b (FLOPs, efficiency); one pass per model."""
+  """Sections a (throughput vs PyTorch) and b (FLOPs, efficiency); one pass per model.
+
+  Per model the contenders (``jax``, ``jax_plain`` when the default step is
+  chained, ``torch_eager``, ``torch_compile``) are compiled first, then timed
+  by :func:`timing.time_rounds`. Every figure is a per-round list; each ratio
+  ``jax / other`` (examples/s) is given per round and as its worst round.
+  """
   torch, torch_msg = timing.torch_status()
+  reps, rounds = timing.reps_rounds(quick)
   n = 512 if quick else 2048
-  peak = {"jax": timing.peak_matmul_jax(n, reps=3 if quick else 5)}
-  if torch is not None:
-    peak["torch"] = timing.peak_matmul_torch(n, reps=3 if quick else 5)
+  peak = timing.peak_matmul(n, reps=3 if quick else 10, rounds=1 if quick else rounds, torch=torch)
   peak_gflops = max(p["gflops"] for p in peak.values())
   log(f"  peak fp32 matmul {n}^3: " + ", ".join(f"{k} {v['gflops']:.0f} GFLOP/s" for k, v in peak.items()))
   models = []
@@ -309,19 +290,22 @@ def bench_training_step(*, quick: bool, reps: int, warmup: int, torch_compile: b
     row: dict[str, Any] = {"name": case.name, "label": case.label, "weights": source,
                            "batch": case.batch, "seq": case.seq}
     js = make_jax_step(model, batch)
+    row["chains"] = js.chains
     row["jax_compile_s"] = js.compile_s
     row["jax_state_bytes"] = js.state_bytes
-    log(f"  {case.label}: jax compiled in {js.compile_s:.1f} s")
+    log(f"  {case.label}: jax ({js.chains} chain(s)) compiled in {js.compile_s:.1f} s")
     contenders: dict[str, Callable[[], Any]] = {"jax": js}
-    # The proposed train.py change, measured side by side (see chained_apply).
-    jc = make_jax_step(model, batch, chains=CHAINS[quick])
-    row["chains"] = CHAINS[quick]
-    row["jax_chains_compile_s"] = jc.compile_s
-    contenders["jax_chains"] = jc
+    steps = {"jax": js}
+    if js.chains > 1:
+      jp = make_jax_step(model, batch, num_chains=1)
+      row["jax_plain_compile_s"] = jp.compile_s
+      contenders["jax_plain"] = steps["jax_plain"] = jp
+      log(f"  {case.label}: jax in one chain compiled in {jp.compile_s:.1f} s")
     # First steps from identical weights: every implementation must give the same loss.
-    js()
-    jc()
-    row["first_loss"] = {"jax": float(js.last_metrics["loss"]), "jax_chains": float(jc.last_metrics["loss"])}
+    row["first_loss"] = {}
+    for k, st in steps.items():
+      st()
+      row["first_loss"][k] = float(st.last_metrics["loss"])
     tm = t_inputs = None
     missing = torch_msg if torch is None else llama_bench.missing_reference(case.arch)
     row["torch_eager"] = row["torch_compile"] = missing
@@ -343,26 +327,44 @@ def bench_training_step(*, quick: bool, reps: int, warmup: int, torch_compile: b
           row["torch_compile"] = f"failed: {_first_line(e)}"
       else:
         row["torch_compile"] = "skipped (--no-torch-compile)"
-    times = timing.time_interleaved(contenders, warmup=warmup, reps=reps)
-    for name, t in times.items():
-      row[name] = {"step": t.as_dict(), "examples_per_s": case.batch / t.median_s}
-    log("  " + case.label + ": " + ", ".join(
-        f"{k} {case.batch / t.median_s:.1f} ex/s" for k, t in times.items()))
+    res = timing.time_rounds(contenders, warmup=1 if quick else 2, reps=reps, rounds=rounds)
+    fill_rows(row, res, case.batch)
+    log("  " + case.label + ": " + "; ".join(
+        f"{k} " + "/".join(f"{v:.1f}" for v in row[k]["examples_per_s"]) + " ex/s" for k in res.names))
+    for k, r in row["ratios"].items():
+      log(f"    jax / {k}: " + ", ".join(f"{v:.2f}" for v in r["per_round"]) + f" (worst {r['worst']:.2f})")
     # ---- section b: FLOPs and efficiency.
-    flops = {"xla": js.flops, "analytic": analytic_flops(case)}
+    flops = {"xla": (steps.get("jax_plain") or js).flops, "xla_chained": js.flops, "analytic": analytic_flops(case)}
     if tm is not None:
       flops["torch_counter"] = torch_flops(tm, t_inputs)
     row["flops"] = flops
     ref = flops["xla"] or flops["analytic"]
-    row["achieved_gflops"] = {k: ref / times[k].median_s / 1e9 for k in times}
-    row["efficiency"] = {k: v / peak_gflops for k, v in row["achieved_gflops"].items()}
-    try:
-      row["jax_profile"] = profile.profile_step(js, js.compiled.as_text(), steps=2 if case.arch == "gpt2" else 3)
-    except Exception as e:  # The profiler is optional machinery; the figures above stand without it.
-      row["jax_profile"] = {"error": _first_line(e)}
+    row["achieved_gflops"] = {k: [ref / t / 1e9 for t in res.medians(k)] for k in res.names}
+    row["efficiency"] = {k: [g / peak_gflops for g in v] for k, v in row["achieved_gflops"].items()}
+    row["efficiency_worst"] = {k: min(v) for k, v in row["efficiency"].items()}
+    row["jax_profile"] = {}
+    for k, st in steps.items():
+      try:
+        row["jax_profile"][k] = profile.profile_step(st, st.compiled.as_text(), steps=2 if case.arch == "gpt2" else 3)
+      except Exception as e:  # The profiler is optional machinery; the figures above stand without it.
+        row["jax_profile"][k] = {"error": _first_line(e)}
     models.append(row)
-    del js, jc, contenders, tm
-  return {"peak": peak, "peak_gflops": peak_gflops, "torch": torch_msg, "models": models}
+    del js, steps, contenders, tm
+  return {"peak": peak, "peak_gflops": peak_gflops, "torch": torch_msg, "reps": reps, "rounds": rounds,
+          "models": models}
+
+
+def fill_rows(row: dict[str, Any], res: timing.Rounds, batch: int) -> None:
+  """Per-contender figures and the ratios of ``jax`` to every other contender, from one comparison."""
+  for name in res.names:
+    row[name] = {"examples_per_s": [batch / t for t in res.medians(name)], "step": res.timing(name)}
+  row["ratios"] = {}
+  for other in res.names:
+    if other == "jax":
+      continue
+    per_round = res.speedup("jax", other)
+    row["ratios"][other] = {"per_round": per_round, "worst": min(per_round)}
+    row[other]["worst_round_ratio"] = min(per_round)  # JAX / this contender, examples/s.
 
 
 def _torch_bytes(tm, opt):
@@ -374,45 +376,54 @@ def _torch_bytes(tm, opt):
 # -------------------------------------------------------------------- section d
 
 
-LOSSES = ("xent",) + losses_lib.F_DIVERGENCES
+LOSSES = ("xent", "logconf") + losses_lib.F_DIVERGENCES
+STEP_LOSSES = ("xent", "js", "logconf")  # Whole steps: the plain loss, the default, and a batch statistic.
 QUICK_LOSSES = ("xent", "js")  # --quick: each loss is one more compile.
+LOSS_KW = {"logconf": {"confidence": 0.75, "warmup": 0.2}}
 
 
-def bench_losses(*, quick: bool, reps: int, warmup: int, log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Step time of the MiniLM classifier with each loss, relative to ``xent``.
+def bench_losses(*, quick: bool, log: Callable[[str], None] = print) -> dict[str, Any]:
+  """What each loss adds to a MiniLM step, relative to ``xent``.
 
-  All steps are compiled first, then timed round-robin (one step of each loss
-  per round) so drifting background load hits them equally. The loss acts on
-  ``[B, C]`` logits only, so its share is also timed alone (forward +
-  backward of the mean loss, jitted), which resolves differences far below
-  the step-time noise.
+  The loss acts on ``[B, C]`` logits only, so its share is timed alone
+  (forward + backward of the mean loss, jitted) for every loss, round-robin
+  in rounds, which resolves differences far below the step-time noise. Whole
+  steps are timed the same way for ``STEP_LOSSES``: ``xent``, the default
+  ``js`` and ``logconf``, whose confidence term takes a quantile over the batch.
   """
   case = cases(quick)[0]
+  reps, rounds = timing.reps_rounds(quick)
   batch = make_batch(case)
   model, source = build_jax_model(case)
-  steps, compile_s = {}, {}
   names = QUICK_LOSSES if quick else LOSSES
-  for name in names:
-    steps[name] = make_jax_step(model, batch, name)
+  step_names = QUICK_LOSSES if quick else STEP_LOSSES
+  steps, compile_s = {}, {}
+  for name in step_names:
+    steps[name] = make_jax_step(model, batch, name, **LOSS_KW.get(name, {}))
     compile_s[name] = steps[name].compile_s
-  log(f"  compiled {len(names)} steps, {sum(compile_s.values()):.0f} s in all")
-  times = timing.time_interleaved(steps, warmup=warmup, reps=reps)
+  log(f"  compiled {len(step_names)} steps, {sum(compile_s.values()):.0f} s in all")
+  step_res = timing.time_rounds(steps, warmup=1, reps=reps, rounds=rounds)
   # The loss alone, on logits of the benchmark's shape.
   logits = jax.random.normal(jax.random.key(0), (case.batch, NUM_CLASSES)) * 2.0
   targets = jnp.asarray(batch["targets"])
-  alone = {}
+  alone_fns = {}
   for name in names:
-    fn = losses_lib.get(name)
-    g = jax.jit(jax.value_and_grad(lambda z, fn=fn: jnp.mean(fn(z, targets))))
-    alone[name] = timing.time_calls(lambda g=g: g(logits), warmup=3, reps=max(reps, 20)).median_s
-  base = times["xent"].median_s
-  rows = [{
-      "loss": name,
-      "step_s": times[name].median_s,
-      "step_min_s": times[name].min_s,
-      "relative_to_xent": times[name].median_s / base,
-      "loss_alone_us": alone[name] * 1e6,
-      "loss_share_of_step": alone[name] / times[name].median_s,
-      "compile_s": compile_s[name],
-  } for name in names]
-  return {"model": case.label, "weights": source, "rows": rows}
+    fn = losses_lib.get(name, **LOSS_KW.get(name, {}))
+    g = jax.jit(jax.value_and_grad(lambda z, fn=fn: jnp.mean(fn(z, targets, progress=0.5))))
+    alone_fns[name] = lambda g=g: g(logits)
+  alone = timing.time_rounds(alone_fns, warmup=3, reps=max(reps, 20), rounds=rounds)
+  rows = []
+  for name in names:
+    a = alone.medians(name)
+    r: dict[str, Any] = {"loss": name, "loss_alone_us": [x * 1e6 for x in a]}
+    if name in steps:
+      r["step_s"] = step_res.medians(name)
+      r["step_min_s"] = step_res.timing(name)["min_s"]
+      r["relative_to_xent"] = step_res.speedup("xent", name)  # Step time over xent's, per round.
+      r["loss_share_of_step"] = [x / t for x, t in zip(a, r["step_s"])]
+      r["compile_s"] = compile_s[name]
+    else:
+      xent_step = step_res.medians("xent")
+      r["loss_share_of_step"] = [x / t for x, t in zip(a, xent_step)]  # Of a step of the same model.
+    rows.append(r)
+  return {"model": case.label, "weights": source, "reps": reps, "rounds": rounds, "rows": rows}

@@ -5,13 +5,16 @@ pipeline does) and reopened. Four feeds drive the same ``Trainer`` step of an
 MLP head on cached features:
 
 * ``memory``: numpy fancy indexing of in-memory arrays (the floor);
-* ``grain (prefetch)``: ``stream.student_dataset`` + ``stream.train_batches``,
-  the pipeline's path: 2 threads building up to 4 batches ahead;
+* ``grain (prefetch)``: ``LabelStream.host_batches``, the data-parallel
+  engine's path: 2 threads building up to 4 batches ahead;
 * ``grain (no prefetch)``: the same stream with ``num_threads=0``;
 * ``grain from disk``: weak labels read record by record from the
   array_record file (``store.source()``) inside the Grain pipeline, with
   prefetch: the path for stores too large for memory.
 
+Each feed keeps one iterator and one train state for the whole comparison;
+a timed call is ``steps`` steps (or ``steps`` batches, for "data only"), and
+the eight callables are timed round-robin in rounds (``timing.time_rounds``).
 The head's step takes about a millisecond, so any input cost shows; a
 transformer student's step (section a) is hundreds of times longer and hides
 it behind the prefetch.
@@ -30,25 +33,13 @@ from flax import nnx
 
 from w2sg_jax import losses as losses_lib
 from w2sg_jax import parallel, train
+from w2sg_jax.bench import timing
 from w2sg_jax.bench.sweeps import features
 from w2sg_jax.labels import store as store_lib
 from w2sg_jax.labels import stream
 from w2sg_jax.models import MLPHead
 
 OPT = {"name": "adamw", "learning_rate": 1e-3, "schedule": "constant", "weight_decay": 0.0, "grad_clip": 1.0}
-
-
-class _FeatureSource:
-  """Random access to ``{"id", "x_BxD"}`` rows of an in-memory matrix."""
-
-  def __init__(self, x, ids):
-    self._x, self._ids = x, ids
-
-  def __len__(self):
-    return len(self._x)
-
-  def __getitem__(self, i):
-    return {"id": self._ids[i], "x_BxD": self._x[i]}
 
 
 class _DiskJoin:
@@ -73,25 +64,33 @@ def _memory_batches(x, probs, batch_size, seed) -> Iterator[dict[str, Any]]:
     perm = rng.permutation(n)
     for k in range(n // batch_size):
       idx = perm[k * batch_size:(k + 1) * batch_size]
-      yield {"inputs": {"x_BxD": x[idx]}, "targets": probs[idx], "mask": np.ones(batch_size, bool)}
+      yield {"inputs": {"x_BxD": x[idx]}, "targets": probs[idx], "mask": np.ones(batch_size, np.float32)}
+
+
+def _to_train_batch(b: dict[str, np.ndarray]) -> dict[str, Any]:
+  return {"inputs": {"x_BxD": b["x_BxD"]}, "targets": b["targets"],
+          "mask": np.ones(len(b["targets"]), np.float32)}
 
 
 def _disk_batches(x, store, batch_size, seed) -> Iterator[dict[str, Any]]:
   import grain
 
   ds = grain.MapDataset.source(_DiskJoin(x, store)).shuffle(seed).repeat().batch(batch_size)
-  ds = ds.map(stream.to_train_batch)
+  ds = ds.map(_to_train_batch)
   options = grain.ReadOptions(num_threads=stream.DEFAULT_NUM_THREADS,
                               prefetch_buffer_size=stream.DEFAULT_PREFETCH)
   return iter(ds.to_iter_dataset(options))
 
 
-def bench_streaming(*, quick: bool, reps: int, log: Callable[[str], None] = print) -> dict[str, Any]:
-  n, dim, hidden, steps = (1024, 32, (32,), 30) if quick else (8192, 384, (256,), 300)
+def bench_streaming(*, quick: bool, log: Callable[[str], None] = print) -> dict[str, Any]:
+  reps, rounds = timing.reps_rounds(quick)
+  n, dim, hidden, steps = (1024, 32, (32,), 20) if quick else (8192, 384, (256,), 100)
   batch = 64
   x, probs = features(n, dim, seed=1)
   ids = [f"ex{i:06d}" for i in range(n)]
   rows = []
+  # Enough batches for warm-up and every timed call of a feed.
+  total_steps = (5 + (1 + reps * rounds)) * steps + 10
   with tempfile.TemporaryDirectory(prefix="w2sg-bench-store-") as tmp:
     t0 = time.perf_counter()
     store_lib.write_store(f"{tmp}/store", ids, probs, components={"bench": "streaming", "n": n})
@@ -99,54 +98,53 @@ def bench_streaming(*, quick: bool, reps: int, log: Callable[[str], None] = prin
     t0 = time.perf_counter()
     store = store_lib.open_store(f"{tmp}/store")
     open_s = time.perf_counter() - t0
-    ds = stream.student_dataset(_FeatureSource(x, ids), store, batch_size=batch, seed=0, ids=ids)
+    label_stream = stream.LabelStream(ids, {"x_BxD": x}, store, batch_size=batch, num_steps=total_steps, seed=0)
 
     feeds: dict[str, Callable[[], Iterator[dict[str, Any]]]] = {
         "memory": lambda: _memory_batches(x, probs, batch, 0),
-        "grain (prefetch)": lambda: stream.train_batches(ds)(0),
-        "grain (no prefetch)": lambda: stream.train_batches(ds, num_threads=0)(0),
+        "grain (prefetch)": lambda: label_stream.host_batches(0),
+        "grain (no prefetch)": lambda: label_stream.host_batches(0, num_threads=0),
         "grain from disk": lambda: _disk_batches(x, store, batch, 0),
     }
     mesh = parallel.make_mesh(1)
-    tx, schedule = train.make_optimizer(OPT, steps)
+    tx, schedule = train.make_optimizer(OPT, total_steps)
     apply_fn, params0, frozen = train.split_model(MLPHead(dim, hidden, 2, rngs=nnx.Rngs(0)))
     params0, frozen = jax.device_get((params0, frozen))
     trainer = train.Trainer(apply_fn=apply_fn, loss_fn=losses_lib.get("js"), tx=tx, schedule=schedule,
-                            num_steps=steps, mesh=mesh)
+                            num_steps=total_steps, mesh=mesh)
 
-    def run(make_iter, with_step: bool) -> float:
-      """Seconds per step over ``steps`` steps (after 5 untimed ones)."""
-      # From host copies each time: the trainer donates (deletes) the state it is given.
-      state = parallel.replicate(train.init_state(params0, frozen, tx, 0), mesh)
-      it = make_iter()
-      for _ in range(5):
-        b = next(it)
-        if with_step:
-          state, _ = trainer.step(state, b)
-      jax.block_until_ready(state)
-      t0 = time.perf_counter()
-      for _ in range(steps):
-        b = next(it)
-        if with_step:
-          state, _ = trainer.step(state, b)
-      jax.block_until_ready(state)
-      return (time.perf_counter() - t0) / steps
+    def make(name: str, with_step: bool) -> Callable[[], Any]:
+      """``steps`` steps (or batches) of one feed, continuing its own iterator and state."""
+      # From host copies: the trainer donates (deletes) the state it is given.
+      held = {"it": feeds[name](), "state": parallel.replicate(train.init_state(params0, frozen, tx, 0), mesh)}
 
-    samples: dict[str, dict[str, list[float]]] = {k: {"step": [], "data": []} for k in feeds}
-    for _ in range(reps):  # Round-robin over feeds, as elsewhere, for fairness under load.
-      for name, make_iter in feeds.items():
-        samples[name]["step"].append(run(make_iter, True))
-        samples[name]["data"].append(run(make_iter, False))
-    base = float(np.median(samples["memory"]["step"]))
+      def run():
+        for _ in range(steps):
+          b = next(held["it"])
+          if with_step:
+            held["state"], _ = trainer.step(held["state"], b)
+        return held["state"]
+
+      return run
+
+    fns = {}
     for name in feeds:
-      step_s = float(np.median(samples[name]["step"]))
+      fns[f"{name}|step"] = make(name, True)
+      fns[f"{name}|data"] = make(name, False)
+    res = timing.time_rounds(fns, warmup=1, reps=reps, rounds=rounds)
+    base = res.medians("memory|step")
+    for name in feeds:
+      step_s = [t / steps for t in res.medians(f"{name}|step")]
       rows.append({
           "feed": name,
-          "step_ms": step_s * 1e3,
-          "relative_to_memory": step_s / base,
-          "data_only_ms": float(np.median(samples[name]["data"])) * 1e3,
-          "steps_per_s": 1.0 / step_s,
+          "step_ms": [t * 1e3 for t in step_s],
+          "relative_to_memory": res.speedup("memory|step", f"{name}|step"),
+          "data_only_ms": [t / steps * 1e3 for t in res.medians(f"{name}|data")],
+          "steps_per_s": [1.0 / t for t in step_s],
       })
-      log(f"  {name}: {step_s * 1e3:.2f} ms/step ({step_s / base:.2f}x memory)")
+      rel = rows[-1]["relative_to_memory"]
+      log(f"  {name}: {'/'.join(f'{t * 1e3:.2f}' for t in step_s)} ms/step "
+          f"({'/'.join(f'{r:.2f}' for r in rel)}x memory)")
+    del base
   return {"examples": n, "dim": dim, "hidden": list(hidden), "batch": batch, "steps": steps,
-          "store_write_s": write_s, "store_open_s": open_s, "rows": rows}
+          "reps": reps, "rounds": rounds, "store_write_s": write_s, "store_open_s": open_s, "rows": rows}

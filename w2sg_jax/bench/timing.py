@@ -1,9 +1,18 @@
 """Timing primitives shared by the benchmarks.
 
-Every figure is the median of ``reps`` timed calls after ``warmup`` untimed
-ones; a JAX call is timed until ``jax.block_until_ready`` returns on its
-outputs, so asynchronous dispatch never hides work. Compilation is timed on
-its own (``jitted.lower(...).compile()``) and never mixed into a step time.
+A comparison is never one run of each contender. :func:`time_rounds` times
+the contenders round-robin (A, B, C, A, B, C, ...) for ``reps`` repetitions
+each after a warm-up, and repeats that whole comparison in ``rounds`` rounds;
+each round gives every contender a median, and a ratio of two contenders is
+the ratio of their medians within one round, so both saw the same background
+load. The headline of a comparison is its worst round: noise that favours one
+contender in one round cannot decide it.
+
+A JAX call is timed until ``jax.block_until_ready`` returns on its outputs,
+so asynchronous dispatch never hides work. Compilation is timed on its own
+(``jitted.lower(...).compile()``) and never mixed into a step time. The clock
+and the synchronisation are parameters, so tests can drive the harness with a
+fake clock and check the schedule and the arithmetic exactly.
 """
 
 from __future__ import annotations
@@ -58,21 +67,90 @@ def time_calls(fn: Callable[[], Any], *, warmup: int, reps: int) -> Timing:
   return summarize([time_call(fn) for _ in range(reps)])
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int, reps: int) -> dict[str, Timing]:
-  """Times several callables in round-robin order, ``reps`` rounds.
+# Every timed comparison of a full run: repetitions per contender and round, and rounds.
+REPS = 15
+ROUNDS = 3
+# --quick checks the harness, not the figures: the same structure, fewer samples.
+QUICK_REPS = 3
+QUICK_ROUNDS = 2
 
-  On a shared machine the background load drifts; alternating the contenders
-  inside each round exposes them to the same load, so their ratio stays fair
-  even when the absolute figures move.
+
+def reps_rounds(quick: bool) -> tuple[int, int]:
+  return (QUICK_REPS, QUICK_ROUNDS) if quick else (REPS, ROUNDS)
+
+
+@dataclasses.dataclass
+class Rounds:
+  """Samples of a round-robin comparison: ``samples[round][name]`` is a list of seconds.
+
+  ``order`` records the calls as they ran, ``(round, rep, name)``, with
+  ``rep = -1`` for warm-up calls.
   """
+
+  names: list[str]
+  samples: list[dict[str, list[float]]]
+  order: list[tuple[int, int, str]]
+
+  @property
+  def rounds(self) -> int:
+    return len(self.samples)
+
+  def medians(self, name: str) -> list[float]:
+    """Median seconds of ``name`` in each round."""
+    return [float(statistics.median(r[name])) for r in self.samples]
+
+  def timing(self, name: str) -> dict[str, Any]:
+    """Per-round ``median_s``, ``min_s``, ``max_s`` lists and the repetitions per round."""
+    return {
+        "median_s": self.medians(name),
+        "min_s": [float(min(r[name])) for r in self.samples],
+        "max_s": [float(max(r[name])) for r in self.samples],
+        "reps": len(self.samples[0][name]) if self.samples else 0,
+    }
+
+  def speedup(self, name: str, baseline: str) -> list[float]:
+    """How many times faster ``name`` ran than ``baseline``, per round (ratio of medians)."""
+    return [b / a for a, b in zip(self.medians(name), self.medians(baseline))]
+
+  def worst_speedup(self, name: str, baseline: str) -> float:
+    """The headline: the round least favourable to ``name``."""
+    return min(self.speedup(name, baseline))
+
+  def best_s(self, name: str) -> float:
+    """The fastest call of ``name`` over every round (a peak, not a typical time)."""
+    return float(min(min(r[name]) for r in self.samples))
+
+
+def time_rounds(fns: dict[str, Callable[[], Any]], *, warmup: int, reps: int, rounds: int,
+                clock: Callable[[], float] = time.perf_counter,
+                sync: Callable[[Any], Any] = jax.block_until_ready) -> Rounds:
+  """Times the callables round-robin: ``rounds`` x (``reps`` x (each of ``fns`` once)).
+
+  ``warmup`` untimed round-robin calls of each come first. On a shared
+  machine the background load drifts; alternating the contenders call by
+  call exposes them to the same load, so a ratio within a round stays fair
+  even when the absolute figures move, and repeating the comparison in
+  rounds shows how far the ratio itself moves.
+  """
+  if reps < 1 or rounds < 1:
+    raise ValueError(f"reps={reps}, rounds={rounds}; use reps >= 1 and rounds >= 1.")
+  names = list(fns)
+  order: list[tuple[int, int, str]] = []
   for _ in range(warmup):
-    for fn in fns.values():
-      jax.block_until_ready(fn())
-  samples: dict[str, list[float]] = {k: [] for k in fns}
-  for _ in range(reps):
-    for name, fn in fns.items():
-      samples[name].append(time_call(fn))
-  return {k: summarize(v) for k, v in samples.items()}
+    for name in names:
+      sync(fns[name]())
+      order.append((0, -1, name))
+  samples = []
+  for r in range(rounds):
+    got: dict[str, list[float]] = {k: [] for k in names}
+    for rep in range(reps):
+      for name in names:
+        t0 = clock()
+        sync(fns[name]())
+        got[name].append(clock() - t0)
+        order.append((r, rep, name))
+    samples.append(got)
+  return Rounds(names, samples, order)
 
 
 def compile_timed(jitted: Any, *args: Any) -> tuple[Any, float]:
@@ -103,36 +181,48 @@ def tree_bytes(tree: Any) -> int:
 # ------------------------------------------------------------------- peak
 
 
-def peak_matmul_jax(n: int, *, reps: int) -> dict[str, float]:
-  """Measured float32 matmul throughput of XLA on the default device.
+def peak_matmul(n: int, *, reps: int, rounds: int = 1, torch: Any = None) -> dict[str, dict[str, float]]:
+  """Measured float32 matmul throughput of each framework: XLA, and ``torch.mm`` when given torch.
 
-  An ``n x n`` by ``n x n`` product costs 2 n^3 FLOPs; the best of ``reps``
-  calls estimates the machine's attainable peak (the best, not the median:
-  the peak is what the hardware can do, and load only ever slows it).
+  An ``n x n`` by ``n x n`` product costs 2 n^3 FLOPs. The two frameworks are
+  timed round-robin (:func:`time_rounds`), and each one's peak is its best
+  call over every round: the peak is what the hardware can do, and load only
+  ever slows it.
   """
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
   f = jax.jit(jnp.matmul)
-  timing = time_calls(lambda: f(a, b), warmup=1, reps=reps)
+  fns: dict[str, Callable[[], Any]] = {"jax": lambda: f(a, b)}
+  if torch is not None:
+    g = torch.Generator().manual_seed(0)
+    ta, tb = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    fns["torch"] = lambda: torch.mm(ta, tb)
+  res = time_rounds(fns, warmup=1, reps=reps, rounds=rounds)
   flops = 2.0 * n**3
-  return {"n": n, "best_s": timing.min_s, "median_s": timing.median_s, "gflops": flops / timing.min_s / 1e9}
+  return {k: {"n": n, "best_s": res.best_s(k), "median_s": float(statistics.median(res.medians(k))),
+              "gflops": flops / res.best_s(k) / 1e9} for k in fns}
 
 
-def peak_matmul_torch(n: int, *, reps: int) -> dict[str, float]:
-  """The same measurement with ``torch.mm`` (torch must be importable)."""
-  import torch
+def cpu_model() -> str:
+  """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+  import platform
 
-  g = torch.Generator().manual_seed(0)
-  a = torch.randn(n, n, generator=g)
-  b = torch.randn(n, n, generator=g)
-  torch.mm(a, b)
-  samples = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    torch.mm(a, b)
-    samples.append(time.perf_counter() - t0)
-  best = min(samples)
-  return {"n": n, "best_s": best, "median_s": statistics.median(samples), "gflops": 2.0 * n**3 / best / 1e9}
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.lower().startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def loadavg() -> list[float] | None:
+  """The 1, 5 and 15 minute load averages, or None where the OS has none."""
+  try:
+    return [float(x) for x in os.getloadavg()]
+  except OSError:
+    return None
 
 
 # ---------------------------------------------------------------- context
@@ -163,13 +253,13 @@ def machine_info() -> dict[str, Any]:
       "devices": len(jax.devices()),
       "device_kind": jax.devices()[0].device_kind,
       "cpu_count": os.cpu_count(),
-      "processor": platform.processor() or platform.machine(),
+      "processor": cpu_model(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
-  try:
-    info["loadavg_1m_start"] = os.getloadavg()[0]
-  except OSError:
-    pass
+  load = loadavg()
+  if load:
+    info["loadavg_start"] = load
+    info["loadavg_1m_start"] = load[0]
   torch, status = torch_status()
   info["torch"] = status if torch is None else torch.__version__
   return info

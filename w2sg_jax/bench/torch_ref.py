@@ -137,6 +137,47 @@ class TorchBertClassifier(nn.Module):
     return self.classifier(pooled)
 
 
+def bert_pooled(model: TorchBertClassifier, input_ids, attention_mask, layers) -> dict[int, Any]:
+  """``{k: mean-pooled hidden state after layer k}`` in one forward (0 = embeddings), without autograd.
+
+  The PyTorch twin of ``w2sg_jax.tasks.tweets.pooled_layers``.
+  """
+  with torch.inference_mode():
+    m = attention_mask.to(torch.float32)
+    bias = ((1.0 - m) * torch.finfo(torch.float32).min)[:, None, None, :]
+    denom = m.sum(1, keepdim=True).clamp_min(1e-9)
+    x = model.embeddings(input_ids)
+    out = {}
+    for depth in range(max(layers) + 1):
+      if depth > 0:
+        x = model.encoder.layer[depth - 1](x, bias)
+      if depth in layers:
+        out[depth] = (x * m[..., None]).sum(1) / denom
+    return out
+
+
+def bert_pooled_packed(model: TorchBertClassifier, input_ids, segments, positions, layers, max_segments: int):
+  """The packed pass (``w2sg_jax.tasks.tweets.packed_pooled_layers``): ``{k: [B, max_segments, D]}``.
+
+  Several texts per row: block-diagonal attention, positions restarting per text.
+  """
+  with torch.inference_mode():
+    emb = model.embeddings
+    x = emb.word_embeddings(input_ids) + emb.position_embeddings(positions) + emb.token_type_embeddings.weight[0]
+    x = emb.LayerNorm(x)
+    same = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)
+    bias = torch.zeros(same.shape, dtype=torch.float32).masked_fill(~same, torch.finfo(torch.float32).min)[:, None]
+    member = (segments[:, None, :] == torch.arange(1, max_segments + 1)[None, :, None]).to(torch.float32)
+    count = member.sum(-1, keepdim=True).clamp_min(1e-9)
+    out = {}
+    for depth in range(max(layers) + 1):
+      if depth > 0:
+        x = model.encoder.layer[depth - 1](x, bias)
+      if depth in layers:
+        out[depth] = torch.einsum("bst,btd->bsd", member, x) / count
+    return out
+
+
 # ---------------------------------------------------------------------- GPT-2
 
 

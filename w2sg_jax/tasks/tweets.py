@@ -38,6 +38,7 @@ import numpy as np
 from flax import nnx
 
 from w2sg_jax import cache as cache_lib
+from w2sg_jax import cpu as cpu_lib
 from w2sg_jax import models
 from w2sg_jax.data import splits as splits_lib
 from w2sg_jax.labels import store as store_lib
@@ -90,17 +91,20 @@ def _file_digest(path: str) -> str:
   return h.hexdigest()
 
 
-def pooled_layers(encoder: models.Bert, layers: tuple[int, ...]):
+def pooled_layers(encoder: models.Bert, layers: tuple[int, ...], *, num_chains: int | None = None):
   """A jitted ``(ids, mask) -> {k: mean-pooled hidden state after layer k}``.
 
   One pass of the encoder yields every requested depth (0 = embeddings), so
   the weak (k-layer) and strong (full) features cost a single forward.
+  ``num_chains`` cuts each batch into interleaved slices that run as
+  independent subgraphs, so a multi-core CPU overlaps their work (every row
+  is computed alone, so the features do not change); ``None`` picks it per
+  platform and batch size (``cpu.default_num_chains``: 1 on GPU/TPU).
   """
   graphdef, state = nnx.split(encoder)
   deepest = max(layers)
 
-  @jax.jit
-  def run(state, ids, mask):
+  def forward(state, ids, mask):
     bert = nnx.merge(graphdef, state)
     bias = attention_bias(mask)
     x = bert.embeddings(ids)
@@ -112,7 +116,110 @@ def pooled_layers(encoder: models.Bert, layers: tuple[int, ...]):
         out[depth] = models.mean_pool(x, mask)
     return out
 
+  @jax.jit
+  def run(state, ids, mask):
+    chains = cpu_lib.resolve_num_chains(num_chains, ids.shape[0], state, {"ids": ids})
+    return cpu_lib.chained(forward, chains, argnums=(1, 2))(state, ids, mask)
+
   return lambda ids, mask: run(state, ids, mask)
+
+
+def pack_sequences(lengths: np.ndarray, width: int) -> tuple[np.ndarray, int]:
+  """Places sequences end to end in rows of ``width`` tokens: ``(placement [N, 3], rows)``.
+
+  ``placement[n] = (row, start, segment)``: sequence n occupies
+  ``row[start:start + lengths[n]]`` and is that row's segment ``segment``
+  (1, 2, ...). Best fit, longest first: each sequence goes to the row whose
+  free space fits it most tightly, or to a new row. Deterministic.
+  """
+  lengths = np.asarray(lengths, np.int64)
+  if len(lengths) and (lengths.min() < 1 or lengths.max() > width):
+    raise ValueError(f"sequence lengths must be in [1, {width}] to pack into rows of {width} tokens.")
+  free: list[list[int]] = [[] for _ in range(width + 1)]  # free[r]: rows with r tokens left
+  used: list[int] = []
+  segments: list[int] = []
+  placement = np.zeros((len(lengths), 3), np.int64)
+  for n in np.argsort(-lengths, kind="stable"):
+    need = int(lengths[n])
+    fit = next((r for r in range(need, width + 1) if free[r]), None)
+    if fit is None:
+      row = len(used)
+      used.append(0)
+      segments.append(0)
+    else:
+      row = free[fit].pop()
+    segments[row] += 1
+    placement[n] = (row, used[row], segments[row])
+    used[row] += need
+    if used[row] < width:
+      free[width - used[row]].append(row)
+  return placement, len(used)
+
+
+def packed_pooled_layers(encoder: models.Bert, layers: tuple[int, ...], max_segments: int, *,
+                         num_chains: int | None = None):
+  """A jitted ``(ids, segments, positions) -> {k: [B, max_segments, D]}`` over packed rows.
+
+  A row holds several texts end to end (``pack_sequences``): ``segments``
+  numbers each token's text (1, 2, ...; 0 is padding) and ``positions``
+  restarts at 0 for each text. Attention is block-diagonal (a token sees
+  only its own text) and every text gets its own position embeddings, so
+  each text's states, and its mean-pooled features, are the ones it gets
+  alone, to float rounding; ``[b, s - 1]`` holds segment s of row b.
+  ``num_chains`` as in :func:`pooled_layers`.
+  """
+  graphdef, state = nnx.split(encoder)
+  deepest = max(layers)
+
+  def forward(state, ids, seg, pos):
+    bert = nnx.merge(graphdef, state)
+    emb = bert.embeddings
+    x = emb.word(ids)
+    # BertEmbeddings with per-text positions and token type 0.
+    x = x + emb.position.embedding[pos].astype(x.dtype) + emb.token_type.embedding[0].astype(x.dtype)
+    x = emb.ln(x)
+    same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
+    bias = jnp.where(same, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)[:, None]
+    member = (seg[:, None, :] == jnp.arange(1, max_segments + 1)[None, :, None]).astype(jnp.float32)
+    count = jnp.maximum(member.sum(-1, keepdims=True), 1e-9)
+    out = {}
+    for depth in range(deepest + 1):
+      if depth > 0:
+        x = bert.layers[depth - 1](x, bias)
+      if depth in layers:
+        out[depth] = jnp.einsum("bst,btd->bsd", member, x.astype(jnp.float32)) / count
+    return out
+
+  @jax.jit
+  def run(state, ids, seg, pos):
+    chains = cpu_lib.resolve_num_chains(num_chains, ids.shape[0], state, {"ids": ids})
+    return cpu_lib.chained(forward, chains, argnums=(1, 2, 3))(state, ids, seg, pos)
+
+  return lambda ids, seg, pos: run(state, ids, seg, pos)
+
+
+def pack_batches(input_ids: np.ndarray, lengths: np.ndarray, width: int, batch_size: int):
+  """Packed rows in batches: ``(batches, placement, stats)``.
+
+  ``batches`` is a list of ``(ids, segments, positions)`` ``[batch_size,
+  width]`` int32 arrays (the last batch filled with empty rows, so one
+  compiled shape serves every batch); ``placement`` as in ``pack_sequences``.
+  """
+  placement, num_rows = pack_sequences(lengths, width)
+  total = -(-num_rows // batch_size) * batch_size
+  ids = np.zeros((total, width), np.int32)
+  seg = np.zeros((total, width), np.int32)
+  pos = np.zeros((total, width), np.int32)
+  for n, (row, start, s) in enumerate(placement):
+    length = int(lengths[n])
+    ids[row, start:start + length] = input_ids[n, :length]
+    seg[row, start:start + length] = s
+    pos[row, start:start + length] = np.arange(length)
+  batches = [(ids[i:i + batch_size], seg[i:i + batch_size], pos[i:i + batch_size])
+             for i in range(0, total, batch_size)]
+  stats = {"rows": num_rows, "real_tokens": int(np.sum(lengths)), "computed_tokens": total * width,
+           "max_segments": int(placement[:, 2].max()) if len(placement) else 1}
+  return batches, placement, stats
 
 
 def extract_features(
@@ -124,23 +231,35 @@ def extract_features(
     batch_size: int = 128,
     progress: bool = True,
 ) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
-  """Mean-pooled features ``{k: [N, D]}`` for each depth k, plus tokenisation stats."""
+  """Mean-pooled features ``{k: [N, D]}`` for each depth k, plus tokenisation stats.
+
+  The texts are packed end to end into rows of ``max_length`` tokens
+  (:func:`pack_batches`) instead of padded one per row: the MiniLM pass of the
+  default experiment then computes ~4% padding instead of ~12% with
+  length buckets, and compiles one program instead of one per bucket width.
+  Each text's features are the ones it gets alone, to float rounding.
+  """
   from w2sg_jax.progress import Progress
 
   encoder, tokenizer = models.load_pretrained(checkpoint)
   enc = tokenize_lib.encode(tokenizer, texts, max_length=max_length, truncation_side="right")
-  run = pooled_layers(encoder, layers)
+  width = int(enc.input_ids.shape[1])  # The longest text, rounded up to 8 tokens, at most max_length.
+  batches, placement, pack = pack_batches(enc.input_ids, enc.lengths, width, batch_size)
+  run = packed_pooled_layers(encoder, layers, pack["max_segments"])
+  # Where each (row, segment) of the packed batches goes among the texts.
+  text_at = np.full((len(batches) * batch_size, pack["max_segments"]), -1, np.int64)
+  text_at[placement[:, 0], placement[:, 2] - 1] = np.arange(len(texts))
   out = {k: np.zeros((len(texts), encoder.hidden_size), np.float32) for k in layers}
-  groups = tokenize_lib.length_buckets(enc.lengths, batch_size=batch_size, max_length=max_length)
   with Progress(len(texts), "embedding (feature pass)", unit="text", enabled=progress) as bar:
-    for idx, width in groups:
-      # Pad every batch to full size: one compiled shape per width, not per remainder.
-      rows = np.resize(idx, batch_size) if len(idx) < batch_size else idx
-      pooled = run(enc.input_ids[rows, :width], enc.attention_mask[rows, :width])
+    for b, (ids, seg, pos) in enumerate(batches):
+      pooled = run(ids, seg, pos)
+      where = text_at[b * batch_size:(b + 1) * batch_size]
+      real = where >= 0
       for k in layers:
-        out[k][idx] = np.asarray(pooled[k])[: len(idx)]
-      bar.update(len(idx))
-  stats = {"num_truncated": int(enc.num_truncated), "mean_tokens": float(enc.lengths.mean())}
+        out[k][where[real]] = np.asarray(pooled[k])[real]
+      bar.update(int(real.sum()))
+  stats = {"num_truncated": int(enc.num_truncated), "mean_tokens": float(enc.lengths.mean()),
+           "padded_share": 1.0 - pack["real_tokens"] / pack["computed_tokens"]}
   return out, stats
 
 
