@@ -40,7 +40,8 @@ Variants (after the colon):
   ``harmless_test.jsonl``, 4000 pairs each), their split kept; pass the
   folder with ``--config.data.manual_dir=DIR`` (paper_hh.py only).
 * ``large``: strong = GPT-2 Large (774M), ~2.3x the default; 2 micro-batches
-  of 16 pairs, so it fits an 80 GB GPU or a v4 chip (32 GB).
+  of 16 pairs. Where it fits, and with which ``strong.remat``, is what
+  ``python -m w2sg_jax.plan`` reports (README, "Hardware and expected wall time").
 * ``xl``: strong = GPT-2 XL (1.5B), ~4.7x the default; 4 micro-batches of
   8 pairs and full rematerialisation (``strong.remat='full'``). Its float32
   Adam state is ~25 GB per replica, so on 8 chips of 16 GiB (v5e-8) the
