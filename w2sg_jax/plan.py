@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -481,9 +482,12 @@ def build_steps(config, role: str, mesh, device_memory_bytes: int | None) -> Ste
   rep = parallel.replicated(mesh)
   data = parallel.batch_sharding(mesh)
 
+  # The accelerator's step: no CPU batch chains (train_step picks 1 on GPU/TPU; the plan runs on CPU).
+  chains = {"num_chains": 1} if "num_chains" in inspect.signature(train_lib.train_step).parameters else {}
+
   def step(state, b):
     return train_lib.train_step(state, b, apply_fn=apply_fn, loss_fn=loss_fn, tx=tx, schedule=schedule,
-                                num_steps=num_steps)
+                                num_steps=num_steps, **chains)
 
   train_jit = jax.jit(step, in_shardings=(shardings, data), out_shardings=(shardings, rep), donate_argnums=(0,))
   eval_rows = int(train_cfg.get("eval_batch_size", batch_size))
