@@ -137,8 +137,8 @@ def build_config(
   c.ceiling = ceiling_config("weak_train")
 
   c.student = ml_collections.ConfigDict()
-  c.student.engine = "fit"  # One data-parallel fine-tuning run per (loss, noise, seed).
-  c.student.keep_checkpoints = False  # 'fit' engine: keep each finished run's checkpoint (else only its test logits).
+  c.student.engine = "data_parallel"  # One fine-tuning run at a time over every device, per (loss, noise, seed).
+  c.student.keep_checkpoints = False  # data_parallel: keep each finished run's checkpoint (else only its test logits).
   c.student.losses = tuple(PAPER_LOSSES)
   # Keyword arguments per loss (run) name, e.g. {"js+conf": {"confidence": 0.75}}.
   c.student.loss_hparams = ml_collections.ConfigDict()

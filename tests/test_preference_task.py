@@ -254,7 +254,7 @@ def test_confidence_loss_names_resolve_to_the_confidence_term():
 @pytest.mark.parametrize("variant", [None, "large", "xl", "tpu_small", "smoke"])
 def test_experiment_configs(name, variant):
   c = load_experiment(name, variant)
-  assert c.task == "preference" and c.student.engine == "fit"
+  assert c.task == "preference" and c.student.engine == "data_parallel"
   for loss in c.student.losses:
     losses_lib.get(loss, **dict(c.student.loss_hparams.get(loss, {})))
   if variant is None:
