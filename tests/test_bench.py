@@ -80,6 +80,10 @@ def test_training_step_figures(quick_run):
     assert jx["examples_per_s"] == pytest.approx([m["batch"] / x for x in t["median_s"]])
     assert m["jax_compile_s"] > 0 and m["chains"] >= 1
     _per_round(m["efficiency"]["jax"], rounds)
+    _per_round(m["peak_rounds"]["jax"]["gflops_median"], rounds)
+    assert m["efficiency"]["jax"] == pytest.approx(
+        [g / p for g, p in zip(m["achieved_gflops"]["jax"], m["peak_gflops_per_round"])])
+    assert not any(k.startswith("peak_") for k in m["ratios"])  # The peak probes are not contenders.
     # XLA's count of the step and the analytic transformer count agree to within
     # the elementwise/optimizer work the formula leaves out.
     xla, analytic = m["flops"]["xla"], m["flops"]["analytic"]

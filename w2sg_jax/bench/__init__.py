@@ -85,12 +85,7 @@ def run(outdir: str, *, quick: bool = False, only: str | Iterable[str] | None = 
     if "a" in selected and "b" in selected:
       sections["b"] = sections["a"]
   if "h" in selected:
-    peak = (sections.get("a") or sections.get("b") or {}).get("peak_gflops")
-    if peak is None:
-      torch, _ = timing.torch_status()
-      peak = max(p["gflops"] for p in timing.peak_matmul(512 if quick else 2048, reps=3 if quick else 10,
-                                                         torch=torch).values())
-    guarded("h", lambda: encoder.bench_encoder(quick=quick, peak_gflops=peak, log=log))
+    guarded("h", lambda: encoder.bench_encoder(quick=quick, log=log))
   if "c" in selected:
     guarded("c", lambda: sweeps.bench_sweeps(quick=quick, log=log))
   if "d" in selected:

@@ -27,7 +27,8 @@ tokens only; FLOP/s count the batch the machine computes, analytically:
 .. math:: F = 2 N_\\text{matmul} B W + 4 L B W^2 D
 
 (W: the batch's width; the second term is the attention scores and their
-weighted sum), as a share of the measured matmul peak of section b.
+weighted sum), as a share of the matmul peak timed in the same round-robin
+(``timing.matmul_fns``): medians on both sides, under the same load.
 """
 
 from __future__ import annotations
@@ -92,8 +93,7 @@ def _spread(n: int, k: int) -> list[int]:
   return list(np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(int)))
 
 
-def bench_encoder(*, quick: bool, peak_gflops: float | None = None,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
+def bench_encoder(*, quick: bool, log: Callable[[str], None] = print) -> dict[str, Any]:
   from w2sg_jax import models
   from w2sg_jax.tasks import tweets
 
@@ -172,6 +172,7 @@ def bench_encoder(*, quick: bool, peak_gflops: float | None = None,
     return run
 
   contenders = {name: cycling(name) for name in calls}
+  peak_n = 512 if quick else 2048
   # First calls compile (one program per width); they are the warm-up, timed apart.
   first_s = {}
   for name, fn in contenders.items():
@@ -192,30 +193,34 @@ def bench_encoder(*, quick: bool, peak_gflops: float | None = None,
     max_diff["torch_vs_jax"] = max(float(np.max(np.abs(ref[d][real] - tout[d].numpy()[real]))) for d in layers)
   lcm = int(np.lcm.reduce([len(v) for v in samples.values()]))
   reps = -(-reps // lcm) * lcm  # Every sampled batch equally often in every round.
-  res = timing.time_rounds(contenders, warmup=0, reps=reps, rounds=rounds)
+  # The matmul peak joins the round-robin: each round's share of peak is taken under that round's load.
+  res = timing.time_rounds({**contenders, **timing.matmul_fns(peak_n, torch)}, warmup=0, reps=reps, rounds=rounds)
+  peaks = timing.peak_from_rounds(res, peak_n)
+  peak_per_round = [max(p["gflops_median"][r] for p in peaks.values()) for r in range(res.rounds)]
   out: dict[str, Any] = {"texts": source, "weights": weights, "batch": batch, "max_length": MAX_LENGTH,
                          "width": width, "layers": list(layers), "chains": chains, "reps": reps, "rounds": rounds,
                          "padding": pad, "sample_widths": {k: [b["width"] for b in v] for k, v in samples.items()},
                          "programs": {"jax": 1, "jax_buckets": len(pad["widths"])},
-                         "first_call_s": first_s, "max_abs_diff": max_diff, "torch": torch_msg}
+                         "first_call_s": first_s, "max_abs_diff": max_diff, "torch": torch_msg,
+                         "peak_rounds": peaks, "peak_gflops_per_round": peak_per_round}
 
   def rate(name: str, r: int, key: str) -> float:
     t, smp = res.samples[r][name], samples[name]
     return float(np.median([smp[i % len(smp)][key] / s for i, s in enumerate(t)]))
 
-  for name in res.names:
+  names = [k for k in res.names if not k.startswith("peak_")]
+  for name in names:
     tok_s = [rate(name, r, "real_tokens") for r in range(res.rounds)]
     gflops = [rate(name, r, "flops") / 1e9 for r in range(res.rounds)]
     row = {"tokens_per_s": tok_s, "gflops": gflops, "full_pass_s": [pad["real_tokens"] / x for x in tok_s]}
-    if peak_gflops:
-      row["share_of_peak"] = [g / peak_gflops for g in gflops]
+    row["share_of_peak"] = [g / p for g, p in zip(gflops, peak_per_round)]
     out[name] = row
     log(f"  {name}: {'/'.join(f'{x:.0f}' for x in tok_s)} real tokens/s, "
-        f"{'/'.join(f'{g:.0f}' for g in gflops)} GFLOP/s"
-        + (f" ({'/'.join(f'{100 * s:.0f}' for s in row['share_of_peak'])}% of peak)" if peak_gflops else "")
-        + f"; full pass ~{np.median(row['full_pass_s']):.0f} s")
+        f"{'/'.join(f'{g:.0f}' for g in gflops)} GFLOP/s "
+        f"({'/'.join(f'{100 * s:.0f}' for s in row['share_of_peak'])}% of the round's peak)"
+        f"; full pass ~{np.median(row['full_pass_s']):.0f} s")
   out["ratios"] = {}
-  for other in res.names:
+  for other in names:
     if other != "jax":
       per_round = [rate("jax", r, "real_tokens") / rate(other, r, "real_tokens") for r in range(res.rounds)]
       out["ratios"][other] = {"per_round": per_round, "worst": min(per_round)}

@@ -181,6 +181,36 @@ def tree_bytes(tree: Any) -> int:
 # ------------------------------------------------------------------- peak
 
 
+def matmul_fns(n: int, torch: Any = None) -> dict[str, Callable[[], Any]]:
+  """``{"peak_jax": ..., "peak_torch": ...}``: an ``n x n`` float32 product in each framework (2 n^3 FLOPs).
+
+  Timed as contenders next to a benchmark's own (:func:`time_rounds`), they
+  give each round the peak under that round's load (:func:`peak_from_rounds`).
+  """
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  f = jax.jit(jnp.matmul)
+  fns: dict[str, Callable[[], Any]] = {"peak_jax": lambda: f(a, b)}
+  if torch is not None:
+    g = torch.Generator().manual_seed(0)
+    ta, tb = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    fns["peak_torch"] = lambda: torch.mm(ta, tb)
+  return fns
+
+
+def peak_from_rounds(res: "Rounds", n: int) -> dict[str, dict[str, list[float]]]:
+  """Per framework, the matmul peak of each round: GFLOP/s of the median and of the best call."""
+  flops = 2.0 * n**3
+  out = {}
+  for name in res.names:
+    if name.startswith("peak_"):
+      out[name[len("peak_"):]] = {
+          "gflops_median": [flops / t / 1e9 for t in res.medians(name)],
+          "gflops_best": [flops / min(r[name]) / 1e9 for r in res.samples],
+      }
+  return out
+
+
 def peak_matmul(n: int, *, reps: int, rounds: int = 1, torch: Any = None) -> dict[str, dict[str, float]]:
   """Measured float32 matmul throughput of each framework: XLA, and ``torch.mm`` when given torch.
 
@@ -189,18 +219,11 @@ def peak_matmul(n: int, *, reps: int, rounds: int = 1, torch: Any = None) -> dic
   call over every round: the peak is what the hardware can do, and load only
   ever slows it.
   """
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  f = jax.jit(jnp.matmul)
-  fns: dict[str, Callable[[], Any]] = {"jax": lambda: f(a, b)}
-  if torch is not None:
-    g = torch.Generator().manual_seed(0)
-    ta, tb = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
-    fns["torch"] = lambda: torch.mm(ta, tb)
+  fns = matmul_fns(n, torch)
   res = time_rounds(fns, warmup=1, reps=reps, rounds=rounds)
   flops = 2.0 * n**3
-  return {k: {"n": n, "best_s": res.best_s(k), "median_s": float(statistics.median(res.medians(k))),
-              "gflops": flops / res.best_s(k) / 1e9} for k in fns}
+  return {k[len("peak_"):]: {"n": n, "best_s": res.best_s(k), "median_s": float(statistics.median(res.medians(k))),
+                             "gflops": flops / res.best_s(k) / 1e9} for k in fns}
 
 
 def cpu_model() -> str:
