@@ -231,7 +231,7 @@ def shipped_configs() -> list[str]:
 
 
 def hf_config(checkpoint: str) -> dict[str, Any]:
-  """The ``config.json`` of a checkpoint: a shipped name, a local folder, or the packaged MiniLM ('')."""
+  """The ``config.json`` of a checkpoint: a shipped name, a local folder, a ``random:`` spec, or the packaged MiniLM ('')."""
   name = str(checkpoint)
   if not name:
     from w2sg_jax.models import pretrained  # pylint: disable=g-import-not-at-top
@@ -241,6 +241,13 @@ def hf_config(checkpoint: str) -> dict[str, Any]:
     except ModuleNotFoundError as e:
       raise PlanError(str(e)) from e
     return json.loads((folder / "config.json").read_text())
+  if name.startswith("random:"):  # A tiny random checkpoint: its config without writing weights.
+    from w2sg_jax.models import random_checkpoint  # pylint: disable=g-import-not-at-top
+
+    try:
+      return random_checkpoint.parse_spec(name).hf_config()
+    except ValueError as e:
+      raise PlanError(str(e)) from e
   folder = Path(name).expanduser()
   if (folder / "config.json").is_file():
     return json.loads((folder / "config.json").read_text())

@@ -8,7 +8,9 @@ A checkpoint is a folder in Hugging Face format with three files:
   so loading holds at most one full tensor on the host beyond the model;
 * ``tokenizer.json``: read with ``tokenizers.Tokenizer.from_file``.
 
-Anything that is not a local folder is treated as a hub id and fetched with
+A ``random:<family>?key=value&...`` string is a tiny random checkpoint built
+in code (:mod:`w2sg_jax.models.random_checkpoint`). Anything else that is not
+a local folder is treated as a hub id and fetched with
 ``huggingface_hub.snapshot_download`` (the optional ``hub`` extra).
 """
 
@@ -28,7 +30,7 @@ import numpy as np
 from flax import nnx
 from tokenizers import Tokenizer
 
-from w2sg_jax.models import bert, gpt2, gpt_neox, llama
+from w2sg_jax.models import bert, gpt2, gpt_neox, llama, random_checkpoint
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 # A sharded checkpoint replaces model.safetensors with this index and its shards.
@@ -83,10 +85,16 @@ def _looks_like_hub_id(s: str) -> bool:
 def resolve_checkpoint_dir(path_or_id: str | Path) -> Path:
   """A local checkpoint folder for ``path_or_id``, downloading it if needed.
 
+  A ``random:<family>?key=value&...`` string names a tiny random checkpoint,
+  written once to a cache folder (see :mod:`w2sg_jax.models.random_checkpoint`).
+
   Raises:
     FileNotFoundError: the path is neither a local folder nor downloadable.
     ImportError: a hub id was given but ``huggingface_hub`` is not installed.
+    ValueError: an invalid ``random:`` spec.
   """
+  if random_checkpoint.is_random_spec(path_or_id):
+    return random_checkpoint.materialize(path_or_id)
   path = Path(path_or_id).expanduser()
   if path.is_dir():
     return path
