@@ -34,6 +34,14 @@ def train_config(
       # Training state over the devices: 'replicated', 'fsdp' (sharded over `data`),
       # or 'auto' (fsdp when a replica would not fit one device's memory).
       "sharding": sharding,
+      # Model selection (w2sg_jax/selection.py): 'last' returns the final step's model;
+      # 'auroc' or 'accuracy' the best evaluated step's on the last `holdout` rows of the
+      # training split, labelled by the run's own labels (weak labels for a student).
+      "select": {
+          "metric": "last",
+          "holdout": 0,  # Rows held out of the training split (the run trains on the rest).
+          "every": 0,  # Steps between evaluations; 0 = each epoch. The final step is always evaluated.
+      },
       "optimizer": {
           "name": optimizer,  # 'adamw', 'adam' or 'sgd'.
           "learning_rate": learning_rate,  # Peak learning rate.

@@ -34,6 +34,7 @@ from flax import nnx
 from w2sg_jax import losses as losses_lib
 from w2sg_jax import parallel
 from w2sg_jax import progress as progress_lib
+from w2sg_jax import selection as selection_lib
 from w2sg_jax import train as train_lib
 from w2sg_jax.labels import stream as stream_lib
 from w2sg_jax.labels.store import WeakLabelStore
@@ -72,6 +73,9 @@ class TrainedRuns:
 
   logits: dict[str, list[np.ndarray]]  # split -> [run] -> [N, C]
   history: list[list[dict[str, float]]]
+  # Under `train.select` (see `selection`): each run's evaluated step and score, and its chosen step.
+  validation: list[list[dict[str, float]]] = dataclasses.field(default_factory=list)
+  selected_steps: list[int | None] = dataclasses.field(default_factory=list)
 
 
 ChunkCallback = Callable[[int, Callable[[Any, Mapping[str, Any]], jax.Array], Any], None]
@@ -101,8 +105,10 @@ def train_runs(
     train_ids, train_inputs: the training split's ids and model inputs.
     eval_inputs: ``{split: inputs}`` to predict after training.
     loss_fn: from ``losses.get``.
-    train_cfg: ``batch_size``, ``epochs`` or ``num_steps``, ``optimizer``, and
-      (data_parallel) ``sharding``, ``save_every``, ``log_every``, ``eval_batch_size``.
+    train_cfg: ``batch_size``, ``epochs`` or ``num_steps``, ``optimizer``,
+      ``select`` (model selection on a holdout of the training split, see
+      `w2sg_jax.selection`), and (data_parallel) ``sharding``, ``save_every``,
+      ``log_every``, ``eval_batch_size``.
     trainable: NNX filter of the parameters that train (vmap: all of them).
     on_chunk: vmap only; ``on_chunk(step, apply, params_R)`` at every chunk
       boundary, e.g. to evaluate a trajectory without retraining.
@@ -113,7 +119,18 @@ def train_runs(
   engine = resolve_engine(engine)
   cfg = train_cfg
   batch_size = int(cfg["batch_size"])
+  select = selection_lib.Selection.from_config(cfg)
+  val_inputs, val_targets = None, []
+  if select.active:  # Hold out the tail of the split, labelled by each run's own store.
+    n = len(train_ids)
+    held = selection_lib.split_holdout(train_ids, train_inputs, select.holdout)
+    train_ids, train_inputs, val_inputs = held.train_ids, held.train_inputs, held.val_inputs
+    for r in runs:
+      val_targets.append(np.asarray(r.store.probs[len(train_ids):n], np.float32))
+      select.check_targets(val_targets[-1], f"the run of seed {r.seed} ({desc})")
+    runs = [dataclasses.replace(r, store=selection_lib.store_rows(r.store, 0, len(train_ids))) for r in runs]
   num_steps = stream_lib.num_steps_for(len(train_ids), batch_size, cfg.get("epochs", 1), cfg.get("num_steps", 0))
+  eval_steps = select.eval_steps(num_steps, len(train_ids) // batch_size) if select.active else ()
   streams = [
       stream_lib.LabelStream(train_ids, train_inputs, r.store, batch_size=batch_size, num_steps=num_steps, seed=r.seed)
       for r in runs
@@ -121,28 +138,42 @@ def train_runs(
   if engine == "vmap":
     if trainable is not nnx.Param:
       raise ValueError("the vmap engine trains every parameter; use engine='data_parallel' to freeze some.")
+    validation = None
+    if select.active:
+      validation = VmapValidation(select=select, steps=eval_steps, inputs=val_inputs,
+                                  targets_RxNxC=np.stack(val_targets))
     try:
       apply, params_R, history = train_vmap(
           make_model, stream_lib.stack(streams), loss_fn=loss_fn, opt=cfg["optimizer"], num_steps=num_steps,
-          desc=desc, progress=progress, on_chunk=on_chunk,
+          desc=desc, progress=progress, on_chunk=on_chunk, validation=validation,
       )
     except train_lib.NonFiniteError as e:
       raise _group_error(e, desc, runs, lost=runs) from e
     logits = {split: list(np.asarray(apply(params_R, jax.tree.map(jnp.asarray, dict(inputs)))))
               for split, inputs in eval_inputs.items()}
-    return TrainedRuns(logits=logits, history=[history] * len(runs))
+    out = TrainedRuns(logits=logits, history=[history] * len(runs))
+    if validation is not None:
+      out.validation = validation.rows
+      out.selected_steps = validation.selected_steps
+    return out
   out = TrainedRuns(logits={split: [] for split in eval_inputs}, history=[])
   for i, (run, stream) in enumerate(zip(runs, streams)):
+    validate = None
+    if select.active:
+      validate = (select, eval_steps, val_inputs, val_targets[i])
     try:
-      logits, history = _train_data_parallel(
+      logits, result = _train_data_parallel(
           make_model, stream, eval_inputs, loss_fn=loss_fn, cfg=cfg, trainable=trainable, work_dir=run.work_dir,
-          desc=f"{desc} seed {run.seed}", progress=progress,
+          desc=f"{desc} seed {run.seed}", progress=progress, validate=validate,
       )
     except train_lib.NonFiniteError as e:
       raise _group_error(e, desc, runs, lost=runs[i:]) from e
     for split in eval_inputs:
       out.logits[split].append(logits[split])
-    out.history.append(history)
+    out.history.append(result.history)
+    if select.active:
+      out.validation.append(result.validation)
+      out.selected_steps.append(result.selected_step)
   return out
 
 
@@ -162,8 +193,13 @@ def _group_error(e: Exception, desc: str, runs: Sequence[RunSpec], lost: Sequenc
 # ------------------------------------------------------------- data parallel
 
 
-def _train_data_parallel(make_model, stream, eval_inputs, *, loss_fn, cfg, trainable, work_dir, desc, progress):
-  """One run over every device, checkpointed in ``work_dir`` (resumed when a checkpoint is there)."""
+def _train_data_parallel(make_model, stream, eval_inputs, *, loss_fn, cfg, trainable, work_dir, desc, progress,
+                         validate=None):
+  """One run over every device, checkpointed in ``work_dir`` (resumed when a checkpoint is there).
+
+  ``validate``: ``(Selection, steps, val_inputs, val_targets)`` to select the
+  best evaluated step instead of the last.
+  """
   mesh = parallel.make_mesh()
   parallel.check_batch_size(stream.batch_size, mesh)
   tx, schedule = train_lib.make_optimizer(cfg["optimizer"], stream.num_steps)
@@ -178,15 +214,21 @@ def _train_data_parallel(make_model, stream, eval_inputs, *, loss_fn, cfg, train
   def batches(position):
     return stream.host_batches(position, process_index=jax.process_index(), process_count=jax.process_count())
 
+  eval_batch = int(cfg.get("eval_batch_size", 256))
+  validation = None
+  if validate is not None:
+    select, steps, val_inputs, val_targets = validate
+    validation = train_lib.Validation(
+        name=select.name, steps=frozenset(steps),
+        evaluate=lambda state: select.score(trainer.predict(state, val_inputs, eval_batch), val_targets))
   result = train_lib.fit(
       trainer, state, batches, num_steps=stream.num_steps, workdir=work_dir,
       save_every=int(cfg.get("save_every", 500)), log_every=int(cfg.get("log_every", 50)), desc=desc,
-      progress=progress,
+      progress=progress, validation=validation,
   )
-  eval_batch = int(cfg.get("eval_batch_size", 256))
   logits = {split: trainer.predict(result.state, inputs, eval_batch, desc=f"{desc}: predict {split}" if progress else None)
             for split, inputs in eval_inputs.items()}
-  return logits, result.history
+  return logits, result
 
 
 def drop_checkpoints(work_dir: str) -> None:
@@ -213,6 +255,22 @@ def chunk_steps_for(num_steps: int) -> int:
   return max(1, min(100, num_steps // 20 or 1))
 
 
+@dataclasses.dataclass
+class VmapValidation:
+  """Model selection for `train_vmap`: the holdout, each run's targets on it, and the evaluated steps.
+
+  Filled in by `train_vmap`: ``rows[r]`` the evaluations of run r,
+  ``selected_steps[r]`` its chosen step.
+  """
+
+  select: selection_lib.Selection
+  steps: Sequence[int]
+  inputs: Mapping[str, np.ndarray]
+  targets_RxNxC: np.ndarray
+  rows: list[list[dict[str, float]]] = dataclasses.field(default_factory=list)
+  selected_steps: list[int | None] = dataclasses.field(default_factory=list)
+
+
 def train_vmap(
     make_model: Callable[[nnx.Rngs], nnx.Module],
     data: stream_lib.StackedStreams,
@@ -224,11 +282,14 @@ def train_vmap(
     desc: str = "vmap",
     progress: bool = True,
     on_chunk: ChunkCallback | None = None,
+    validation: VmapValidation | None = None,
 ) -> tuple[Callable[[Any, Mapping[str, jax.Array]], jax.Array], Any, list[dict[str, float]]]:
   """Trains R runs together; run r uses ``data.seeds[r]``, its targets and its order.
 
   Returns ``(apply, params_R, history)``: ``apply(params_R, inputs)`` gives
   logits ``[R, N, C]`` and ``history`` holds the run-mean loss per chunk.
+  With ``validation``, chunks also end at its steps, and each run returns the
+  parameters of its best-scoring step (the earliest of equal scores).
   """
   seeds = data.seeds
   num_runs = len(seeds)
@@ -276,9 +337,16 @@ def train_vmap(
   targets_dev = jnp.asarray(data.targets_RxNxC, jnp.float32)
   order_dev = jnp.asarray(data.order_SxRxB)
   history = []
+  # Chunk ends: every chunk_steps, and each evaluated step (the bounds are traced: no recompile).
+  eval_steps = set(validation.steps) if validation is not None else set()
+  stops = sorted(set(range(chunk_steps, num_steps, chunk_steps)) | eval_steps | {num_steps})
+  best_params, best_R = None, np.full(num_runs, -np.inf)
+  if validation is not None:
+    validation.rows = [[] for _ in range(num_runs)]
+    validation.selected_steps = [None] * num_runs
+    val_inputs_dev = jax.tree.map(jnp.asarray, dict(validation.inputs))
   with progress_lib.Progress(num_steps, desc, unit="step", enabled=progress) as bar:
-    for start in range(0, num_steps, chunk_steps):
-      stop = min(start + chunk_steps, num_steps)
+    for start, stop in zip([0] + stops[:-1], stops):
       states, loss_R, first_bad = run_steps(states, start, stop, order_dev, inputs_dev, targets_dev)
       first_bad = np.asarray(first_bad)
       if (first_bad >= 0).any():
@@ -292,4 +360,19 @@ def train_vmap(
       bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
       if on_chunk is not None:
         on_chunk(stop, apply, states.params)
-  return apply, states.params, history
+      if stop in eval_steps:
+        logits_R = np.asarray(apply(states.params, val_inputs_dev))
+        scores = np.array([validation.select.score(logits_R[r], validation.targets_RxNxC[r]) for r in range(num_runs)])
+        better = scores > best_R
+        for r in range(num_runs):
+          validation.rows[r].append({"step": stop, validation.select.name: float(scores[r])})
+          if better[r]:
+            validation.selected_steps[r] = stop
+        best_R = np.where(better, scores, best_R)
+        if best_params is None:
+          best_params = jax.tree.map(jnp.copy, states.params)  # The state is donated to the next chunk.
+        else:
+          keep = jnp.asarray(better)
+          best_params = jax.tree.map(
+              lambda p, b: jnp.where(keep.reshape((-1,) + (1,) * (p.ndim - 1)), p, b), states.params, best_params)
+  return apply, (states.params if best_params is None else best_params), history

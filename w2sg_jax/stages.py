@@ -47,10 +47,16 @@ def semantic(tree: Any) -> Any:
   if isinstance(tree, ml_collections.ConfigDict):
     tree = tree.to_dict()
   if isinstance(tree, Mapping):
-    return {k: semantic(v) for k, v in tree.items() if k not in NON_SEMANTIC_KEYS}
+    return {k: semantic(v) for k, v in tree.items() if k not in NON_SEMANTIC_KEYS and not _default_select(k, v)}
   if isinstance(tree, (list, tuple)):
     return [semantic(v) for v in tree]
   return tree
+
+
+def _default_select(key: str, value: Any) -> bool:
+  """A ``select`` block that keeps the last step changes nothing, so entries made before it existed stay valid."""
+  return key == "select" and isinstance(value, Mapping) and value.get("metric", "last") == "last" \
+      and not value.get("holdout", 0)
 
 
 def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -104,6 +110,7 @@ class WeakResult:
   # weak.per_seed: student seed -> that seed's weak model's stores (the fields
   # above are then means over the seeds, `stores` the first seed's).
   seed_stores: dict[int, dict[str, store_lib.WeakLabelStore]] = dataclasses.field(default_factory=dict)
+  selected_step: int | None = None  # Under weak.train.select: the step whose model labels (else the last).
 
   def stores_for(self, seed: int) -> dict[str, store_lib.WeakLabelStore]:
     """The weak labels a student of ``seed`` learns from: its own weak model's under weak.per_seed."""
@@ -115,6 +122,7 @@ class WeakResult:
         "labelled_examples": self.labelled_examples, "weak_model_runs": self.weak_model_runs,
         "store": self.stores["w2s_train"].directory, "w2s_label_accuracy": self.w2s_label_accuracy,
         "test_accuracy": self.test_accuracy, "test_auroc": self.test_auroc,
+        **({"selected_step": self.selected_step} if self.selected_step is not None else {}),
     }
 
 
@@ -128,12 +136,14 @@ class CeilingResult:
   test_accuracy: float
   test_auroc: float
   test_correct: np.ndarray  # mean correctness over seeds, [N] in [0, 1]
+  selected_steps: list[int | None] = dataclasses.field(default_factory=list)  # per seed, under train.select
 
   def public(self) -> dict[str, Any]:
     return {
         "name": self.name, "params": self.params, "trainable_params": self.trainable_params,
         "n_seeds": len(self.seeds), "test_accuracy": self.test_accuracy,
         "test_accuracy_per_seed": self.test_accuracy_per_seed, "test_auroc": self.test_auroc,
+        **({"selected_steps": self.selected_steps} if any(s is not None for s in self.selected_steps) else {}),
     }
 
 
@@ -148,6 +158,7 @@ class StudentRun:
   misfit_tv: float  # mean over test examples of TV(weak, student)
   test_correct: np.ndarray
   cache_entry: str
+  selected_step: int | None = None  # Under student.train.select: the step evaluated on test (else the last).
 
   def public(self) -> dict[str, Any]:
     out = dataclasses.asdict(self)
@@ -253,7 +264,7 @@ class Stages:
         )
         for split in ("w2s_train", "test"):
           np.save(os.path.join(out_dir, f"probs_{split}.npy"), softmax(trained.logits[split][0]))
-        return {"history": trained.history[0][-1:] if trained.history[0] else []}
+        return {"history": trained.history[0][-1:] if trained.history[0] else [], **_selection_info(trained, 0)}
 
       return self.cache.get_or_create("weak", weak_components, produce)
 
@@ -271,7 +282,8 @@ class Stages:
         name=self.task.model_name("weak", self.config), params=params, trainable_params=trainable_params,
         labelled_examples=len(data.splits["weak_train"]), stores=stores,
         w2s_label_accuracy=float(np.mean(np.argmax(stores["w2s_train"].probs, -1) == data.splits["w2s_train"].labels)),
-        weak_model_runs=len(self.cache.computed("weak")) - runs_before, **test,
+        weak_model_runs=len(self.cache.computed("weak")) - runs_before,
+        selected_step=_weak_selected_step(self.cache, weak_key) if _selects(cfg.train) else None, **test,
     )
     log.info("weak model (seed %d): test accuracy %.4f", seed, result.test_accuracy)
     return result
@@ -323,13 +335,13 @@ class Stages:
           trainable=self.task.trainable("strong", self.config), desc=f"{desc} ({len(todo)} runs)",
       )
 
-      def writer(logits):
+      def writer(logits, info):
         def write(out_dir):
           np.save(os.path.join(out_dir, TEST_LOGITS), np.asarray(logits, np.float32))
-          return {}
+          return info
         return write
 
-      return [writer(l) for l in trained.logits["test"]]
+      return [writer(l, _selection_info(trained, i)) for i, l in enumerate(trained.logits["test"])]
 
     return self.cache.get_or_create_group(stage, components, produce_group)
 
@@ -359,6 +371,7 @@ class Stages:
         test_auroc=float(np.mean([r["test_auroc"] for r in per_seed])),
         # Mean correctness over seeds: the paired bootstrap resamples examples.
         test_correct=np.mean([r["test_correct"] for r in per_seed], 0).astype(np.float32),
+        selected_steps=[e.info.get("selected_step") for e in entries],
     )
     log.info("strong ceiling: test accuracy %.4f", result.test_accuracy)
     return result
@@ -400,11 +413,27 @@ class Stages:
             loss=loss, noise=float(rate), seed=int(seed), test_accuracy=ev["test_accuracy"],
             test_auroc=ev["test_auroc"], misfit_kl=_mean_divergence("kl", logits, test_weak),
             misfit_tv=_mean_divergence("tv", logits, test_weak), test_correct=ev["test_correct"],
-            cache_entry=entry.directory,
+            cache_entry=entry.directory, selected_step=entry.info.get("selected_step"),
         ))
     make_model = self.task.make_model("strong", self.config)
     params, trainable_params = count_params(make_model, self.task.trainable("strong", self.config))
     return StudentRuns(runs=runs, params=params, trainable_params=trainable_params)
+
+
+def _selection_info(trained: engines.TrainedRuns, run: int) -> dict[str, Any]:
+  """What a run's cache entry keeps of its model selection: the chosen step and every evaluation."""
+  if not trained.selected_steps:
+    return {}
+  return {"selected_step": trained.selected_steps[run], "validation": trained.validation[run]}
+
+
+def _selects(train_cfg: Any) -> bool:
+  return str((train_cfg.get("select", None) or {}).get("metric", "last")) != "last"
+
+
+def _weak_selected_step(cache: cache_lib.Cache, weak_key: str) -> int | None:
+  entry = cache.open("weak", weak_key)  # None if only its stores are kept.
+  return entry.info.get("selected_step") if entry is not None else None
 
 
 def _resolved_hparams(loss: str, hparams: Mapping[str, Any]) -> dict[str, Any]:

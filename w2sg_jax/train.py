@@ -384,12 +384,21 @@ class Checkpointer:
     step = self._manager.latest_step()
     if step is None:
       return None
+    return self.restore(step, like)
+
+  def restore(self, step: int, like: TrainState) -> tuple[TrainState, int]:
+    """The checkpoint of ``step`` shaped and sharded like ``like``, and its data position."""
     abstract = {
         "state": jax.tree.map(ocp.utils.to_shape_dtype_struct, like.replace(frozen={})),
         "data_position": np.asarray(0, np.int64),
     }
     tree = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
     return tree["state"].replace(frozen=like.frozen), int(tree["data_position"])
+
+  def drop_after(self, step: int) -> None:
+    """Deletes the checkpoints of steps after ``step`` (written after the one a run resumes from)."""
+    for later in [s for s in self._manager.all_steps() if s > step]:
+      self._manager.delete(later)
 
   def close(self) -> None:
     self._manager.close()
@@ -402,11 +411,27 @@ class NonFiniteError(FloatingPointError):
   """A metric became NaN or inf; the message names the step and the last good checkpoint."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Validation:
+  """Evaluations for model selection (see `w2sg_jax.selection`).
+
+  After each step of ``steps``, ``evaluate(state)`` scores the model (higher
+  is better); the score is logged as ``name`` and `fit` returns the state of
+  the best-scoring step (the earliest of equal scores) instead of the last.
+  """
+
+  name: str
+  steps: frozenset[int]
+  evaluate: Callable[[TrainState], float]
+
+
 @dataclasses.dataclass
 class FitResult:
-  state: TrainState
+  state: TrainState  # The last step's, or under `Validation` the selected step's.
   history: list[dict[str, float]]
   resumed_from: int | None
+  validation: list[dict[str, float]] = dataclasses.field(default_factory=list)  # {"step", name} per evaluation.
+  selected_step: int | None = None
 
 
 def fit(
@@ -421,6 +446,7 @@ def fit(
     desc: str = "train",
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    validation: Validation | None = None,
 ) -> FitResult:
   """Trains to ``num_steps``, resuming from ``workdir/ckpt`` when a checkpoint exists.
 
@@ -429,6 +455,10 @@ def fit(
   (not every step, which would stall the accelerator) and checked for NaN/inf
   before each checkpoint, so a saved checkpoint is always a finite one.
   ``workdir/metrics.jsonl`` gets one line per logged step.
+
+  With ``validation``, each evaluation is a line of ``workdir/validation.jsonl``;
+  a step that beats every earlier one is kept in ``workdir/best``, and every
+  evaluated step is also checkpointed, so a resumed run knows its best step.
   """
   os.makedirs(workdir, exist_ok=True)
   ckpt = Checkpointer(os.path.join(workdir, "ckpt"))
@@ -439,6 +469,10 @@ def fit(
     resumed_from = start
   history_path = os.path.join(workdir, "metrics.jsonl")
   history = _read_history(history_path, up_to=start)
+  eval_steps = validation.steps if validation is not None else frozenset()
+  val_path = os.path.join(workdir, "validation.jsonl")
+  val_history = _read_history(val_path, up_to=start) if validation is not None else []
+  best = _Best(os.path.join(workdir, "best"), validation.name, val_history, start) if validation else None
   pending: list[tuple[int, dict[str, jax.Array]]] = []
   last_saved = start if resumed_from is not None else None
 
@@ -478,18 +512,66 @@ def fit(
       bar.update(1)
       if on_step is not None:
         on_step(step)
-      if step % log_every == 0 or step % save_every == 0 or step == num_steps:
+      if step % log_every == 0 or step % save_every == 0 or step == num_steps or step in eval_steps:
         drain()
         if history:
           bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
-      if step % save_every == 0 or step == num_steps:
+      if step in eval_steps:
+        score = float(validation.evaluate(state))
+        val_history.append({"step": step, validation.name: score})
+        with open(val_path, "a") as f:
+          f.write(json.dumps(val_history[-1]) + "\n")
+        best.offer(step, score, state)
+        bar.set_postfix(loss=f"{history[-1]['loss']:.4f}" if history else "-", **{validation.name: f"{score:.4f}"})
+      if step % save_every == 0 or step == num_steps or step in eval_steps:
         ckpt.save(state, data_position=step)
         last_saved = step
     failed = False
+    selected_step = None
+    if best is not None:
+      state, selected_step = best.restore(like=state)
   finally:
     bar.close(failed=failed)
     ckpt.close()
-  return FitResult(state=state, history=history, resumed_from=resumed_from)
+    if best is not None:
+      best.close()
+  return FitResult(state=state, history=history, resumed_from=resumed_from, validation=val_history,
+                   selected_step=selected_step)
+
+
+class _Best:
+  """The best-scoring state so far, in its own checkpoint folder.
+
+  Invariant: every evaluated step <= the resumed step is also checkpointed in
+  ``ckpt``, after its best-so-far save, so the best checkpoints of steps after
+  the resumed one are the only ones a kill can leave unexplained: they are
+  dropped, and the rest agree with ``validation.jsonl``. Two are kept, so
+  dropping the newest leaves the one before.
+  """
+
+  def __init__(self, directory: str, name: str, val_history: list[dict[str, float]], start: int):
+    self.ckpt = Checkpointer(directory, max_to_keep=2)
+    self.ckpt.drop_after(start)
+    self.step, self.score = None, -math.inf
+    for row in val_history:  # The earliest of equal scores wins.
+      if row[name] > self.score:
+        self.step, self.score = int(row["step"]), float(row[name])
+    if self.step != self.ckpt.latest_step():
+      raise RuntimeError(
+          f"{directory} holds step {self.ckpt.latest_step()}, but the validation log names step {self.step} as "
+          "the best; the run folder was changed by hand. Delete the run folder to retrain it.")
+
+  def offer(self, step: int, score: float, state: TrainState) -> None:
+    if score > self.score:
+      self.ckpt.save(state, data_position=step)
+      self.step, self.score = step, score
+
+  def restore(self, like: TrainState) -> tuple[TrainState, int]:
+    state, _ = self.ckpt.restore(self.step, like)
+    return state, self.step
+
+  def close(self) -> None:
+    self.ckpt.close()
 
 
 def _read_history(path: str, up_to: int) -> list[dict[str, float]]:

@@ -50,11 +50,14 @@ SCHEDULES = ("constant", "cosine", "linear")
 # `parallel.resolve_sharding`'s modes.
 SHARDINGS = ("auto", "fsdp", "replicated")
 SPLITS = ("weak_train", "w2s_train", "test")
+# Tasks whose roles are pretrained checkpoints read by `tasks/pretrained_roles.py` (LoRA included).
+PRETRAINED_TASKS = ("preference", "text_classification")
 RUNNERS = ("pipeline", "theory")
 # Keys of a training block (`config_lib.train_config`) and of its optimizer
 # (what `train.make_optimizer` reads); anything else there is a typo.
 TRAIN_KEYS = ("batch_size", "epochs", "num_steps", "eval_batch_size", "save_every", "log_every", "sharding",
-              "optimizer", "keep_checkpoint", "keep_checkpoints")
+              "optimizer", "select", "keep_checkpoint", "keep_checkpoints")
+SELECT_KEYS = ("metric", "holdout", "every")  # `selection.Selection`
 OPTIMIZER_KEYS = ("name", "learning_rate", "schedule", "warmup_steps", "weight_decay", "grad_clip", "accum_steps",
                   "end_lr_factor", "b1", "b2", "eps", "momentum")
 
@@ -322,6 +325,31 @@ def _engine(c: _Checker, key: str, *, required: bool, default: str) -> str | Non
     return None
 
 
+def _select_block(c: _Checker, prefix: str) -> int:
+  """``train.select`` (see `selection`); returns the holdout size (0 when off or invalid)."""
+  if not c.has(prefix):
+    return 0
+  for key, _ in _items(c.get(prefix)):
+    if key not in SELECT_KEYS:
+      c.problems.append(suggest_key(c.config, f"{prefix}.{key}").replace("unknown config key", "unknown key", 1)
+                        + f" ({prefix} accepts: {', '.join(SELECT_KEYS)}).")
+  from w2sg_jax import selection as selection_lib  # pylint: disable=g-import-not-at-top
+
+  metric = c.choice(f"{prefix}.metric", selection_lib.METRICS, required=False, default="last", what="metric")
+  holdout = c.integer(f"{prefix}.holdout", low=0, required=False, default=0)
+  c.integer(f"{prefix}.every", low=0, required=False)
+  if metric in (None, "last"):
+    if holdout:
+      c.fail(f"{prefix}.holdout", holdout, f"drops training rows for nothing while {prefix}.metric='last'; set "
+             f"{prefix}.metric to 'auroc' or 'accuracy', or {prefix}.holdout=0.")
+    return 0
+  if holdout is not None and holdout < 2:
+    c.fail(f"{prefix}.holdout", holdout, f"{prefix}.metric={metric!r} needs a validation holdout of at least 2 rows "
+           "(EleutherAI's w2s uses 500).")
+    return 0
+  return holdout or 0
+
+
 def _train_block(c: _Checker, prefix: str, *, engine: str | None, examples: Mapping[str, int | None],
                  num_devices: int) -> None:
   """A `config_lib.train_config` block; ``examples`` = {split: size} it trains on."""
@@ -344,6 +372,7 @@ def _train_block(c: _Checker, prefix: str, *, engine: str | None, examples: Mapp
   c.integer(f"{prefix}.save_every", low=1, required=False)
   c.integer(f"{prefix}.log_every", low=1, required=False)
   c.choice(f"{prefix}.sharding", SHARDINGS, required=False, what="sharding")
+  holdout = _select_block(c, f"{prefix}.select")
   opt = f"{prefix}.optimizer"
   if not c.has(opt):
     c.get(opt)
@@ -371,6 +400,12 @@ def _train_block(c: _Checker, prefix: str, *, engine: str | None, examples: Mapp
   if batch is None:
     return
   for split, size in examples.items():
+    if size is not None and holdout and holdout >= size:
+      c.fail(f"{prefix}.select.holdout", holdout, f"holds out every one of the {size} examples of {split}; use at "
+             f"most {size - batch} so that a batch of {batch} is left to train on.")
+      continue
+    if size is not None and holdout:
+      size, split = size - holdout, f"{split} less the select.holdout={holdout}"
     if size is not None and batch > size:
       c.fail(f"{prefix}.batch_size", batch, f"larger than the {size} examples of {split} it trains on; use at most "
              f"{size}, or raise the split's size.")
