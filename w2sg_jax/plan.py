@@ -335,7 +335,7 @@ def model_spec(config, role: str) -> ModelSpec:
 
   trainable = _task_trainable(config, role)
   if task == "preference":
-    from w2sg_jax.tasks import preference  # pylint: disable=g-import-not-at-top
+    from w2sg_jax.tasks import preference, pretrained_roles  # pylint: disable=g-import-not-at-top
 
     hf = hf_config(str(cfg.checkpoint))
     max_len = int(config.data.max_length)
@@ -344,7 +344,7 @@ def model_spec(config, role: str) -> ModelSpec:
       raise PlanError(f"data.max_length={max_len} exceeds the {role} checkpoint's {limit} positions.")
     pooling = _get(cfg, "pooling", default="") or None
     make_encoder = encoder_factory(hf)
-    lora = preference._lora_spec(cfg) if hasattr(preference, "_lora_spec") else None  # pylint: disable=protected-access
+    lora = pretrained_roles.lora_spec(cfg)
 
     def make(rngs):
       model = preference.PairRewardModel(make_encoder(rngs), pooling=pooling, hidden_sizes=hidden, rngs=rngs)

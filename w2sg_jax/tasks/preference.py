@@ -31,7 +31,8 @@ Config (``experiments/paper_hh.py`` documents every key): ``data.dataset``
 ``data.data_dir``, ``data.manual_dir``, ``data.sizes``, ``data.split_seed``,
 ``data.order_seed``, ``data.max_length``; per role (``weak``, ``strong``):
 ``checkpoint``, ``num_layers``, ``dtype``, ``finetune``, ``top_layers``,
-``pooling``, ``head_hidden``.
+``pooling``, ``head_hidden``, ``lora``, ``remat`` (read as in ``tasks/pretrained_roles.py``,
+which the ``text_classification`` task shares).
 
 Loss names. ``<loss>+conf`` (e.g. ``js+conf``) is ``<loss>`` with the
 confidence term of Burns et al. at the defaults of their release
@@ -42,27 +43,20 @@ overridable via ``student.loss_hparams["js+conf"]``. The loss registry
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
 import os
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from w2sg_jax.data import splits as splits_lib
 from w2sg_jax.data import tokenize as tokenize_lib
 from w2sg_jax.models import heads as heads_lib
-from w2sg_jax.models import lora as lora_lib
-from w2sg_jax.models import pretrained as pretrained_lib
-from w2sg_jax.models import remat as remat_lib
-from w2sg_jax.data.task import Split, Task
+from w2sg_jax.data.task import Split
 from w2sg_jax.log import log
-from w2sg_jax.labels import store as store_lib
+from w2sg_jax.tasks import pretrained_roles as roles_lib
+from w2sg_jax.tasks.pretrained_roles import tokenizer_fingerprint  # noqa: F401 (part of this module's API)
 
 VERSION = "1.0.0"  # Bump when the example construction changes: it is part of every hash.
 
@@ -98,16 +92,6 @@ def present_pairs(
 
 
 # ------------------------------------------------------------ tokenization
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-  """SHA-256 of the tokenizer's JSON (padding/truncation off, keys sorted).
-
-  Identical for every GPT-2 size, so their runs share weak labels.
-  """
-  tok = tokenize_lib._bare_copy(tokenizer)  # pylint: disable=protected-access
-  canonical = json.dumps(json.loads(tok.to_str()), sort_keys=True, separators=(",", ":"))
-  return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def truncated_rows(tokenizer, texts, *, max_length: int) -> np.ndarray:
@@ -162,142 +146,22 @@ class PairRewardModel(heads_lib.RewardModel):
     return self.pair_logits(a_ids, a_mask, b_ids, b_mask)
 
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def _dtype(name: str):
-  if name not in _DTYPES:
-    raise ValueError(f"dtype={name!r}; use one of {sorted(_DTYPES)} (the compute dtype; parameters stay float32).")
-  return _DTYPES[name]
-
-
-@functools.lru_cache(maxsize=4)
-def _checkpoint(path_or_id: str) -> tuple[str, Any, dict[str, Any]]:
-  """``(folder, tokenizer, config.json)`` of a checkpoint (downloaded once if a hub id)."""
-  folder = pretrained_lib.resolve_checkpoint_dir(path_or_id)
-  config_path = folder / "config.json"
-  if not config_path.is_file() or not (folder / "tokenizer.json").is_file():
-    raise FileNotFoundError(
-        f"Checkpoint {path_or_id!r} ({folder}) lacks config.json or tokenizer.json; it needs"
-        f" {', '.join(pretrained_lib.REQUIRED_FILES)}."
-    )
-  return str(folder), pretrained_lib.load_tokenizer(folder), json.loads(config_path.read_text())
-
-
-def _max_positions(hf_config: dict[str, Any]) -> int | None:
-  return hf_config.get("n_positions", hf_config.get("max_position_embeddings"))
-
-
-@functools.lru_cache(maxsize=2)
-def _encoder_state(folder: str, num_layers: int | None, dtype_name: str):
-  """The pretrained encoder as ``(graphdef, host numpy state)``, loaded once per process.
-
-  Every run builds a fresh module from the host copy, so no run can see
-  another's (donated or updated) device buffers.
-  """
-  module, _ = pretrained_lib.load_pretrained(folder, num_layers=num_layers, dtype=_dtype(dtype_name))
-  graphdef, state = nnx.split(module)
-  return graphdef, jax.tree.map(np.asarray, state)
-
-
-def _lora_spec(cfg: ml_collections.ConfigDict) -> "lora_lib.LoRAConfig | None":
-  """The role's LoRA adapters when ``finetune == "lora"`` (``cfg.lora``: rank, alpha, dropout, target_modules)."""
-  if str(cfg.get("finetune", "full")) != "lora":
-    return None
-  block = dict(cfg.get("lora", {}) or {})
-  targets = tuple(block.pop("target_modules", ()) or ()) or None
-  return lora_lib.LoRAConfig(**block, target_modules=targets)
-
-
-def _role(config: ml_collections.ConfigDict, role: str) -> ml_collections.ConfigDict:
-  if role not in ("weak", "strong"):
-    raise ValueError(f"role={role!r}; expected 'weak' or 'strong'.")
-  return config[role]
-
-
-def _num_layers(cfg: ml_collections.ConfigDict) -> int | None:
-  n = int(cfg.get("num_layers", 0) or 0)
-  return n if n > 0 else None
-
-
 # ---------------------------------------------------------------- the task
 
 
-class PreferenceTask(Task):
+class PreferenceTask(roles_lib.PretrainedRolesTask):
   """HH-RLHF / CAI-Harmless pairs, reward models on both sides; see the module docstring."""
 
   name = "preference"
   num_classes = 2
+  model_kind = "reward model"
 
-  def __init__(self):
-    self._prepared: dict[str, dict[str, Any]] = {}
+  def _prepare_data(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]:
+    return prepare(config, cache_dir)
 
-  # -- data
-  def _data_key(self, config: ml_collections.ConfigDict, cache_dir: str) -> str:
-    return store_lib.content_hash({
-        "data": config.data.to_dict(),
-        "checkpoints": [str(config.weak.checkpoint), str(config.strong.checkpoint)],
-        "cache_dir": os.path.abspath(cache_dir),
-    })
-
-  def _prepare(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]:
-    """Loads, splits, orders and tokenizes once per process and config."""
-    key = self._data_key(config, cache_dir)
-    if key not in self._prepared:
-      self._prepared[key] = prepare(config, cache_dir)
-    return self._prepared[key]
-
-  def splits(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Split]:
-    return self._prepare(config, cache_dir)["splits"]
-
-  def fingerprint(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
-    return self._prepare(config, config.cache_dir)["fingerprint"]
-
-  # -- models
-  def make_model(self, role: str, config: ml_collections.ConfigDict):
-    cfg = _role(config, role)
-    folder, _, hf_config = _checkpoint(str(cfg.checkpoint))
-    limit = _max_positions(hf_config)
-    if limit is not None and int(config.data.max_length) > int(limit):
-      raise ValueError(
-          f"data.max_length={config.data.max_length} exceeds the {role} checkpoint's {limit} positions"
-          f" ({cfg.checkpoint}); set data.max_length <= {limit}."
-      )
-    num_layers, dtype_name = _num_layers(cfg), str(cfg.get("dtype", "float32"))
-    pooling = cfg.get("pooling", "") or None
-    hidden = tuple(int(h) for h in cfg.get("head_hidden", ()))
-
-    lora = _lora_spec(cfg)
-    remat = remat_lib.check_remat(str(cfg.get("remat", "none")))
-    # Read the weights here, eagerly: the factory runs under jit/eval_shape traces.
-    graphdef, host_state = _encoder_state(folder, num_layers, dtype_name)
-
-    def factory(rngs: nnx.Rngs) -> PairRewardModel:
-      encoder = nnx.merge(graphdef, jax.tree.map(jnp.asarray, host_state))
-      remat_lib.set_remat(encoder, remat)  # Recompute blocks in the backward pass: memory for FLOPs.
-      model = PairRewardModel(encoder, pooling=pooling, hidden_sizes=hidden, rngs=rngs)
-      if lora is not None:
-        lora_lib.apply_lora(model, lora, rngs=rngs)  # Adapters on the frozen encoder's projections.
-      return model
-
-    return factory
-
-  def trainable(self, role: str, config: ml_collections.ConfigDict):
-    cfg = _role(config, role)
-    mode = str(cfg.get("finetune", "full"))
-    if mode == "lora":
-      return lora_lib.lora_trainable_filter(("head",))  # The adapters and the reward head; the base is frozen.
-    return heads_lib.trainable_filter(mode, int(cfg.get("top_layers", 0)) if mode == "top" else 0)
-
-  def model_name(self, role: str, config: ml_collections.ConfigDict) -> str:
-    cfg = _role(config, role)
-    name = os.path.basename(os.path.normpath(str(cfg.checkpoint)))
-    layers = f", first {_num_layers(cfg)} layers" if _num_layers(cfg) else ""
-    mode = str(cfg.get("finetune", "full"))
-    mode = f"top {cfg.top_layers} layers" if mode == "top" else mode
-    if mode == "lora":
-      mode = f"LoRA rank {_lora_spec(cfg).rank}"
-    return f"{name} reward model ({mode}{layers})"
+  def _head_model(self, encoder, config, *, pooling, hidden_sizes, rngs) -> PairRewardModel:
+    del config  # A reward model has one output whatever the data.
+    return PairRewardModel(encoder, pooling=pooling, hidden_sizes=hidden_sizes, rngs=rngs)
 
 
 # ------------------------------------------------------------ preparation
@@ -404,8 +268,7 @@ def prepare(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]
     parts = splits_lib.split_indices(len(pool["id"]), sizes, seed=int(cfg.split_seed))
 
   max_length = int(cfg.max_length)
-  tokenizers = {role: _checkpoint(str(config[role].checkpoint))[1] for role in ("weak", "strong")}
-  tok_hash = {role: tokenizer_fingerprint(t) for role, t in tokenizers.items()}
+  tokenizers, tok_hash = roles_lib.role_tokenizers(config)
   splits: dict[str, Split] = {}
   truncated: dict[str, dict[str, int]] = {}
   truncated_ids: dict[str, list[str]] = {}
@@ -415,12 +278,10 @@ def prepare(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]
     a, b, labels = present_pairs(pool["chosen"][idx], pool["rejected"][idx], a_is_chosen(ids, int(cfg.order_seed)))
     for row in zip(ids, a, b):
       content.update("\x00".join(row).encode("utf-8") + b"\x01")
-    views, cuts = {}, {}
-    for role in ("weak", "strong"):
-      if role == "strong" and tok_hash["strong"] == tok_hash["weak"]:
-        views[role], cuts[role] = views["weak"], cuts["weak"]  # Same tokenizer: same arrays.
-      else:
-        views[role], cuts[role] = encode_pairs(tokenizers[role], a, b, max_length=max_length)
+    encoded = roles_lib.per_role(
+        tok_hash, lambda role: encode_pairs(tokenizers[role], a, b, max_length=max_length))  # pylint: disable=cell-var-from-loop
+    views = {role: view for role, (view, _) in encoded.items()}
+    cuts = {role: cut for role, (_, cut) in encoded.items()}
     truncated[split] = {role: int(c.sum()) for role, c in cuts.items()}
     truncated_ids[split] = ids[cuts["weak"] | cuts["strong"]].tolist()
     splits[split] = Split(ids=ids, labels=labels, inputs=views)

@@ -1,0 +1,238 @@
+"""Pretrained Hugging Face models per role: what the tasks that fine-tune checkpoints share.
+
+A task of this kind (``preference``, ``text_classification``) gives each role
+(``weak``, ``strong``) a pretrained encoder with a task head. A role's block,
+built by ``config_lib.pretrained_model``, names:
+
+* ``checkpoint``: a local folder or hub id (``config.json``, safetensors,
+  ``tokenizer.json``) of any family ``models.load_pretrained`` knows;
+* ``num_layers`` (0 = all), ``dtype`` (the compute dtype), ``remat``;
+* ``finetune``: ``full``, ``top`` (with ``top_layers``), ``head``, or
+  ``lora`` (adapters from the ``lora`` block on the frozen encoder, plus the
+  head);
+* ``pooling`` ('' = the family's default: the last real token for decoders,
+  the mean for BERT) and ``head_hidden``.
+
+:class:`PretrainedRolesTask` turns these into models, trainable filters and
+names; a subclass adds its data (``_prepare_data``) and its head
+(``_head_model``). The helpers load each checkpoint's tokenizer and weights
+once per process, and tokenize once when both roles share a tokenizer.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+import numpy as np
+
+from w2sg_jax.data import tokenize as tokenize_lib
+from w2sg_jax.data.task import Split, Task
+from w2sg_jax.labels import store as store_lib
+from w2sg_jax.models import heads as heads_lib
+from w2sg_jax.models import lora as lora_lib
+from w2sg_jax.models import pretrained as pretrained_lib
+from w2sg_jax.models import remat as remat_lib
+
+ROLES = ("weak", "strong")
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype(name: str):
+  """The compute dtype called ``name`` (``role.dtype``)."""
+  if name not in _DTYPES:
+    raise ValueError(f"dtype={name!r}; use one of {sorted(_DTYPES)} (the compute dtype; parameters stay float32).")
+  return _DTYPES[name]
+
+
+@functools.lru_cache(maxsize=4)
+def checkpoint(path_or_id: str) -> tuple[str, Any, dict[str, Any]]:
+  """``(folder, tokenizer, config.json)`` of a checkpoint (downloaded once if a hub id)."""
+  folder = pretrained_lib.resolve_checkpoint_dir(path_or_id)
+  config_path = folder / "config.json"
+  if not config_path.is_file() or not (folder / "tokenizer.json").is_file():
+    raise FileNotFoundError(
+        f"Checkpoint {path_or_id!r} ({folder}) lacks config.json or tokenizer.json; it needs"
+        f" {', '.join(pretrained_lib.REQUIRED_FILES)}."
+    )
+  return str(folder), pretrained_lib.load_tokenizer(folder), json.loads(config_path.read_text())
+
+
+def max_positions(hf_config: dict[str, Any]) -> int | None:
+  """The most positions a checkpoint embeds (``n_positions`` or ``max_position_embeddings``)."""
+  return hf_config.get("n_positions", hf_config.get("max_position_embeddings"))
+
+
+def check_max_length(config: ml_collections.ConfigDict, role: str) -> None:
+  """Raises ValueError when ``data.max_length`` exceeds the role's checkpoint positions."""
+  cfg = role_config(config, role)
+  limit = max_positions(checkpoint(str(cfg.checkpoint))[2])
+  if limit is not None and int(config.data.max_length) > int(limit):
+    raise ValueError(
+        f"data.max_length={config.data.max_length} exceeds the {role} checkpoint's {limit} positions"
+        f" ({cfg.checkpoint}); set data.max_length <= {limit}."
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def encoder_state(folder: str, layers: int | None, dtype_name: str):
+  """The pretrained encoder as ``(graphdef, host numpy state)``, loaded once per process.
+
+  Every run builds a fresh module from the host copy, so no run can see
+  another's (donated or updated) device buffers.
+  """
+  module, _ = pretrained_lib.load_pretrained(folder, num_layers=layers, dtype=dtype(dtype_name))
+  graphdef, state = nnx.split(module)
+  return graphdef, jax.tree.map(np.asarray, state)
+
+
+def lora_spec(cfg: ml_collections.ConfigDict) -> "lora_lib.LoRAConfig | None":
+  """The role's LoRA adapters when ``finetune == "lora"`` (``cfg.lora``: rank, alpha, dropout, target_modules)."""
+  if str(cfg.get("finetune", "full")) != "lora":
+    return None
+  block = dict(cfg.get("lora", {}) or {})
+  targets = tuple(block.pop("target_modules", ()) or ()) or None
+  return lora_lib.LoRAConfig(**block, target_modules=targets)
+
+
+def role_config(config: ml_collections.ConfigDict, role: str) -> ml_collections.ConfigDict:
+  """``config.weak`` or ``config.strong``; any other role is an error."""
+  if role not in ROLES:
+    raise ValueError(f"role={role!r}; expected 'weak' or 'strong'.")
+  return config[role]
+
+
+def num_layers(cfg: ml_collections.ConfigDict) -> int | None:
+  """The role's ``num_layers``, with 0 (all layers) as None."""
+  n = int(cfg.get("num_layers", 0) or 0)
+  return n if n > 0 else None
+
+
+# ------------------------------------------------------------ tokenizers
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+  """SHA-256 of the tokenizer's JSON (padding/truncation off, keys sorted).
+
+  Identical for every GPT-2 size, so their runs share weak labels.
+  """
+  tok = tokenize_lib._bare_copy(tokenizer)  # pylint: disable=protected-access
+  canonical = json.dumps(json.loads(tok.to_str()), sort_keys=True, separators=(",", ":"))
+  return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def role_tokenizers(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], dict[str, str]]:
+  """``({role: tokenizer}, {role: tokenizer_fingerprint})`` of both roles' checkpoints."""
+  tokenizers = {role: checkpoint(str(config[role].checkpoint))[1] for role in ROLES}
+  return tokenizers, {role: tokenizer_fingerprint(t) for role, t in tokenizers.items()}
+
+
+def per_role(fingerprints: dict[str, str], encode: Callable[[str], Any]) -> dict[str, Any]:
+  """``{role: encode(role)}``, encoding once when both roles' tokenizers are identical.
+
+  Then the strong entry IS the weak one (the same arrays), so the views cost
+  their memory once.
+  """
+  out: dict[str, Any] = {}
+  for role in ROLES:
+    if role == "strong" and fingerprints["strong"] == fingerprints["weak"]:
+      out[role] = out["weak"]  # Same tokenizer: same arrays.
+    else:
+      out[role] = encode(role)
+  return out
+
+
+# ---------------------------------------------------------------- the task
+
+
+class PretrainedRolesTask(Task):
+  """A task whose weak and strong models are pretrained encoders with a head, set per role.
+
+  Subclasses define ``_prepare_data(config, cache_dir) -> {"splits", "fingerprint", ...}``
+  and ``_head_model(encoder, config, *, pooling, hidden_sizes, rngs)``, and
+  name their model in ``model_kind`` (e.g. "reward model").
+  """
+
+  model_kind = "model"
+
+  def __init__(self):
+    self._prepared: dict[str, dict[str, Any]] = {}
+
+  # -- data
+  def _prepare_data(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]:
+    raise NotImplementedError
+
+  def _data_key(self, config: ml_collections.ConfigDict, cache_dir: str) -> str:
+    return store_lib.content_hash({
+        "data": config.data.to_dict(),
+        "checkpoints": [str(config.weak.checkpoint), str(config.strong.checkpoint)],
+        "cache_dir": os.path.abspath(cache_dir),
+    })
+
+  def _prepare(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]:
+    """Loads, splits and tokenizes once per process and config."""
+    key = self._data_key(config, cache_dir)
+    if key not in self._prepared:
+      self._prepared[key] = self._prepare_data(config, cache_dir)
+    return self._prepared[key]
+
+  def splits(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Split]:
+    return self._prepare(config, cache_dir)["splits"]
+
+  def fingerprint(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+    return self._prepare(config, config.cache_dir)["fingerprint"]
+
+  # -- models
+  def _head_model(self, encoder: nnx.Module, config: ml_collections.ConfigDict, *, pooling: str | None,
+                  hidden_sizes: tuple[int, ...], rngs: nnx.Rngs) -> nnx.Module:
+    """The task's model around ``encoder``, its head under ``head``."""
+    raise NotImplementedError
+
+  def make_model(self, role: str, config: ml_collections.ConfigDict):
+    cfg = role_config(config, role)
+    folder = checkpoint(str(cfg.checkpoint))[0]
+    check_max_length(config, role)
+    layers, dtype_name = num_layers(cfg), str(cfg.get("dtype", "float32"))
+    pooling = cfg.get("pooling", "") or None
+    hidden = tuple(int(h) for h in cfg.get("head_hidden", ()))
+
+    lora = lora_spec(cfg)
+    remat = remat_lib.check_remat(str(cfg.get("remat", "none")))
+    # Read the weights here, eagerly: the factory runs under jit/eval_shape traces.
+    graphdef, host_state = encoder_state(folder, layers, dtype_name)
+
+    def factory(rngs: nnx.Rngs) -> nnx.Module:
+      encoder = nnx.merge(graphdef, jax.tree.map(jnp.asarray, host_state))
+      remat_lib.set_remat(encoder, remat)  # Recompute blocks in the backward pass: memory for FLOPs.
+      model = self._head_model(encoder, config, pooling=pooling, hidden_sizes=hidden, rngs=rngs)
+      if lora is not None:
+        lora_lib.apply_lora(model, lora, rngs=rngs)  # Adapters on the frozen encoder's projections.
+      return model
+
+    return factory
+
+  def trainable(self, role: str, config: ml_collections.ConfigDict):
+    cfg = role_config(config, role)
+    mode = str(cfg.get("finetune", "full"))
+    if mode == "lora":
+      return lora_lib.lora_trainable_filter(("head",))  # The adapters and the head; the base is frozen.
+    return heads_lib.trainable_filter(mode, int(cfg.get("top_layers", 0)) if mode == "top" else 0)
+
+  def model_name(self, role: str, config: ml_collections.ConfigDict) -> str:
+    cfg = role_config(config, role)
+    name = os.path.basename(os.path.normpath(str(cfg.checkpoint)))
+    layers = f", first {num_layers(cfg)} layers" if num_layers(cfg) else ""
+    mode = str(cfg.get("finetune", "full"))
+    mode = f"top {cfg.top_layers} layers" if mode == "top" else mode
+    if mode == "lora":
+      mode = f"LoRA rank {lora_spec(cfg).rank}"
+    return f"{name} {self.model_kind} ({mode}{layers})"
