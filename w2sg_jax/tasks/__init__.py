@@ -12,6 +12,7 @@ _TASKS = {
     "synthetic": "w2sg_jax.tasks.synthetic:SyntheticTask",
     "tweets": "w2sg_jax.tasks.tweets:TweetsTask",
     "preference": "w2sg_jax.tasks.preference:PreferenceTask",
+    "text_classification": "w2sg_jax.tasks.text_classification:TextClassificationTask",
 }
 
 
