@@ -19,7 +19,7 @@ implemented here).
   python -m w2sg_jax.main --config=experiments/w2s_llama.py --workdir=runs/w2s_llama          # hub, accelerator
   python -m w2sg_jax.main --config=experiments/w2s_llama.py:smoke --workdir=/tmp/w2s_llama   # offline, ~2 min CPU
   python -m w2sg_jax.main --config=experiments/w2s_llama.py:tweets --workdir=runs/w2s_llama_tweets
-  python -m w2sg_jax.main --config=experiments/w2s_llama.py:tweets_smoke --workdir=/tmp/w2s_tweets  # offline, ~1 min CPU
+  python -m w2sg_jax.main --config=experiments/w2s_llama.py:tweets_smoke --workdir=/tmp/w2s_tweets  # offline, ~1-2 min CPU
   python -m w2sg_jax.plan --config=experiments/w2s_llama.py --devices=8 --device-memory=80   # memory plan
 
 Variants (after the colon): ``smoke`` (tiny random Qwen2 and Llama checkpoints
