@@ -1,4 +1,7 @@
-"""State shardings: replicated and fsdp give the 1-device result on 8 simulated devices, and fsdp really shards."""
+"""State shardings: replicated and fsdp give the 1-device result on 8 simulated devices, fsdp really shards,
+and the trainer traces under the mesh (activations pinned to the data axis)."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +38,7 @@ def batches(num_steps):
 
 
 def run(num_devices, mode, num_steps=4, remat="none"):
-  """Trains a small GPT-2 classifier; the state is born in its sharding, the step jitted with it."""
+  """Trains a small GPT-2 classifier with ``train.Trainer``; the state is born in its sharding, the step jitted with it."""
   mesh = parallel.make_mesh(num_devices)
   opt = {"name": "adamw", "learning_rate": 3e-3, "weight_decay": 1e-4, "grad_clip": 1.0, "accum_steps": 2}
   tx, schedule = train.make_optimizer(opt, num_steps)
@@ -53,19 +56,14 @@ def run(num_devices, mode, num_steps=4, remat="none"):
   state = jax.jit(init, out_shardings=shardings)()
   born = state
 
-  def step(state, batch):
-    return train.train_step(state, batch, apply_fn=apply_fn, loss_fn=losses.get("js"), tx=tx,
-                            schedule=schedule, num_steps=num_steps)
-
-  rep = parallel.replicated(mesh)
-  jitted = jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh)), out_shardings=(shardings, rep),
-                   donate_argnums=(0,))
+  trainer = train.Trainer(apply_fn=apply_fn, loss_fn=losses.get("js"), tx=tx, schedule=schedule,
+                          num_steps=num_steps, mesh=mesh, state_sharding=shardings)
   born_specs = jax.tree.map(lambda x: x.sharding.spec, born)
   init_params = jax.tree.map(np.asarray, born.params)  # Copied before the donating step.
   metrics = None
-  with jax.set_mesh(mesh):  # As the trainer traces: activations pinned to the data axis.
-    for batch in batches(num_steps):
-      state, metrics = jitted(state, parallel.to_global(batch, mesh))
+  for batch in batches(num_steps):
+    state, metrics = trainer.step(state, batch)
+  assert trainer.num_traces == 1
   return state, metrics, resolved, born_specs, init_params
 
 
@@ -115,6 +113,30 @@ def test_fsdp_leaves_are_sharded_from_birth():
   for path, spec in jax.tree_util.tree_leaves_with_path(born_specs, is_leaf=lambda x: isinstance(x, P)):
     leaf = next(l for p, l in jax.tree_util.tree_leaves_with_path(state) if p == path)
     assert spec == leaf.sharding.spec  # Born in the sharding it keeps.
+
+
+def _constraints(lowered) -> int:
+  """Sharding constraints in a lowered program (Shardy's op, or the GSPMD custom call)."""
+  return len(re.findall(r"sharding_constraint|custom_call @Sharding", lowered.as_text()))
+
+
+@pytest.mark.parametrize("mode", ["replicated", "fsdp"])
+def test_trainer_traces_under_the_mesh(mode):
+  """The lowered step and prediction carry the models' constrain_batch: one per block, plus the embeddings."""
+  mesh = parallel.make_mesh(8)
+  tx, schedule = train.make_optimizer({"name": "adamw", "learning_rate": 1e-3}, 4)
+  apply_fn, state, shardings = train.create_state(lambda rngs: make_model(rngs), tx=tx, seed=0, mesh=mesh,
+                                                  sharding=mode)
+  trainer = train.Trainer(apply_fn=apply_fn, loss_fn=losses.get("js"), tx=tx, schedule=schedule, num_steps=4,
+                          mesh=mesh, state_sharding=shardings)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), next(batches(1)))
+  assert _constraints(trainer.lower_predict(abstract, batch["inputs"])) == CFG.n_layer + 1
+  assert _constraints(trainer.lower_step(abstract, batch)) >= CFG.n_layer + 1  # Forward, and its transpose.
+  # Traced outside the mesh, the same step has none: constrain_batch is a no-op there.
+  rep = parallel.replicated(mesh)
+  bare = jax.jit(lambda p, f, x: apply_fn(p, f, x, None), in_shardings=(rep, rep, parallel.batch_sharding(mesh)))
+  assert _constraints(bare.lower(abstract.params, abstract.frozen, batch["inputs"])) == 0
 
 
 # ------------------------------------------------------------------- units

@@ -16,9 +16,11 @@ state (parameters, optimizer state) is placed in one of two ways
 * ``"auto"``: ``fsdp`` when the replicated state would not fit the device
   memory (:func:`resolve_sharding`), else ``replicated``.
 
-The update step is a plain ``jax.jit`` with these ``NamedSharding``s, so the
-same code runs on 1 CPU, 8 simulated CPUs, a GPU host, a TPU pod slice, or
-several processes joined by ``jax.distributed``.
+The update step is a plain ``jax.jit`` with these ``NamedSharding``s, traced
+under the mesh (:class:`MeshJit`) so that the models' :func:`constrain_batch`
+keeps activations split by example; the same code runs on 1 CPU, 8 simulated
+CPUs, a GPU host, a TPU pod slice, or several processes joined by
+``jax.distributed``.
 """
 
 from __future__ import annotations
@@ -119,6 +121,28 @@ def constrain_batch(x: jax.Array) -> jax.Array:
   if x.shape[0] % mesh.shape[DATA_AXIS]:
     return x
   return jax.lax.with_sharding_constraint(x, P(DATA_AXIS))
+
+
+class MeshJit:
+  """A ``jax.jit`` function that is traced under ``jax.set_mesh(mesh)``, whether it is called or lowered.
+
+  ``jax.set_mesh`` cannot be entered inside a traced function, so the mesh
+  is set around every call and ``lower``; tracing then sees it, and
+  :func:`constrain_batch` in the model pins activations to ``data``. The
+  mesh is part of jit's cache key, so repeated calls reuse one compilation.
+  """
+
+  def __init__(self, fun: Any, mesh: Mesh, **jit_kwargs: Any):
+    self.mesh = mesh
+    self.jitted = jax.jit(fun, **jit_kwargs)
+
+  def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    with jax.set_mesh(self.mesh):
+      return self.jitted(*args, **kwargs)
+
+  def lower(self, *args: Any, **kwargs: Any) -> jax.stages.Lowered:
+    with jax.set_mesh(self.mesh):
+      return self.jitted.lower(*args, **kwargs)
 
 
 # ------------------------------------------------------------ state shardings

@@ -13,8 +13,9 @@ no weights are read, nothing is downloaded; a checkpoint name such as
 ``w2sg_jax/models/configs``, a local folder to its own). On ``--devices``
 simulated CPU devices it lowers and compiles the exact training step (the
 config's loss, optimizer with gradient accumulation, compute dtype,
-rematerialisation and state sharding, under the shardings the trainer uses)
-and the evaluation step, and prints per device:
+rematerialisation and state sharding: ``train.Trainer``'s own ``lower_step``,
+traced under the mesh as training is) and the evaluation step, and prints
+per device:
 
 * parameters, optimizer state and batch bytes (the step's arguments, from
   the shardings), and activations and other temporaries (XLA's
@@ -45,7 +46,6 @@ import argparse
 import ast
 import dataclasses
 import functools
-import inspect
 import json
 import math
 import os
@@ -426,7 +426,7 @@ def _sizes(config) -> dict[str, int]:
 
 @dataclasses.dataclass
 class Steps:
-  """One role's jitted training and evaluation steps, as the trainer runs them, plus their inputs' shapes."""
+  """One role's ``train.Trainer`` (its jitted training and evaluation steps) plus their inputs' shapes."""
 
   spec: ModelSpec
   init: Any  # () -> TrainState (real, random weights); jit it with out_shardings=shardings.
@@ -434,8 +434,7 @@ class Steps:
   shardings: Any
   sharding: str  # As configured.
   sharding_resolved: str
-  train_step: Any  # jitted (state, batch) -> (state, metrics), state donated.
-  predict_step: Any  # jitted (params, frozen, inputs) -> logits.
+  trainer: Any  # train.Trainer; lower_step / lower_predict trace under the mesh, as training does.
   train_batch: Any  # ShapeDtypeStruct tree of one global training batch.
   eval_inputs: Any  # ShapeDtypeStruct tree of one global evaluation batch's inputs.
   loss: str
@@ -446,7 +445,7 @@ class Steps:
 
 
 def build_steps(config, role: str, mesh, device_memory_bytes: int | None) -> Steps:
-  """The training step (``train.train_step`` under ``jit`` with the trainer's shardings) and the evaluation step."""
+  """The ``train.Trainer`` of ``role`` (its training and evaluation steps) over ``mesh``, and their inputs."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
@@ -500,26 +499,14 @@ def build_steps(config, role: str, mesh, device_memory_bytes: int | None) -> Ste
         "mask": jax.ShapeDtypeStruct((rows,), jnp.float32),
     }
 
-  rep = parallel.replicated(mesh)
-  data = parallel.batch_sharding(mesh)
-
-  # The accelerator's step: no CPU batch chains (train_step picks 1 on GPU/TPU; the plan runs on CPU).
-  chains = {"num_chains": 1} if "num_chains" in inspect.signature(train_lib.train_step).parameters else {}
-
-  def step(state, b):
-    return train_lib.train_step(state, b, apply_fn=apply_fn, loss_fn=loss_fn, tx=tx, schedule=schedule,
-                                num_steps=num_steps, **chains)
-
-  train_jit = jax.jit(step, in_shardings=(shardings, data), out_shardings=(shardings, rep), donate_argnums=(0,))
+  # The trainer's own steps, with the accelerator's step: no CPU batch chains (train_step picks 1 on
+  # GPU/TPU; the plan runs on CPU).
+  trainer = train_lib.Trainer(apply_fn=apply_fn, loss_fn=loss_fn, tx=tx, schedule=schedule, num_steps=num_steps,
+                              mesh=mesh, state_sharding=shardings, num_chains=1)
   eval_rows = int(train_cfg.get("eval_batch_size", batch_size))
-  eval_rows = max(ndev, eval_rows - eval_rows % ndev)
-  predict_jit = jax.jit(
-      lambda params, frozen, inputs: apply_fn(params, frozen, inputs, jax.random.PRNGKey(0)),
-      in_shardings=(shardings.params, shardings.frozen, data),
-      out_shardings=data,
-  )
+  eval_rows = max(ndev, eval_rows - eval_rows % ndev)  # As Trainer.predict rounds it.
   return Steps(spec=spec, init=init, abstract_state=abstract, shardings=shardings, sharding=mode,
-               sharding_resolved=resolved, train_step=train_jit, predict_step=predict_jit,
+               sharding_resolved=resolved, trainer=trainer,
                train_batch=batch(batch_size, True), eval_inputs=batch(eval_rows, False), loss=loss_name,
                num_steps=num_steps, batch_size=batch_size, eval_batch_size=eval_rows,
                accum_steps=int(train_cfg.optimizer.get("accum_steps", 1)))
@@ -554,9 +541,9 @@ def plan_role(config, role: str, mesh, device_memory_bytes: int) -> dict[str, An
 
   st = build_steps(config, role, mesh, device_memory_bytes)
   abstract, shardings, spec = st.abstract_state, st.shardings, st.spec
-  with jax.set_mesh(mesh):  # As the trainer traces: activations pinned to the data axis.
-    train_compiled = st.train_step.lower(abstract, st.train_batch).compile()
-    eval_compiled = st.predict_step.lower(abstract.params, abstract.frozen, st.eval_inputs).compile()
+  # The trainer's own lowering, traced under the mesh: activations pinned to the data axis.
+  train_compiled = st.trainer.lower_step(abstract, st.train_batch).compile()
+  eval_compiled = st.trainer.lower_predict(abstract, st.eval_inputs).compile()
 
   def shard_bytes(tree, sh_tree) -> int:
     total = 0

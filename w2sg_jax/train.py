@@ -267,8 +267,12 @@ class Trainer:
   """``jit``s ``train_step`` for a mesh: state replicated, batch split on ``data``.
 
   The state is donated, so parameters and optimizer moments are updated in
-  place instead of doubling device memory. ``num_traces`` counts how often the
-  step was traced, so tests (and users) can see that it compiles once.
+  place instead of doubling device memory. The step and the prediction are
+  traced under the mesh (``parallel.MeshJit``), called or lowered alike, so
+  the models' ``parallel.constrain_batch`` keeps activations split by example.
+  ``num_chains`` is passed to ``train_step`` (``None``: per platform).
+  ``num_traces`` counts how often the step was traced, so tests (and users)
+  can see that it compiles once.
   """
 
   def __init__(
@@ -281,6 +285,7 @@ class Trainer:
       num_steps: int,
       mesh: jax.sharding.Mesh,
       state_sharding: PyTree | None = None,
+      num_chains: int | None = None,
   ):
     self.mesh = mesh
     self.num_traces = 0
@@ -289,23 +294,26 @@ class Trainer:
     def step(state, batch):
       self.num_traces += 1  # Runs only while tracing.
       return train_step(
-          state, batch, apply_fn=apply_fn, loss_fn=loss_fn, tx=tx, schedule=schedule, num_steps=num_steps
+          state, batch, apply_fn=apply_fn, loss_fn=loss_fn, tx=tx, schedule=schedule, num_steps=num_steps,
+          num_chains=num_chains,
       )
 
     rep = parallel.replicated(mesh)
     # The state keeps the sharding it was born in (create_state): replicated,
     # or fsdp, where XLA inserts the gathers and reduce-scatters itself.
     self.state_sharding = rep if state_sharding is None else state_sharding
-    self._step = jax.jit(
+    self._step = parallel.MeshJit(
         step,
+        mesh,
         in_shardings=(self.state_sharding, parallel.batch_sharding(mesh)),
         out_shardings=(self.state_sharding, rep),
         donate_argnums=(0,),
     )
     params_sharding = rep if state_sharding is None else state_sharding.params
     frozen_sharding = rep if state_sharding is None else state_sharding.frozen
-    self._predict = jax.jit(
+    self._predict = parallel.MeshJit(
         lambda params, frozen, inputs: apply_fn(params, frozen, inputs, None),  # No key: no dropout.
+        mesh,
         in_shardings=(params_sharding, frozen_sharding, parallel.batch_sharding(mesh)),
         out_shardings=parallel.batch_sharding(mesh),
     )

@@ -99,8 +99,7 @@ def run(quick: bool = False, *, force: bool = False, overrides: dict[str, str] |
   steps = plan.build_steps(config, "strong", mesh, limit)
 
   t0 = time.perf_counter()
-  with jax.set_mesh(mesh):
-    compiled = steps.train_step.lower(steps.abstract_state, steps.train_batch).compile()
+  compiled = steps.trainer.lower_step(steps.abstract_state, steps.train_batch).compile()  # Traced under the mesh.
   compile_s = time.perf_counter() - t0
   state = jax.jit(steps.init, out_shardings=steps.shardings)()  # Born in its sharding.
 
