@@ -52,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.strong.finetune = "head"  # 'head' (cached features), 'top' or 'full' (fine-tuning, for accelerators).
   c.strong.top_layers = 2  # Layers fine-tuned in 'top' mode.
   c.strong.head_hidden = ()  # Head hidden widths; () is a linear probe.
+  c.strong.remat = "none"  # 'top'/'full': recompute each layer in the backward pass: 'none', 'block' or 'full'.
 
   c.student = student_config(
       engine="vmap",  # Heads on cached features: the seeds x noise rates of a loss as one vmapped program.

