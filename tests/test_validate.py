@@ -9,6 +9,7 @@ import ml_collections
 import pytest
 
 from w2sg_jax import config_lib, engines, pipeline, tasks, train, validate
+from w2sg_jax.models import remat
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -132,6 +133,9 @@ def test_task_specific_names():
   problems = _problems(pref)
   assert any(p.startswith("strong.dtype='fp8'") and "bfloat16" in p for p in problems), problems
   assert any(p.startswith("data.dataset='hh'") and "hh_rlhf" in p for p in problems), problems
+  for name in ("tweets_minilm", "paper_hh"):
+    problems = _problems(_config(name, "smoke", **{"strong.remat": "blocks"}))
+    assert any(p.startswith("strong.remat='blocks'") and "none, block, full" in p for p in problems), problems
 
 
 def test_checkpoint_limits_are_read_from_a_local_folder():
@@ -222,6 +226,7 @@ def test_allowed_names_are_the_ones_the_code_builds():
   defaults = config_lib.train_config(batch_size=8, epochs=1, learning_rate=0.1)
   assert set(defaults) <= set(validate.TRAIN_KEYS)
   assert set(defaults.optimizer) <= set(validate.OPTIMIZER_KEYS)
+  assert validate.REMATS == remat.REMAT_MODES
 
 
 # ---------------------------------------------------------------- paths

@@ -49,6 +49,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "linear")
 # `parallel.resolve_sharding`'s modes.
 SHARDINGS = ("auto", "fsdp", "replicated")
+# `models.remat.REMAT_MODES` (kept here so that validating needs no JAX import).
+REMATS = ("none", "block", "full")
 SPLITS = ("weak_train", "w2s_train", "test")
 # Tasks whose roles are pretrained checkpoints read by `tasks/pretrained_roles.py` (LoRA included).
 PRETRAINED_TASKS = ("preference", "text_classification")
@@ -507,6 +509,7 @@ def _model_block(c: _Checker, role: str, task: str, hf: Mapping[str, Any] | None
   finetune = c.choice(f"{role}.finetune", modes, required=False, what="finetune mode")
   if finetune is None and c.has(f"{role}.finetune"):
     return
+  c.choice(f"{role}.remat", REMATS, required=False, what="remat mode (see models/remat.py)")
   if finetune == "top":
     limit = layers or depth
     c.integer(f"{role}.top_layers", low=1, high=limit, required=True)
