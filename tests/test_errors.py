@@ -107,14 +107,27 @@ def test_make_experiment_with_a_missing_name_lists_the_experiments():
 def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path):
   cmd = [sys.executable, "-m", "w2sg_jax.main", SMOKE, f"--workdir={tmp_path / 'run'}",
          f"--config.cache_dir={tmp_path / 'cache'}", "--config.seeds=1"]
-  proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
+  # SIGINT is reset to its default in the child: an interpreter that starts with SIGINT ignored
+  # (inherited) never raises KeyboardInterrupt.
+  proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env(), cwd=REPO,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   seen = []
   for line in proc.stderr:  # Wait until a stage has finished, then interrupt the next one.
     seen.append(line)
     if "stage data done" in line:
       break
-  proc.send_signal(signal.SIGINT)
-  _, rest = proc.communicate()
+  # Pressed again while the run goes on, as a user would: one pytest-xdist run saw a first
+  # SIGINT go unanswered (not reproduced outside it); the message is what is tested here.
+  for _ in range(30):
+    proc.send_signal(signal.SIGINT)
+    try:
+      _, rest = proc.communicate(timeout=5)
+      break
+    except subprocess.TimeoutExpired:
+      continue
+  else:
+    proc.kill()
+    _, rest = proc.communicate()
   err = "".join(seen) + rest
   assert proc.returncode == 130, err
   assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
