@@ -291,7 +291,8 @@ def _micro_batches(num, size, seed=0):
 
 def _trainer_run(num_devices, mode, accum_steps, batches):
   """Trains a LoRA classifier through ``train.Trainer`` on a ``num_devices`` mesh, with
-  the state (frozen base included) born in ``mode``'s sharding; returns (state, born specs)."""
+  the state (frozen base included) born in ``mode``'s sharding; returns (state, born specs, born
+  params and frozen as flat numpy dicts, copied before the donating step)."""
   mesh = parallel.make_mesh(num_devices)
   opt = {"name": "adamw", "learning_rate": 2e-2, "weight_decay": 0.1, "schedule": "constant",
          "accum_steps": accum_steps}
@@ -302,13 +303,18 @@ def _trainer_run(num_devices, mode, accum_steps, batches):
   shardings = parallel.state_shardings(jax.eval_shape(init), mesh, mode)
   state = jax.jit(init, out_shardings=shardings)()
   specs = jax.tree.map(lambda x: x.sharding.spec, state)
+  born = _flat_state(state.params), _flat_state(state.frozen)
   trainer = train.Trainer(apply_fn=apply_fn, loss_fn=_xent, tx=tx, schedule=schedule,
                           num_steps=len(batches), mesh=mesh, state_sharding=shardings)
   for b in batches:
     state, metrics = trainer.step(state, b)
     assert np.isfinite(float(metrics["loss"]))
   assert trainer.num_traces == 1
-  return state, specs
+  return state, specs, born
+
+
+def _flat_state(tree):
+  return {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(tree)}
 
 
 def test_data_parallel_fsdp_base_and_accumulation_match_one_device():
@@ -316,21 +322,17 @@ def test_data_parallel_fsdp_base_and_accumulation_match_one_device():
   assert len(jax.devices()) == 8, "tests expect 8 simulated CPU devices (see tests/conftest.py)"
   micro = _micro_batches(4, 8)
   whole = [jax.tree.map(lambda a, b: np.concatenate([a, b]), micro[i], micro[i + 1]) for i in (0, 2)]
-  one, _ = _trainer_run(1, "replicated", 1, whole)  # Two updates: A moves only once B has.
-  eight, specs = _trainer_run(8, "fsdp", 2, micro)
+  one, _, _ = _trainer_run(1, "replicated", 1, whole)  # Two updates: A moves only once B has.
+  eight, specs, (start, start_base) = _trainer_run(8, "fsdp", 2, micro)
   # The frozen base really is split across the devices, and stays unchanged.
   frozen_specs = [s for s in jax.tree.leaves(specs.frozen, is_leaf=lambda x: isinstance(x, P)) if s != P()]
   assert frozen_specs, "fsdp left every frozen base weight replicated"
-  _, start_params, start_frozen = split_lora_model(
-      apply_lora(_classifier(num_layers=2), LoRAConfig(rank=4, alpha=8), rngs=nnx.Rngs(1)))
-  flat = lambda tree: {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(tree)}
-  start_base = flat(start_frozen)
-  after_base = flat(eight.frozen)
+  after_base = _flat_state(eight.frozen)
   assert set(after_base) == set(start_base)
   for k, v in start_base.items():
     np.testing.assert_array_equal(after_base[k], v, err_msg=str(k))
   # The adapters and head match the one-device run, and they did train.
-  start, got, want = flat(start_params), flat(eight.params), flat(one.params)
+  got, want = _flat_state(eight.params), _flat_state(one.params)
   assert set(got) == set(want) == set(start)
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=2e-4, atol=2e-5, err_msg=str(k))
