@@ -4,6 +4,7 @@ The table test changes one config key at a time on a finished experiment and
 checks that exactly the stages that read it (and those after them) recompute.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -86,6 +87,125 @@ def test_a_damaged_file_is_replaced_with_a_warning_or_refused(tmp_path, damage, 
   assert again.computed
   assert "x.npy" in caplog.text
   np.testing.assert_array_equal(np.load(again.path("x.npy")), np.arange(100))
+
+
+def _rewrite_manifest(entry, change):
+  path = entry.path("manifest.json")
+  manifest = json.loads(open(path).read())
+  with open(path, "w") as f:
+    json.dump(change(manifest), f)
+
+
+# Each row damages a valid entry's manifest (or its folder) in one way; all are corruption.
+MANIFEST_DAMAGE = [
+    ("null", lambda e: _rewrite_manifest(e, lambda m: None), "not a JSON object"),
+    ("list", lambda e: _rewrite_manifest(e, lambda m: [m]), "not a JSON object"),
+    ("string", lambda e: _rewrite_manifest(e, lambda m: "x.npy"), "not a JSON object"),
+    ("no files map", lambda e: _rewrite_manifest(e, lambda m: {k: v for k, v in m.items() if k != "files"}),
+     "no 'files' map"),
+    ("files is a list", lambda e: _rewrite_manifest(e, lambda m: {**m, "files": list(m["files"])}), "no 'files' map"),
+    ("empty files map", lambda e: _rewrite_manifest(e, lambda m: {**m, "files": {}}), "x.npy is not listed"),
+    ("extra unlisted file", lambda e: np.save(e.path("extra.npy"), np.zeros(3)), "extra.npy is not listed"),
+    ("bad digest", lambda e: _rewrite_manifest(e, lambda m: {**m, "files": {"x.npy": "abc"}}),
+     "not a sha256 digest"),
+    ("upper-case digest", lambda e: _rewrite_manifest(
+        e, lambda m: {**m, "files": {"x.npy": m["files"]["x.npy"].upper()}}), "not a sha256 digest"),
+    ("digest not a string", lambda e: _rewrite_manifest(e, lambda m: {**m, "files": {"x.npy": 7}}),
+     "not a sha256 digest"),
+    ("path outside the entry", lambda e: _rewrite_manifest(
+        e, lambda m: {**m, "files": {**m["files"], "../other/x.npy": m["files"]["x.npy"]}}), "not a file of the entry"),
+    ("other stage", lambda e: _rewrite_manifest(e, lambda m: {**m, "stage": "t"}), "records stage 't'"),
+    ("info not an object", lambda e: _rewrite_manifest(e, lambda m: {**m, "info": [1]}), "'info'"),
+]
+
+
+@pytest.mark.parametrize("damage,words", [(d, w) for _, d, w in MANIFEST_DAMAGE], ids=[r[0] for r in MANIFEST_DAMAGE])
+def test_a_malformed_manifest_is_corruption_replaced_or_refused(tmp_path, damage, words, caplog):
+  cache = cache_lib.Cache(str(tmp_path))
+  entry = cache.get_or_create("s", {"k": 1}, _write(np.arange(100)))
+  damage(entry)
+  strict = cache_lib.Cache(str(tmp_path), on_corrupt="raise")
+  with pytest.raises(cache_lib.CorruptEntryError, match=words):
+    strict.get_or_create("s", {"k": 1}, _write(np.arange(100)))
+  assert os.path.isdir(entry.directory)  # Refused, not removed.
+  with caplog.at_level("WARNING", logger="w2sg"):
+    again = cache.get_or_create("s", {"k": 1}, _write(np.arange(100)))
+  assert again.computed and words in caplog.text
+  assert sorted(os.listdir(again.directory)) == ["manifest.json", "x.npy"]
+  np.testing.assert_array_equal(np.load(again.path("x.npy")), np.arange(100))
+
+
+def test_an_empty_manifest_beside_another_entrys_data_is_not_used(tmp_path):
+  """The reproduction: ``"files": {}`` next to another entry's data file was accepted."""
+  cache = cache_lib.Cache(str(tmp_path))
+  entry = cache.get_or_create("s", {"k": 1}, _write(np.arange(10)))
+  other = cache.get_or_create("s", {"k": 2}, _write(np.arange(10) * 7))
+  shutil.copy(other.path("x.npy"), entry.path("x.npy"))
+  _rewrite_manifest(entry, lambda m: {**m, "files": {}})
+  again = cache.get_or_create("s", {"k": 1}, _write(np.arange(10)))
+  assert again.computed
+  np.testing.assert_array_equal(np.load(again.path("x.npy")), np.arange(10))
+
+
+def _denied(path):
+  return PermissionError(errno.EACCES, "Permission denied", path)
+
+
+@pytest.mark.parametrize("on_corrupt", ["replace", "raise"])
+@pytest.mark.parametrize("where", ["manifest", "data file"])
+def test_a_permission_error_is_raised_naming_the_file_and_deletes_nothing(tmp_path, monkeypatch, on_corrupt, where):
+  cache = cache_lib.Cache(str(tmp_path))
+  entry = cache.get_or_create("s", {"k": 1}, _write(np.arange(10)))
+  before = sorted(os.listdir(entry.directory))
+  if where == "manifest":
+    target = entry.path("manifest.json")
+    real_open = open
+
+    def fake_open(path, *a, **k):
+      if os.fspath(path) == target:
+        raise _denied(target)
+      return real_open(path, *a, **k)
+
+    monkeypatch.setattr(cache_lib, "open", fake_open, raising=False)
+  else:
+    target = entry.path("x.npy")
+    real_sha = cache_lib.file_sha256
+
+    def fake_sha(path):
+      if os.fspath(path) == target:
+        raise _denied(target)
+      return real_sha(path)
+
+    monkeypatch.setattr(cache_lib, "file_sha256", fake_sha)
+  calls = []
+  with pytest.raises(PermissionError) as info:
+    cache_lib.Cache(str(tmp_path), on_corrupt=on_corrupt).get_or_create(
+        "s", {"k": 1}, lambda out, work: calls.append(out))
+  assert info.value.filename == target and info.value.errno == errno.EACCES
+  assert calls == []  # Nothing was recomputed ...
+  assert sorted(os.listdir(entry.directory)) == before  # ... and nothing deleted.
+  monkeypatch.undo()
+  assert cache_lib.Cache(str(tmp_path)).get_or_create("s", {"k": 1}, _write(0)).computed is False
+  # The boundary's paragraph names the file and the permission.
+  from w2sg_jax import main as main_lib
+  paragraph, status = main_lib.explain(info.value, ["w2sg"])
+  assert status == 1 and target in paragraph and "permission denied" in paragraph
+  assert "nothing was deleted" in paragraph
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="chmod does not stop root")
+@pytest.mark.parametrize("name", ["manifest.json", "x.npy"])
+def test_an_unreadable_file_in_a_shared_cache_is_an_error_not_corruption(tmp_path, name):
+  cache = cache_lib.Cache(str(tmp_path))
+  entry = cache.get_or_create("s", {"k": 1}, _write(np.arange(10)))
+  os.chmod(entry.path(name), 0)
+  try:
+    with pytest.raises(PermissionError) as info:
+      cache_lib.Cache(str(tmp_path)).get_or_create("s", {"k": 1}, _write(0))
+    assert info.value.filename == entry.path(name)
+    assert os.path.exists(entry.path(name))
+  finally:
+    os.chmod(entry.path(name), 0o644)
 
 
 def test_a_killed_writer_leaves_no_entry_and_its_temp_is_cleaned(tmp_path):

@@ -160,6 +160,50 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
   assert resumed["history"] == clean["history"]
 
 
+def _kill_once_recorded(workdir, steps, at_least):
+  """Starts a slowed run and SIGKILLs it once a step >= ``at_least`` has its checksum record."""
+  cmd, env = _resume_cmd(workdir, steps, 0.1)
+  proc = subprocess.Popen(cmd, env=env, cwd=REPO)
+  ckpt = workdir / "ckpt"
+  while proc.poll() is None:
+    recorded = [int(p.name.split(".")[0]) for p in ckpt.glob(f"*{train.CHECKSUMS_SUFFIX}")] if ckpt.exists() else []
+    if any(s >= at_least for s in recorded):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (workdir / "final.json").exists(), "the run finished before it could be killed"
+
+
+@pytest.mark.slow
+def test_sigkill_then_a_flipped_bit_in_the_latest_checkpoint_still_equals_the_uninterrupted_run(tmp_path):
+  """Issue 18's reproduction: the damaged step is discarded with a warning, never resumed from."""
+  steps = 40
+  cmd, env = _resume_cmd(tmp_path / "clean", steps, 0)
+  subprocess.run(cmd, env=env, check=True, cwd=REPO)
+  clean = json.loads((tmp_path / "clean" / "final.json").read_text())
+
+  killed_dir = tmp_path / "killed"
+  _kill_once_recorded(killed_dir, steps, at_least=10)
+  ckpt = killed_dir / "ckpt"
+  flipped = max(int(p.name.split(".")[0]) for p in ckpt.glob(f"*{train.CHECKSUMS_SUFFIX}"))
+  files = [p for p in (ckpt / str(flipped)).rglob("*") if p.is_file()]
+  victim = max(files, key=lambda p: p.stat().st_size)
+  data = bytearray(victim.read_bytes())
+  data[len(data) // 2] ^= 0x01
+  victim.write_bytes(bytes(data))
+
+  cmd, env = _resume_cmd(killed_dir, steps, 0)
+  rerun = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert f"checkpoint step {flipped}" in rerun.stderr and str(victim) in rerun.stderr
+  resumed = json.loads((killed_dir / "final.json").read_text())
+  assert resumed["resumed_from"] is None or resumed["resumed_from"] < flipped
+  for k in clean["params"]:
+    np.testing.assert_array_equal(np.asarray(resumed["params"][k]), np.asarray(clean["params"][k]))
+  assert resumed["history"] == clean["history"]
+
+
 def test_schedule_with_accumulation_decays_over_real_updates():
   opt = {"name": "adamw", "learning_rate": 1.0, "schedule": "cosine", "accum_steps": 4}
   _, schedule = train.make_optimizer(opt, num_steps=32)  # 32 micro-batches = 8 updates.

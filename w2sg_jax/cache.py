@@ -26,10 +26,14 @@ Creating an entry (`Cache.get_or_create`):
   (``<key>.partial``) that survives a kill, so a rerun resumes from the
   checkpoints in it.
 
-Opening an entry checks every file against the manifest's sha256. A mismatch
-(a swapped, truncated or bit-flipped file) is never used: with
-``on_corrupt="replace"`` (the default) the entry is deleted with a logged
-warning and recomputed, with ``"raise"`` a `CorruptEntryError` names the file.
+Opening an entry checks the manifest's shape (a JSON object naming this stage,
+key and format version, whose ``files`` map gives a sha256 for every file in
+the entry folder and nothing else) and every file against its sha256. A
+malformed manifest, an unlisted file or a mismatch (a swapped, truncated or
+bit-flipped file) is never used: with ``on_corrupt="replace"`` (the default)
+the entry is deleted with a logged warning and recomputed, with ``"raise"`` a
+`CorruptEntryError` names the file. A permission error is not corruption: it
+is raised as a `PermissionError` naming the file, and nothing is deleted.
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -58,6 +64,7 @@ __all__ = [
     "atomic_directory",
     "file_sha256",
     "stage_key",
+    "tree_files",
 ]
 
 # Bump when the layout or meaning of any stage artifact changes: it enters every key.
@@ -66,6 +73,7 @@ MANIFEST = "manifest.json"
 KEY_CHARS = 20  # 80 bits of the sha256 name a folder; the full key is in the manifest.
 PARTIAL_SUFFIX = ".partial"
 _TMP_MARK = ".tmp-"
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 class CorruptEntryError(RuntimeError):
@@ -118,14 +126,53 @@ def atomic_directory(final: str, *, overwrite: bool = False) -> Iterator[str]:
     raise
 
 
-def _write_manifest(directory: str, stage: str, key: str, components: Mapping[str, Any], info: Mapping[str, Any]):
+def tree_files(directory: str, *, skip: tuple[str, ...] = ()) -> dict[str, str]:
+  """``{path relative to directory: path}`` of every file under ``directory`` but those in ``skip``.
+
+  A folder that cannot be listed raises (a `PermissionError` naming it), so an
+  unreadable part of an entry is never mistaken for a missing one.
+  """
+
+  def fail(error: OSError):
+    raise error
+
   files = {}
-  for dirpath, _, names in os.walk(directory):
-    for name in sorted(names):
+  for dirpath, _, names in os.walk(directory, onerror=fail):
+    for name in names:
       path = os.path.join(dirpath, name)
       rel = os.path.relpath(path, directory)
-      if rel != MANIFEST:
-        files[rel] = file_sha256(path)
+      if rel not in skip:
+        files[rel] = path
+  return files
+
+
+def _manifest_problem(manifest: Any, path: str, stage: str, key: str) -> str | None:
+  """What makes ``manifest`` not a manifest of ``(stage, key)``; None when its shape is right.
+
+  It must be a JSON object recording this stage, key and `FORMAT_VERSION`,
+  with ``files``: an object mapping each file's relative path to a 64-digit
+  lowercase hex sha256 (and ``info``, when present, an object).
+  """
+  if not isinstance(manifest, dict):
+    return f"{path} is not a JSON object (it is {type(manifest).__name__})"
+  if manifest.get("stage") != stage or manifest.get("key") != key or manifest.get("format_version") != FORMAT_VERSION:
+    return (f"{path} records stage {manifest.get('stage')!r}, key {str(manifest.get('key'))[:KEY_CHARS]}, "
+            f"format {manifest.get('format_version')!r}; expected {stage!r}, {key[:KEY_CHARS]}, {FORMAT_VERSION}")
+  files = manifest.get("files")
+  if not isinstance(files, dict):
+    return f"{path} has no 'files' map of sha256 digests"
+  for rel, digest in files.items():
+    if not isinstance(digest, str) or not _SHA256_RE.fullmatch(digest):
+      return f"{path} records {digest!r} for {rel}, which is not a sha256 digest"
+    if os.path.isabs(rel) or ".." in rel.split(os.sep) or rel == MANIFEST:
+      return f"{path} lists {rel!r}, which is not a file of the entry"
+  if not isinstance(manifest.get("info", {}), dict):
+    return f"{path} has an 'info' that is not a JSON object"
+  return None
+
+
+def _write_manifest(directory: str, stage: str, key: str, components: Mapping[str, Any], info: Mapping[str, Any]):
+  files = {rel: file_sha256(path) for rel, path in sorted(tree_files(directory, skip=(MANIFEST,)).items())}
   manifest = {
       "stage": stage,
       "key": key,
@@ -191,22 +238,34 @@ class Cache:
 
   # -- reading
   def open(self, stage: str, key: str) -> Entry | None:
-    """The verified entry, or None when it does not exist (or was corrupt and removed)."""
+    """The verified entry, or None when it does not exist (or was corrupt and removed).
+
+    A permission error (reading the manifest or hashing a file) is raised as
+    it is, naming the file: an entry another user can read but this one cannot
+    is not corrupt, and is never deleted.
+    """
     directory = self.directory(stage, key)
     manifest_path = os.path.join(directory, MANIFEST)
-    if not os.path.isfile(manifest_path):
-      return None
-    problem = None
     try:
-      with open(manifest_path) as f:
-        manifest = json.load(f)
+      if not stat.S_ISREG(os.stat(manifest_path).st_mode):
+        return None
+    except (FileNotFoundError, NotADirectoryError):
+      return None
+    problem, manifest = None, None
+    try:
+      with open(manifest_path, "rb") as f:
+        manifest = json.loads(f.read())
+    except PermissionError:
+      raise
     except (OSError, ValueError) as e:
-      manifest, problem = None, f"{manifest_path} is unreadable ({e})"
-    if manifest is not None:
-      if manifest.get("key") != key or manifest.get("format_version") != FORMAT_VERSION:
-        problem = f"{manifest_path} records key {str(manifest.get('key'))[:KEY_CHARS]}, format {manifest.get('format_version')}"
-      else:
+      problem = f"{manifest_path} is unreadable ({e})"
+    if problem is None:
+      problem = _manifest_problem(manifest, manifest_path, stage, key)
+    if problem is None:
+      try:
         problem = self._check_files(directory, manifest)
+      except FileNotFoundError:  # Replaced by its producer while we read it: look again under the lock.
+        return None
     if problem is None:
       return Entry(stage, key, directory, manifest, computed=False)
     if self.on_corrupt == "raise":
@@ -220,12 +279,17 @@ class Cache:
 
   @staticmethod
   def _check_files(directory: str, manifest: Mapping[str, Any]) -> str | None:
-    for rel, digest in sorted(manifest.get("files", {}).items()):
-      path = os.path.join(directory, rel)
-      if not os.path.isfile(path):
-        return f"{path} is missing"
-      if file_sha256(path) != digest:
-        return f"{path} does not match the sha256 in its manifest (swapped, truncated or corrupted)"
+    """What is wrong with the entry's files: each must be listed, present and match its sha256."""
+    listed = manifest["files"]
+    on_disk = tree_files(directory, skip=(MANIFEST,))
+    missing, unlisted = sorted(set(listed) - set(on_disk)), sorted(set(on_disk) - set(listed))
+    if missing:
+      return f"{os.path.join(directory, missing[0])} is missing"
+    if unlisted:
+      return f"{on_disk[unlisted[0]]} is not listed in its manifest (only listed files are used)"
+    for rel in sorted(listed):
+      if file_sha256(on_disk[rel]) != listed[rel]:
+        return f"{on_disk[rel]} does not match the sha256 in its manifest (swapped, truncated or corrupted)"
     return None
 
   # -- writing

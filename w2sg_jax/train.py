@@ -9,7 +9,8 @@ Written in phases, each usable on its own:
 * step: ``train_step`` is a pure ``(state, batch, ...) -> (state, metrics)``;
   ``Trainer`` ``jit``s it over a ``data`` mesh with donated state;
 * checkpoint: ``Checkpointer`` saves the state and the data position with
-  Orbax, and restores the latest one;
+  Orbax, records the sha256 of every file of each step, and restores the
+  latest step that still matches them;
 * loop: ``fit`` runs steps, checks every metric for NaN/inf on the host, saves
   every N steps and at the end, and resumes where a killed run stopped.
 
@@ -20,10 +21,13 @@ labels), ``mask`` marks real examples so padded or partial batches count right.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -35,10 +39,12 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from w2sg_jax import cache as cache_lib
 from w2sg_jax import cpu as cpu_lib
 from w2sg_jax import losses as losses_lib
 from w2sg_jax import parallel
 from w2sg_jax import progress as progress_lib
+from w2sg_jax.log import log
 from w2sg_jax.models import lora as lora_lib
 
 PyTree = Any
@@ -358,13 +364,30 @@ def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
 
 # ----------------------------------------------------------------- checkpoint
 
+CHECKSUMS_SUFFIX = ".sha256.json"  # ckpt/<step>.sha256.json: the sha256 of every file of ckpt/<step>/.
+
+
+class CorruptCheckpointError(cache_lib.CorruptEntryError):
+  """A checkpoint's file does not match the sha256 recorded when it was saved (or has no record)."""
+
 
 class Checkpointer:
-  """Orbax checkpoints of ``{"state": TrainState without frozen, "data_position": int}``.
+  """Orbax checkpoints of ``{"state": TrainState without frozen, "data_position": int}``, with checksums.
 
   The data position is the number of batches consumed; the input pipelines
   here are pure functions of (seed, position), so restoring it replays the
   exact batches an uninterrupted run would have seen.
+
+  Once Orbax has finished writing step ``s``, the sha256 of every file under
+  ``<directory>/<s>/`` is written (atomically) to ``<directory>/<s>.sha256.json``,
+  beside the step folder rather than in it, so Orbax's own files and listing
+  stay its own. A step is trusted only when its files are exactly those of its
+  record and each matches: `restore` verifies first, and `restore_latest`
+  discards a step that fails (a bit flip, a truncated or missing file, no
+  record because the writer was killed before it) with a warning naming the
+  step and the file, then falls back to the step before it, or to None (a
+  fresh start). A record whose step Orbax no longer lists (``max_to_keep``
+  cleanup, a deleted step) is removed.
   """
 
   def __init__(self, directory: str, *, max_to_keep: int = 2):
@@ -373,9 +396,19 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
     )
+    self._prune_records()
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def record_path(self, step: int) -> str:
+    return os.path.join(self.directory, f"{step}{CHECKSUMS_SUFFIX}")
 
   def save(self, state: TrainState, data_position: int) -> None:
     step = int(jax.device_get(state.step))
@@ -385,17 +418,72 @@ class Checkpointer:
     # an 8B model checkpoints megabytes (adapters, head, their Adam moments), not the base.
     tree = {"state": state.replace(frozen={}), "data_position": np.asarray(data_position, np.int64)}
     self._manager.save(step, args=ocp.args.StandardSave(tree))
-    self._manager.wait_until_finished()
+    self._manager.wait_until_finished()  # The step's files are final only now.
+    if jax.process_index() == 0:
+      _write_json_atomic(self.record_path(step), {"step": step, "files": _tree_sha256(self.step_dir(step))})
+    self._prune_records()
+
+  def verify(self, step: int) -> str | None:
+    """None when step ``step``'s files match their record; otherwise what is wrong, naming the file."""
+    where = f"checkpoint step {step} in {self.directory}"
+    record_path = self.record_path(step)
+    try:
+      with open(record_path, "rb") as f:
+        record = json.loads(f.read())
+    except FileNotFoundError:
+      return (f"{where} has no checksum record ({record_path}; its writer was killed before writing it, or an "
+              "older version wrote the step)")
+    except ValueError as e:
+      return f"{where}: its checksum record {record_path} is unreadable ({e})"
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(files, dict) or record.get("step") != step:
+      return f"{where}: its checksum record {record_path} is malformed"
+    actual = cache_lib.tree_files(self.step_dir(step))
+    missing, unlisted = sorted(set(files) - set(actual)), sorted(set(actual) - set(files))
+    if missing:
+      return f"{where}: {os.path.join(self.step_dir(step), missing[0])} is missing"
+    if unlisted:
+      return f"{where}: {actual[unlisted[0]]} is not in its checksum record"
+    for rel in sorted(files):
+      if cache_lib.file_sha256(actual[rel]) != files[rel]:
+        return f"{where}: {actual[rel]} does not match the sha256 recorded when it was saved"
+    return None
+
+  def discard(self, step: int) -> None:
+    """Deletes step ``step`` and its record."""
+    try:
+      self._manager.delete(step)
+    except Exception:  # pylint: disable=broad-except (a damaged step may not parse; remove it by hand)
+      shutil.rmtree(self.step_dir(step), ignore_errors=True)
+      self._manager.reload()
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(self.record_path(step))
 
   def restore_latest(self, like: TrainState) -> tuple[TrainState, int] | None:
-    """The latest checkpoint shaped and sharded like ``like``, or None."""
-    step = self._manager.latest_step()
-    if step is None:
-      return None
-    return self.restore(step, like)
+    """The latest intact checkpoint shaped and sharded like ``like``, or None.
+
+    Steps that fail verification are discarded with a warning, newest first.
+    """
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      problem = self.verify(step)
+      if problem is None:
+        return self._restore_verified(step, like)
+      log.warning("%s; discarding that step and resuming from an earlier one (or from the start).", problem)
+      self.discard(step)
+    return None
 
   def restore(self, step: int, like: TrainState) -> tuple[TrainState, int]:
-    """The checkpoint of ``step`` shaped and sharded like ``like``, and its data position."""
+    """The checkpoint of ``step`` shaped and sharded like ``like``, and its data position.
+
+    Raises `CorruptCheckpointError` (after discarding the step) when it fails verification.
+    """
+    problem = self.verify(step)
+    if problem is not None:
+      self.discard(step)
+      raise CorruptCheckpointError(f"{problem}; the step was removed")
+    return self._restore_verified(step, like)
+
+  def _restore_verified(self, step: int, like: TrainState) -> tuple[TrainState, int]:
     abstract = {
         "state": jax.tree.map(ocp.utils.to_shape_dtype_struct, like.replace(frozen={})),
         "data_position": np.asarray(0, np.int64),
@@ -406,10 +494,40 @@ class Checkpointer:
   def drop_after(self, step: int) -> None:
     """Deletes the checkpoints of steps after ``step`` (written after the one a run resumes from)."""
     for later in [s for s in self._manager.all_steps() if s > step]:
-      self._manager.delete(later)
+      self.discard(later)
+
+  def _prune_records(self) -> None:
+    """Removes the records of steps Orbax no longer lists (its max_to_keep cleanup deletes steps only)."""
+    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+      return
+    steps = set(self._manager.all_steps())
+    for name in os.listdir(self.directory):
+      head = name[: -len(CHECKSUMS_SUFFIX)]
+      orphan = name.endswith(CHECKSUMS_SUFFIX) and head.isdigit() and int(head) not in steps
+      if orphan or (name.startswith(".") and f"{CHECKSUMS_SUFFIX}.tmp-" in name):  # Or a killed writer's temp.
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(os.path.join(self.directory, name))
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _tree_sha256(directory: str) -> dict[str, str]:
+  return {rel: cache_lib.file_sha256(path) for rel, path in sorted(cache_lib.tree_files(directory).items())}
+
+
+def _write_json_atomic(path: str, obj: Any) -> None:
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path))
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(obj, f, indent=1, sort_keys=True)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
 
 
 # ----------------------------------------------------------------------- loop
@@ -470,17 +588,26 @@ def fit(
   """
   os.makedirs(workdir, exist_ok=True)
   ckpt = Checkpointer(os.path.join(workdir, "ckpt"))
-  start, resumed_from = 0, None
-  restored = ckpt.restore_latest(state)
+  fresh, start, resumed_from = state, 0, None
+  restored = ckpt.restore_latest(state)  # Verified: a damaged step is discarded, never resumed from.
   if restored is not None:
     state, start = restored
     resumed_from = start
-  history_path = os.path.join(workdir, "metrics.jsonl")
-  history = _read_history(history_path, up_to=start)
+    log.info("%s: resumed at step %d from a verified checkpoint in %s.", desc, start, ckpt.directory)
   eval_steps = validation.steps if validation is not None else frozenset()
   val_path = os.path.join(workdir, "validation.jsonl")
   val_history = _read_history(val_path, up_to=start) if validation is not None else []
   best = _Best(os.path.join(workdir, "best"), validation.name, val_history, start) if validation else None
+  if best is not None and best.lost is not None:  # The selected state is gone with it: train again.
+    log.warning("%s; %s trains again from step 0.", best.lost, desc)
+    best.close()
+    ckpt.drop_after(-1)
+    state, start, resumed_from = fresh, 0, None
+    val_history = _read_history(val_path, up_to=0)
+    best = _Best(os.path.join(workdir, "best"), validation.name, val_history, 0)
+  del fresh
+  history_path = os.path.join(workdir, "metrics.jsonl")
+  history = _read_history(history_path, up_to=start)
   pending: list[tuple[int, dict[str, jax.Array]]] = []
   last_saved = start if resumed_from is not None else None
 
@@ -499,8 +626,12 @@ def fit(
             if last_saved is not None
             else "no checkpoint was written yet"
         )
+        # Resumed state is verified against its checksums, so a non-finite value is the
+        # training's own, never a damaged file's; say where the run started from.
+        origin = (f"this run resumed at step {resumed_from} from a checkpoint whose files match the sha256 "
+                  "recorded when it was saved" if resumed_from is not None else "this run started at step 0")
         raise NonFiniteError(
-            f"non-finite {', '.join(bad)} at step {step} ({m}); {where}. "
+            f"non-finite {', '.join(bad)} at step {step} ({m}); {origin}; {where}. "
             "Lower the learning rate, enable grad_clip, or check the inputs for NaN."
         )
       if step % log_every == 0 or step == num_steps:
@@ -555,6 +686,10 @@ class _Best:
   the resumed one are the only ones a kill can leave unexplained: they are
   dropped, and the rest agree with ``validation.jsonl``. Two are kept, so
   dropping the newest leaves the one before.
+
+  ``lost`` says why the best step named by the validation log cannot be used
+  (its checkpoint is missing, or fails verification and was discarded); `fit`
+  then trains again from the start. None when it is intact (or none exists yet).
   """
 
   def __init__(self, directory: str, name: str, val_history: list[dict[str, float]], start: int):
@@ -564,10 +699,14 @@ class _Best:
     for row in val_history:  # The earliest of equal scores wins.
       if row[name] > self.score:
         self.step, self.score = int(row["step"]), float(row[name])
+    self.lost = None
     if self.step != self.ckpt.latest_step():
-      raise RuntimeError(
-          f"{directory} holds step {self.ckpt.latest_step()}, but the validation log names step {self.step} as "
-          "the best; the run folder was changed by hand. Delete the run folder to retrain it.")
+      self.lost = (f"{directory} holds step {self.ckpt.latest_step()}, but the validation log names step {self.step} "
+                   "as the best (a damaged step was discarded, or the run folder was changed by hand)")
+    elif self.step is not None:
+      self.lost = self.ckpt.verify(self.step)
+      if self.lost is not None:
+        self.ckpt.discard(self.step)
 
   def offer(self, step: int, score: float, state: TrainState) -> None:
     if score > self.score:
@@ -575,7 +714,13 @@ class _Best:
       self.step, self.score = step, score
 
   def restore(self, like: TrainState) -> tuple[TrainState, int]:
-    state, _ = self.ckpt.restore(self.step, like)
+    """The best state, verified; `CorruptCheckpointError` when its files were damaged since it was saved."""
+    try:
+      state, _ = self.ckpt.restore(self.step, like)
+    except CorruptCheckpointError as e:
+      raise CorruptCheckpointError(
+          f"{e}: the best model of this run is lost. Rerun the same command; the run trains again from the start."
+      ) from e
     return state, self.step
 
   def close(self) -> None:
