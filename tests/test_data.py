@@ -247,7 +247,7 @@ def test_missing_preference_files_name_where_to_put_them(tmp_path):
   msg = str(e.value)
   for split in ("train", "test"):
     assert str(manual / "helpful-base" / f"{split}.jsonl.gz") in msg
-    assert f"hh-rlhf/resolve/main/helpful-base/{split}.jsonl.gz" in msg
+    assert f"{preference.HH_URL}helpful-base/{split}.jsonl.gz" in msg
   assert "manual_dir" in msg
   with pytest.raises(FileNotFoundError, match="train_prefs-00000-of-00001"):
     preference.load_preferences("cai_harmless", None, "train", data_dir=tmp_path / "d",

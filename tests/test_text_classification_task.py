@@ -132,7 +132,8 @@ def test_fingerprint_follows_the_data_and_the_tokenizers_only(smoke, mixed, cach
   # Keys that cannot change an example leave it alone (a fresh task, not a per-process memo).
   same = load(cache_dir=cache_dir, **{"student.losses": ("kl",), "weak.train.optimizer.learning_rate": 0.1,
                                       "strong.lora.rank": 4, "seeds": 3})
-  assert tasks.get("text_classification").fingerprint(same) == fp
+  # The task's fingerprint adds each role's checkpoint by content (tests/test_content_keys.py).
+  assert tasks.get("text_classification").fingerprint(same) == {**fp, "checkpoints": pretrained_roles.role_checkpoints(config)}
   # A changed tokenizer, size, seed or width changes it.
   assert mixed[1]["fingerprint"]["tokenizers"]["weak"] != fp["tokenizers"]["weak"]
   assert mixed[1]["fingerprint"] != fp

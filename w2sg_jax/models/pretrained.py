@@ -11,7 +11,14 @@ A checkpoint is a folder in Hugging Face format with three files:
 A ``random:<family>?key=value&...`` string is a tiny random checkpoint built
 in code (:mod:`w2sg_jax.models.random_checkpoint`). Anything else that is not
 a local folder is treated as a hub id and fetched with
-``huggingface_hub.snapshot_download`` (the optional ``hub`` extra).
+``huggingface_hub.snapshot_download`` (the optional ``hub`` extra), at a
+commit: the one ``revision`` names, else the one its default branch points at
+on first use (:func:`resolve_checkpoint`; once per process).
+
+What a cache key holds of a checkpoint (:func:`checkpoint_fingerprint`): the
+SHA-256 of every file the loader reads (:func:`checkpoint_files`: config,
+tokenizer, the weights or the index and its shards), by content and relative
+name, never by path; for a hub id also the id and the commit.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import numpy as np
 from flax import nnx
 from tokenizers import Tokenizer
 
+from w2sg_jax import hashing
 from w2sg_jax.models import bert, gpt2, gpt_neox, llama, random_checkpoint
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
@@ -82,22 +90,104 @@ def _looks_like_hub_id(s: str) -> bool:
   return bool(re.fullmatch(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?", s))
 
 
-def resolve_checkpoint_dir(path_or_id: str | Path) -> Path:
+def _is_commit(s: str) -> bool:
+  return bool(re.fullmatch(r"[0-9a-f]{40}", s or ""))
+
+
+class ResolvedCheckpoint(NamedTuple):
+  """Where a checkpoint spec was found: a local ``folder``; for a hub id also the ``hub_id`` and its ``commit``."""
+
+  folder: Path
+  hub_id: str = ""
+  commit: str = ""
+
+
+# (hub id, revision) -> resolved snapshot: a hub id is resolved to a commit once per process.
+_HUB_RESOLVED: dict[tuple[str, str], ResolvedCheckpoint] = {}
+
+
+def _hub_commit(hub: Any, repo_id: str, revision: str) -> str | None:
+  """The commit ``revision`` (``""``: the default branch) points at on the hub now, or None offline."""
+  try:
+    sha = hub.HfApi().model_info(repo_id, revision=revision or None).sha
+  except Exception:  # pylint: disable=broad-except -- offline, or no network: the local cache decides.
+    return None
+  return sha if _is_commit(str(sha or "")) else None
+
+
+def _resolve_hub(repo_id: str, revision: str) -> ResolvedCheckpoint:
+  key = (repo_id, revision)
+  if key in _HUB_RESOLVED:
+    return _HUB_RESOLVED[key]
+  try:
+    import huggingface_hub as hub  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        f"{repo_id!r} is not a local folder, so it would be downloaded"
+        " from the Hugging Face hub, but huggingface_hub is not installed."
+        " Install it with `pip install 'w2sg-jax[hub]'`, or pass a local folder"
+        f" holding {', '.join(REQUIRED_FILES)}."
+    ) from e
+  # The commit first (online: ask the hub), then the files of exactly that commit. Offline the
+  # local cache resolves the branch, and the snapshot's folder is named by its commit.
+  commit = revision if _is_commit(revision) else _hub_commit(hub, repo_id, revision)
+  try:
+    folder = Path(hub.snapshot_download(repo_id, revision=commit or revision or None,
+                                        allow_patterns=list(HUB_PATTERNS)))
+  except Exception as e:  # offline, unknown repo or revision, auth: all end the same way
+    at = f" at revision {revision!r}" if revision else ""
+    raise FileNotFoundError(
+        f"{repo_id!r} is not a local folder, and downloading it{at} from the"
+        f" Hugging Face hub failed ({type(e).__name__}: {e}). Check the hub id,"
+        " the revision (checkpoint_revision) and the network, or pass a local"
+        f" folder holding {', '.join(REQUIRED_FILES)}."
+    ) from e
+  if _is_commit(folder.name):  # The hub cache names each snapshot folder by its commit.
+    if commit is not None and folder.name != commit:
+      raise FileNotFoundError(
+          f"{repo_id!r}: asked for commit {commit}, but the hub cache returned snapshot {folder.name}."
+          " Delete that snapshot from the Hugging Face cache and run again."
+      )
+    commit = folder.name
+  if commit is None:
+    raise FileNotFoundError(
+        f"{repo_id!r} was fetched to {folder}, but its commit could not be determined (the hub was"
+        " unreachable and the folder is not a hub cache snapshot). Pin it: set the role's"
+        " checkpoint_revision to the full 40-character commit sha, or pass a local folder."
+    )
+  resolved = ResolvedCheckpoint(folder=folder, hub_id=repo_id, commit=commit)
+  _HUB_RESOLVED[key] = resolved
+  return resolved
+
+
+def resolve_checkpoint(path_or_id: str | Path, revision: str = "") -> ResolvedCheckpoint:
   """A local checkpoint folder for ``path_or_id``, downloading it if needed.
 
   A ``random:<family>?key=value&...`` string names a tiny random checkpoint,
   written once to a cache folder (see :mod:`w2sg_jax.models.random_checkpoint`).
+  A hub id is resolved to a commit once per process: ``revision`` (a branch,
+  tag or commit; ``""``: the default branch) as the hub has it now, or, offline,
+  as the local hub cache has it; the files are fetched at that commit.
 
   Raises:
     FileNotFoundError: the path is neither a local folder nor downloadable.
     ImportError: a hub id was given but ``huggingface_hub`` is not installed.
-    ValueError: an invalid ``random:`` spec.
+    ValueError: an invalid ``random:`` spec, or a ``revision`` for a local
+      folder or a ``random:`` spec (which have no revisions).
   """
+  revision = str(revision or "")
+  if random_checkpoint.is_random_spec(path_or_id) or Path(path_or_id).expanduser().exists():
+    if revision:
+      raise ValueError(
+          f"checkpoint_revision={revision!r} is set, but checkpoint {str(path_or_id)!r} is a local folder or a"
+          " random: spec, which have no revisions (their files are keyed by content). Set checkpoint_revision"
+          " to '' or name a hub id."
+      )
   if random_checkpoint.is_random_spec(path_or_id):
-    return random_checkpoint.materialize(path_or_id)
+    return ResolvedCheckpoint(random_checkpoint.materialize(path_or_id))
   path = Path(path_or_id).expanduser()
   if path.is_dir():
-    return path
+    return ResolvedCheckpoint(path)
   if path.exists():
     raise FileNotFoundError(
         f"{str(path_or_id)!r} is a file; pass the checkpoint folder that holds"
@@ -108,24 +198,62 @@ def resolve_checkpoint_dir(path_or_id: str | Path) -> Path:
         f"Checkpoint folder {str(path_or_id)!r} does not exist (and is not a"
         " Hugging Face hub id such as 'gpt2')."
     )
-  try:
-    from huggingface_hub import snapshot_download  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(
-        f"{str(path_or_id)!r} is not a local folder, so it would be downloaded"
-        " from the Hugging Face hub, but huggingface_hub is not installed."
-        " Install it with `pip install 'w2sg-jax[hub]'`, or pass a local folder"
-        f" holding {', '.join(REQUIRED_FILES)}."
-    ) from e
-  try:
-    return Path(snapshot_download(str(path_or_id), allow_patterns=list(HUB_PATTERNS)))
-  except Exception as e:  # offline, unknown repo, auth: all end the same way
-    raise FileNotFoundError(
-        f"{str(path_or_id)!r} is not a local folder, and downloading it from the"
-        f" Hugging Face hub failed ({type(e).__name__}: {e}). Check the hub id"
-        " and the network, or pass a local folder holding"
-        f" {', '.join(REQUIRED_FILES)}."
-    ) from e
+  return _resolve_hub(str(path_or_id), revision)
+
+
+def resolve_checkpoint_dir(path_or_id: str | Path, revision: str = "") -> Path:
+  """The local folder of :func:`resolve_checkpoint`."""
+  return resolve_checkpoint(path_or_id, revision).folder
+
+
+def weight_files(folder: str | Path) -> list[str]:
+  """The weight files the loader reads, relative to ``folder``.
+
+  ``model.safetensors`` when present; else ``model.safetensors.index.json``
+  and the shards its ``weight_map`` names, sorted.
+
+  Raises:
+    FileNotFoundError: neither exists, or the index names a missing shard.
+  """
+  folder = Path(folder)
+  single, index = folder / "model.safetensors", folder / WEIGHTS_INDEX
+  if single.is_file():
+    return ["model.safetensors"]
+  if not index.is_file():
+    raise FileNotFoundError(f"{folder} holds neither model.safetensors nor {WEIGHTS_INDEX}.")
+  shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+  missing = [s for s in shards if not (folder / s).is_file()]
+  if missing:
+    raise FileNotFoundError(f"{index} names shards that are not in {folder}: {missing}.")
+  return [WEIGHTS_INDEX, *shards]
+
+
+def checkpoint_files(folder: str | Path) -> list[str]:
+  """Every file :func:`load_pretrained` reads from ``folder``, relative to it: config, tokenizer, weights."""
+  return ["config.json", "tokenizer.json", *weight_files(folder)]
+
+
+def checkpoint_digest(folder: str | Path) -> str:
+  """SHA-256 over the names and contents of :func:`checkpoint_files` (each file hashed once per process).
+
+  Independent of the folder's path: a copy of the folder has the same digest.
+
+  Raises:
+    FileNotFoundError: a file the loader needs is missing.
+  """
+  return hashing.files_digest(folder, checkpoint_files(folder))
+
+
+def checkpoint_fingerprint(path_or_id: str | Path, revision: str = "") -> dict[str, str]:
+  """What a cache key holds of a checkpoint: ``{"sha256": content digest}``, plus ``hub_id`` and ``commit`` for a hub id.
+
+  The path of a local folder is left out, so a copy keys the same.
+  """
+  resolved = resolve_checkpoint(path_or_id, revision)
+  out = {"sha256": checkpoint_digest(resolved.folder)}
+  if resolved.hub_id:
+    out.update(hub_id=resolved.hub_id, commit=resolved.commit)
+  return out
 
 
 def load_tokenizer(folder: str | Path) -> Tokenizer:
@@ -185,16 +313,7 @@ class SafetensorsReader(Mapping[str, np.ndarray]):
     Raises:
       FileNotFoundError: neither exists, or the index names a missing shard.
     """
-    single, index = folder / "model.safetensors", folder / WEIGHTS_INDEX
-    if single.is_file():
-      return cls([single])
-    if not index.is_file():
-      raise FileNotFoundError(f"{folder} holds neither model.safetensors nor {WEIGHTS_INDEX}.")
-    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    missing = [s for s in shards if not (folder / s).is_file()]
-    if missing:
-      raise FileNotFoundError(f"{index} names shards that are not in {folder}: {missing}.")
-    return cls([folder / s for s in shards])
+    return cls([folder / name for name in weight_files(folder) if name != WEIGHTS_INDEX])
 
   def __getitem__(self, name: str) -> np.ndarray:
     path, dtype_name, shape, offset = self._entries[name]
@@ -291,6 +410,7 @@ def assign_hf_weights(
 def load_pretrained(
     path_or_id: str | Path,
     *,
+    revision: str = "",
     num_layers: int | None = None,
     dtype: Any = jnp.float32,
     param_dtype: Any = None,
@@ -303,6 +423,8 @@ def load_pretrained(
     path_or_id: a local folder with ``config.json``, ``tokenizer.json`` and
       ``model.safetensors`` (or ``model.safetensors.index.json`` and its
       shards); anything else is downloaded as a hub id.
+    revision: for a hub id, the branch, tag or commit to fetch (``""``: the
+      default branch, resolved to a commit once per process).
     num_layers: keep only the first k transformer layers (see
       :class:`~w2sg_jax.models.Bert` and :class:`~w2sg_jax.models.GPT2`).
     dtype: compute dtype.
@@ -327,7 +449,7 @@ def load_pretrained(
     FileNotFoundError: the folder lacks required files (all are named).
     ValueError: ``model_type`` is not supported, or the weights do not fit.
   """
-  folder = resolve_checkpoint_dir(path_or_id)
+  folder = resolve_checkpoint_dir(path_or_id, revision)
   has_weights = (folder / "model.safetensors").is_file() or (folder / WEIGHTS_INDEX).is_file()
   missing = [
       f for f in REQUIRED_FILES

@@ -6,6 +6,8 @@ built by ``config_lib.pretrained_model``, names:
 
 * ``checkpoint``: a local folder or hub id (``config.json``, safetensors,
   ``tokenizer.json``) of any family ``models.load_pretrained`` knows;
+* ``checkpoint_revision``: for a hub id, the branch, tag or commit to fetch
+  ('' = the default branch, resolved to its commit at first use);
 * ``num_layers`` (0 = all), ``dtype`` (the compute dtype), ``remat``;
 * ``finetune``: ``full``, ``top`` (with ``top_layers``), ``head``, or
   ``lora`` (adapters from the ``lora`` block on the frozen encoder, plus the
@@ -17,6 +19,10 @@ built by ``config_lib.pretrained_model``, names:
 names; a subclass adds its data (``_prepare_data``) and its head
 (``_head_model``). The helpers load each checkpoint's tokenizer and weights
 once per process, and tokenize once when both roles share a tokenizer.
+
+Every key holds each role's checkpoint by content (:func:`role_checkpoints`:
+the SHA-256 of every file the loader reads, and a hub id's commit), added to
+the data fingerprint, which every stage key and results.json's ``data`` hold.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,17 +60,58 @@ def dtype(name: str):
   return _DTYPES[name]
 
 
-@functools.lru_cache(maxsize=4)
-def checkpoint(path_or_id: str) -> tuple[str, Any, dict[str, Any]]:
-  """``(folder, tokenizer, config.json)`` of a checkpoint (downloaded once if a hub id)."""
-  folder = pretrained_lib.resolve_checkpoint_dir(path_or_id)
-  config_path = folder / "config.json"
-  if not config_path.is_file() or not (folder / "tokenizer.json").is_file():
+class Checkpoint(NamedTuple):
+  """A role's checkpoint as read: its local folder, tokenizer, ``config.json`` and content digest."""
+
+  folder: str
+  tokenizer: Any
+  hf_config: dict[str, Any]
+  sha256: str
+
+
+def checkpoint(path_or_id: str, revision: str = "") -> Checkpoint:
+  """The checkpoint ``path_or_id`` (a hub id resolved and downloaded once per process).
+
+  Read again when its files change (the cache below is keyed by their digest).
+
+  Raises:
+    FileNotFoundError: the folder lacks config.json, tokenizer.json or weights.
+  """
+  folder = pretrained_lib.resolve_checkpoint_dir(path_or_id, revision)
+  if not (folder / "config.json").is_file() or not (folder / "tokenizer.json").is_file():
     raise FileNotFoundError(
         f"Checkpoint {path_or_id!r} ({folder}) lacks config.json or tokenizer.json; it needs"
         f" {', '.join(pretrained_lib.REQUIRED_FILES)}."
     )
-  return str(folder), pretrained_lib.load_tokenizer(folder), json.loads(config_path.read_text())
+  return _read_checkpoint(str(folder), pretrained_lib.checkpoint_digest(folder))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_checkpoint(folder: str, sha256: str) -> Checkpoint:
+  with open(os.path.join(folder, "config.json")) as f:
+    config = json.load(f)
+  return Checkpoint(folder, pretrained_lib.load_tokenizer(folder), config, sha256)
+
+
+def checkpoint_revision(cfg: ml_collections.ConfigDict) -> str:
+  """The role's ``checkpoint_revision`` ('' when unset)."""
+  return str(cfg.get("checkpoint_revision", "") or "")
+
+
+def role_checkpoint(config: ml_collections.ConfigDict, role: str) -> Checkpoint:
+  """The checkpoint of ``config.<role>`` at its ``checkpoint_revision``."""
+  cfg = role_config(config, role)
+  return checkpoint(str(cfg.checkpoint), checkpoint_revision(cfg))
+
+
+def role_checkpoints(config: ml_collections.ConfigDict) -> dict[str, dict[str, str]]:
+  """``{role: checkpoint fingerprint}``: each role's files by content, and a hub id's commit.
+
+  See ``models.pretrained.checkpoint_fingerprint``; no local path enters it.
+  """
+  return {role: pretrained_lib.checkpoint_fingerprint(str(config[role].checkpoint),
+                                                      checkpoint_revision(config[role]))
+          for role in ROLES}
 
 
 def max_positions(hf_config: dict[str, Any]) -> int | None:
@@ -75,7 +122,7 @@ def max_positions(hf_config: dict[str, Any]) -> int | None:
 def check_max_length(config: ml_collections.ConfigDict, role: str) -> None:
   """Raises ValueError when ``data.max_length`` exceeds the role's checkpoint positions."""
   cfg = role_config(config, role)
-  limit = max_positions(checkpoint(str(cfg.checkpoint))[2])
+  limit = max_positions(role_checkpoint(config, role).hf_config)
   if limit is not None and int(config.data.max_length) > int(limit):
     raise ValueError(
         f"data.max_length={config.data.max_length} exceeds the {role} checkpoint's {limit} positions"
@@ -84,12 +131,14 @@ def check_max_length(config: ml_collections.ConfigDict, role: str) -> None:
 
 
 @functools.lru_cache(maxsize=2)
-def encoder_state(folder: str, layers: int | None, dtype_name: str):
-  """The pretrained encoder as ``(graphdef, host numpy state)``, loaded once per process.
+def encoder_state(folder: str, sha256: str, layers: int | None, dtype_name: str):
+  """The pretrained encoder as ``(graphdef, host numpy state)``, loaded once per process and content.
 
-  Every run builds a fresh module from the host copy, so no run can see
-  another's (donated or updated) device buffers.
+  ``sha256`` (the folder's ``checkpoint_digest``) keys the cache, so changed
+  files are read again. Every run builds a fresh module from the host copy,
+  so no run can see another's (donated or updated) device buffers.
   """
+  del sha256  # Only the cache key.
   module, _ = pretrained_lib.load_pretrained(folder, num_layers=layers, dtype=dtype(dtype_name))
   graphdef, state = nnx.split(module)
   return graphdef, jax.tree.map(np.asarray, state)
@@ -132,7 +181,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def role_tokenizers(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], dict[str, str]]:
   """``({role: tokenizer}, {role: tokenizer_fingerprint})`` of both roles' checkpoints."""
-  tokenizers = {role: checkpoint(str(config[role].checkpoint))[1] for role in ROLES}
+  tokenizers = {role: role_checkpoint(config, role).tokenizer for role in ROLES}
   return tokenizers, {role: tokenizer_fingerprint(t) for role, t in tokenizers.items()}
 
 
@@ -174,7 +223,8 @@ class PretrainedRolesTask(Task):
   def _data_key(self, config: ml_collections.ConfigDict, cache_dir: str) -> str:
     return store_lib.content_hash({
         "data": config.data.to_dict(),
-        "checkpoints": [str(config.weak.checkpoint), str(config.strong.checkpoint)],
+        "checkpoints": [[str(config[r].checkpoint), checkpoint_revision(config[r]), role_checkpoint(config, r).sha256]
+                        for r in ROLES],
         "cache_dir": os.path.abspath(cache_dir),
     })
 
@@ -189,7 +239,8 @@ class PretrainedRolesTask(Task):
     return self._prepare(config, cache_dir)["splits"]
 
   def fingerprint(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
-    return self._prepare(config, config.cache_dir)["fingerprint"]
+    """The data fingerprint plus ``checkpoints``: each role's checkpoint by content (and a hub id's commit)."""
+    return {**self._prepare(config, config.cache_dir)["fingerprint"], "checkpoints": role_checkpoints(config)}
 
   # -- models
   def _head_model(self, encoder: nnx.Module, config: ml_collections.ConfigDict, *, pooling: str | None,
@@ -199,7 +250,7 @@ class PretrainedRolesTask(Task):
 
   def make_model(self, role: str, config: ml_collections.ConfigDict):
     cfg = role_config(config, role)
-    folder = checkpoint(str(cfg.checkpoint))[0]
+    ckpt = role_checkpoint(config, role)
     check_max_length(config, role)
     layers, dtype_name = num_layers(cfg), str(cfg.get("dtype", "float32"))
     pooling = cfg.get("pooling", "") or None
@@ -208,7 +259,7 @@ class PretrainedRolesTask(Task):
     lora = lora_spec(cfg)
     remat = remat_lib.check_remat(str(cfg.get("remat", "none")))
     # Read the weights here, eagerly: the factory runs under jit/eval_shape traces.
-    graphdef, host_state = encoder_state(folder, layers, dtype_name)
+    graphdef, host_state = encoder_state(ckpt.folder, ckpt.sha256, layers, dtype_name)
 
     def factory(rngs: nnx.Rngs) -> nnx.Module:
       encoder = nnx.merge(graphdef, jax.tree.map(jnp.asarray, host_state))

