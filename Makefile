@@ -4,10 +4,26 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NAME ?= tweets_minilm
-WORKDIR ?= runs/$(NAME)
+VARIANT ?=
+WORKDIR ?=
 ARGS ?=
 # Simulated CPU devices for the data-parallel tests; harmless on GPU/TPU hosts.
 TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8
+
+# The values users pass (NAME, VARIANT, WORKDIR, ARGS, PYTEST_ARGS) reach the shell only through the
+# environment, raw ($(value X): make does not expand them), and the recipes quote them: no value is
+# pasted into a recipe's text, so a ';', backtick, $(...) or quote in one never runs. `unexport`
+# stops make from exporting (and so expanding) command-line variables itself. ARGS and PYTEST_ARGS
+# are split into words as a shell would split them, but never evaluated (scripts/with_args.py).
+unexport NAME VARIANT WORKDIR ARGS PYTEST_ARGS
+export W2SG_MAKE_NAME := $(value NAME)
+export W2SG_MAKE_VARIANT := $(value VARIANT)
+export W2SG_MAKE_WORKDIR := $(value WORKDIR)
+export W2SG_MAKE_ARGS := $(value ARGS)
+export W2SG_MAKE_PYTEST_ARGS := $(value PYTEST_ARGS)
+WITH_ARGS := "$(PYTHON)" scripts/with_args.py
+# Letters spelled out: a range such as A-Z can match other letters in some locales.
+WORD_CHARS := ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_
 
 .PHONY: setup test test-slow test-all experiment check-experiment bench clean
 
@@ -22,27 +38,42 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 test: $(STAMP)
-	XLA_FLAGS=$(TEST_XLA_FLAGS) $(PY) -m pytest -n 2 -m 'not slow' $(PYTEST_ARGS)
+	XLA_FLAGS=$(TEST_XLA_FLAGS) $(WITH_ARGS) W2SG_MAKE_PYTEST_ARGS "$(PY)" -m pytest -n 2 -m 'not slow'
 
 test-slow: $(STAMP)
-	XLA_FLAGS=$(TEST_XLA_FLAGS) $(PY) -m pytest -n 2 -m slow $(PYTEST_ARGS)
+	XLA_FLAGS=$(TEST_XLA_FLAGS) $(WITH_ARGS) W2SG_MAKE_PYTEST_ARGS "$(PY)" -m pytest -n 2 -m slow
 
 test-all: $(STAMP)
-	XLA_FLAGS=$(TEST_XLA_FLAGS) $(PY) -m pytest -n 2 $(PYTEST_ARGS)
+	XLA_FLAGS=$(TEST_XLA_FLAGS) $(WITH_ARGS) W2SG_MAKE_PYTEST_ARGS "$(PY)" -m pytest -n 2
 
-# The name is checked before anything else runs: a missing experiment lists the ones there are.
+# make experiment NAME=<name> [VARIANT=<variant>] [WORKDIR=<dir>] [ARGS='--config.KEY=VALUE ...']
+# runs experiments/NAME.py[:VARIANT] into WORKDIR (default runs/NAME). A --config=... in ARGS
+# replaces the one NAME and VARIANT give (the last --config wins), so ARGS may name a variant and
+# override keys together. NAME and VARIANT are checked before anything else runs: only letters,
+# digits and '_'; a missing experiment lists the ones there are. W2SG_MAKE_EXPERIMENT tells the
+# run to print this make command (not the python one) as the way to resume it after Ctrl-C.
 experiment: check-experiment $(STAMP)
-	$(PY) -m w2sg_jax.main --config=experiments/$(NAME).py --workdir=$(WORKDIR) $(ARGS)
+	@workdir="$${W2SG_MAKE_WORKDIR:-runs/$$W2SG_MAKE_NAME}"; \
+	config="experiments/$$W2SG_MAKE_NAME.py$${W2SG_MAKE_VARIANT:+:$$W2SG_MAKE_VARIANT}"; \
+	W2SG_MAKE_EXPERIMENT=1 exec $(WITH_ARGS) --echo W2SG_MAKE_ARGS "$(PY)" -m w2sg_jax.main \
+	  "--config=$$config" "--workdir=$$workdir"
 
 check-experiment:
-	@test -f experiments/$(NAME).py || { \
-	  echo "error: no experiment named '$(NAME)' (experiments/$(NAME).py does not exist)." >&2; \
+	@case "$$W2SG_MAKE_NAME" in ''|*[!$(WORD_CHARS)]*) \
+	  printf "error: NAME='%s' is not an experiment's name: letters, digits and '_' only, as in NAME=tweets_minilm.\n" "$$W2SG_MAKE_NAME" >&2; \
 	  echo "The experiments are: $$(ls experiments | sed -n 's/^\([^_].*\)\.py$$/\1/p' | tr '\n' ' ')" >&2; \
-	  echo "Run one with: make experiment NAME=<name> [ARGS='--config.KEY=VALUE ...']" >&2; \
+	  exit 2;; esac; \
+	case "$$W2SG_MAKE_VARIANT" in *[!$(WORD_CHARS)]*) \
+	  printf "error: VARIANT='%s' is not a variant's name: letters, digits and '_' only, as in VARIANT=smoke.\n" "$$W2SG_MAKE_VARIANT" >&2; \
+	  exit 2;; esac; \
+	test -f "experiments/$$W2SG_MAKE_NAME.py" || { \
+	  echo "error: no experiment named '$$W2SG_MAKE_NAME' (experiments/$$W2SG_MAKE_NAME.py does not exist)." >&2; \
+	  echo "The experiments are: $$(ls experiments | sed -n 's/^\([^_].*\)\.py$$/\1/p' | tr '\n' ' ')" >&2; \
+	  echo "Run one with: make experiment NAME=<name> [VARIANT=<variant>] [ARGS='--config.KEY=VALUE ...']" >&2; \
 	  exit 2; }
 
 bench: $(STAMP)
-	$(PY) -m w2sg_jax.bench --outdir=runs/bench $(ARGS)
+	$(WITH_ARGS) W2SG_MAKE_ARGS "$(PY)" -m w2sg_jax.bench --outdir=runs/bench
 
 clean:
 	rm -rf runs .pytest_cache

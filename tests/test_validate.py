@@ -256,3 +256,81 @@ def test_pipeline_validates_before_any_compute(tmp_path, monkeypatch):
   with pytest.raises(validate.ConfigError, match="student.train.batch_size=0"):
     pipeline.Pipeline(config, str(tmp_path / "run"), tasks.get("synthetic")).run()
   assert not (tmp_path / "cache" / "weak").exists() and not (tmp_path / "run").exists()
+
+
+# -------------------------------------------- issue 18: accum_steps, seeds, one problem each
+
+
+@pytest.mark.parametrize("overrides,key,who,steps", [
+    ({"weak.train.optimizer.accum_steps": 1000}, "weak.train.optimizer.accum_steps=1000", "the weak model", 64),
+    ({"student.train.optimizer.accum_steps": 1000}, "student.train.optimizer.accum_steps=1000",
+     "the students and the ceiling", 64),
+    # On weak_train (1024 rows) the ceiling has 32 steps and the students 64: only the ceiling cannot update.
+    ({"ceiling.split": "weak_train", "student.train.optimizer.accum_steps": 48},
+     "student.train.optimizer.accum_steps=48", "the ceiling", 32),
+    # A holdout shrinks the split the steps are counted on: (2048 - 1024) x 2 / 64 = 32.
+    ({"student.train.select.metric": "auroc", "student.train.select.holdout": 1024,
+      "student.train.optimizer.accum_steps": 48}, "student.train.optimizer.accum_steps=48",
+     "the students and the ceiling", 32),
+])
+def test_accum_steps_larger_than_the_run_is_one_problem_naming_the_block(overrides, key, who, steps):
+  overrides = dict(overrides)
+  ceiling_split = overrides.pop("ceiling.split", None)
+  config = _config(**overrides)
+  if ceiling_split:  # The synthetic config has no ceiling block (the default split is w2s_train).
+    with config.unlocked():
+      config.ceiling = ml_collections.ConfigDict({"split": ceiling_split})
+  problems = _problems(config)
+  assert len(problems) == 1, problems
+  assert problems[0].startswith(key) and f"the {steps} steps of {who}" in problems[0]
+  assert f"accum_steps <= {steps}" in problems[0]
+
+
+def test_accum_steps_up_to_the_step_count_is_fine():
+  validate.check_config(_config(**{"weak.train.optimizer.accum_steps": 64,
+                                   "student.train.optimizer.accum_steps": 64}), num_devices=8)
+
+
+def test_accum_steps_beyond_the_run_is_refused_before_any_compute(tmp_path, monkeypatch):
+  monkeypatch.setattr(engines, "train_runs", lambda *a, **k: pytest.fail("training started"))
+  config = _config(**{"student.train.optimizer.accum_steps": 1000, "cache_dir": str(tmp_path / "cache")})
+  with pytest.raises(validate.ConfigError, match="student.train.optimizer.accum_steps=1000"):
+    pipeline.Pipeline(config, str(tmp_path / "run"), tasks.get("synthetic")).run()
+  assert not (tmp_path / "cache" / "weak").exists()
+
+
+@pytest.mark.parametrize("key", ["seed", "data.data_seed", "data.split_seed", "student.noise.seed"])
+def test_a_negative_seed_is_named(key):
+  problems = _problems(_config(**{key: -1}))
+  assert problems == [f"{key}=-1: a seed must be a non-negative integer; e.g. --config.{key}=0."]
+
+
+def test_every_seed_key_of_every_shipped_config_is_checked():
+  keys = set()
+  for name, variant in SHIPPED:
+    keys |= set(validate.seed_keys(_config(name, variant)))
+  assert {"seed", "data.data_seed", "data.split_seed", "data.order_seed", "student.noise.seed"} <= keys
+  assert not any(k.endswith("per_seed") for k in keys)
+
+
+def test_seed_too_large_for_a_jax_key():
+  problems = _problems(_config(seed=2**32 - 2))  # The students' seeds would pass 2**32 - 1.
+  assert len(problems) == 1 and problems[0].startswith("seed=4294967294: a seed must be at most 4294967293")
+  assert _problems(_config(**{"student.noise.seed": 2**32}))[0].startswith("student.noise.seed=4294967296")
+
+
+def test_a_negative_noise_seed_is_refused_before_any_compute(tmp_path, monkeypatch):
+  monkeypatch.setattr(engines, "train_runs", lambda *a, **k: pytest.fail("training started"))
+  config = _config(**{"student.noise.seed": -1, "cache_dir": str(tmp_path / "cache")})
+  with pytest.raises(validate.ConfigError, match="student.noise.seed=-1"):
+    pipeline.Pipeline(config, str(tmp_path / "run"), tasks.get("synthetic")).run()
+  assert not (tmp_path / "cache" / "weak").exists()
+
+
+@pytest.mark.parametrize("holdout", [None, 0, 100])
+def test_a_select_metric_in_the_wrong_case_is_the_only_problem(holdout):
+  overrides = {"student.train.select.metric": "AUROC"}
+  if holdout is not None:
+    overrides["student.train.select.holdout"] = holdout
+  assert _problems(_config(**overrides)) == [
+      "student.train.select.metric='AUROC': unknown metric; use one of: last, auroc, accuracy."]

@@ -32,6 +32,20 @@ _DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of an error inste
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _use_compilation_cache(path: str) -> None:
+  """Points JAX's persistent compilation cache at ``path``, also in a process that used another.
+
+  JAX sets its cache up once, at the first compile after a directory is set,
+  and then silently keeps it: without the reset, a second `run` in one process
+  (a notebook, a test) would write its programs into the first run's cache_dir.
+  """
+  from jax.experimental.compilation_cache import compilation_cache
+
+  if jax.config.jax_compilation_cache_dir != path:
+    jax.config.update("jax_compilation_cache_dir", path)
+    compilation_cache.reset_cache()
+
+
 def run(config, workdir: str) -> dict:
   from w2sg_jax import distributed, tasks
   from w2sg_jax.pipeline import Pipeline
@@ -39,7 +53,7 @@ def run(config, workdir: str) -> dict:
   distributed.maybe_initialize()
   # A sweep compiles one step per run; the persistent cache makes every
   # compilation after the first (and every rerun) a disk read.
-  jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(config.cache_dir), "xla"))
+  _use_compilation_cache(os.path.join(os.path.abspath(config.cache_dir), "xla"))
   # `runner` picks what runs the config: the W2SG pipeline (default) or the
   # theory lab (experiments/tweets_theory.py), which reuses the pipeline's stages.
   runner = str(config.get("runner", "pipeline"))
@@ -116,17 +130,90 @@ def check_arguments(argv) -> None:
     return  # absl reports the missing required flag itself.
   path = spec.partition(":")[0]
   if not os.path.isfile(path):
-    folder = os.path.dirname(path) or "."
-    names = experiment_names(folder if os.path.isdir(folder) else "experiments")
-    listing = ", ".join(names) if names else "(none found)"
+    folder = path if os.path.isdir(path) else (os.path.dirname(path) or ".")
+    names = experiment_names(folder) if os.path.isdir(folder) else []
+    if not names:
+      folder, names = "experiments", experiment_names("experiments")
+    listing, folder = ", ".join(names) if names else "(none found)", os.path.normpath(folder)
+    what = " (a folder, not an experiment file)" if os.path.isdir(path) else ""
     raise ExperimentNotFoundError(
-        f"no experiment config at {path!r}. The experiments are: {listing}. Run one with "
-        f"make experiment NAME=<name>, or --config=experiments/<name>.py[:variant]."
+        f"no experiment config at {path!r}{what}. The experiments in {folder}/ are: {listing}. Run one with "
+        f"make experiment NAME=<name>, or --config={folder}/<name>.py[:variant]."
     )
   config = config_lib.load_config(spec)
   for key in keys:
     if not validate.has_key(config, key):
       raise validate.UnknownKeyError(key, config, where=spec)
+  check_override_values(config, argv)
+
+
+def _config_overrides(argv) -> list[tuple[str, str | None]]:
+  """``[(key, raw value)]`` of each ``--config.KEY=VALUE`` or ``--config.KEY VALUE``; None for a bare flag."""
+  out = []
+  args = list(argv[1:])
+  for i, arg in enumerate(args):
+    if arg == "--":
+      break
+    name, eq, value = arg.partition("=")
+    if name.startswith("--config."):
+      nxt = args[i + 1] if i + 1 < len(args) else None
+      out.append((name[len("--config."):], value if eq else (None if nxt is None or nxt.startswith("--") else nxt)))
+  return out
+
+
+def check_override_values(config, argv) -> None:
+  """Parses each ``--config.KEY=VALUE`` as config_flags will, by the type of the key's current value.
+
+  absl would fail on a bad one with a two-line message and exit 1; this raises
+  `validate.ConfigError` (exit 2), one line per bad value, naming the key and
+  the type expected.
+  """
+  from absl import flags as absl_flags
+  from ml_collections.config_flags import tuple_parser
+
+  from w2sg_jax import validate
+
+  # config_flags' own table (`_FIELD_TYPE_TO_PARSER`): the parser is picked by the current value's type.
+  parsers = {float: (absl_flags.FloatParser(), "a number"),
+             int: (absl_flags.IntegerParser(), "an integer"),
+             bool: (absl_flags.BooleanParser(), "true or false"),
+             tuple: (tuple_parser.TupleParser(), "a tuple, quoted, e.g. --config.KEY=\"('a', 'b')\" or \"(0.0, 0.2)\"")}
+  problems = []
+  for key, raw in _config_overrides(argv):
+    parent, _, leaf = key.rpartition(".")
+    holder = validate.lookup(config, parent) if parent else config
+    current = holder[leaf]
+    kind = holder.get_type(leaf) if hasattr(holder, "get_type") else type(current)
+    if kind not in parsers or raw is None:
+      continue  # A string takes any text; a bare --config.KEY is a boolean (absl checks that itself).
+    parser, want = parsers[kind]
+    try:
+      parser.parse(raw)
+    except (ValueError, TypeError) as e:
+      detail = f" ({e})" if kind is tuple else ""
+      problems.append(f"--config.{key}={raw!r}: {key} takes {want.replace('KEY', key)}, like its current value "
+                      f"{current!r}{detail}.")
+  if problems:
+    raise validate.ConfigError(problems)
+
+
+def last_config_only(argv) -> list[str]:
+  """``argv`` with only its last ``--config``: a later one replaces an earlier one, as for any flag.
+
+  config_flags itself fails on a second ``--config`` with every ``--config.KEY``
+  "defined twice"; ``make experiment NAME=x ARGS='--config=experiments/x.py:smoke
+  --config.seeds=3'`` passes two.
+  """
+  argv, spans = list(argv), []
+  i = 1
+  while i < len(argv) and argv[i] != "--":
+    width = 2 if argv[i] == "--config" else 1 if argv[i].startswith("--config=") else 0
+    if width:
+      spans.append((i, width))
+    i += max(width, 1)
+  for start, width in reversed(spans[:-1]):
+    del argv[start:start + width]
+  return argv
 
 
 def _cache_dir_of_run() -> str | None:
@@ -162,7 +249,22 @@ def kept_summary(cache_dir: str | None) -> str:
 
 
 def resume_command(argv) -> str:
-  return shlex.join(["python", "-m", "w2sg_jax.main", *argv[1:]])
+  """The command that resumes this run when pasted into a fresh shell.
+
+  ``cd`` to this folder, then the ``make experiment`` line that started the run
+  (the Makefile sets W2SG_MAKE_EXPERIMENT and exports its variables as
+  W2SG_MAKE_*), or this interpreter by its own path: a bare ``python`` is often
+  not the one with this project's packages.
+  """
+  here = f"cd {shlex.quote(os.getcwd())} && "
+  if os.environ.get("W2SG_MAKE_EXPERIMENT") == "1":
+    words = ["make", "experiment"]
+    for var in ("NAME", "VARIANT", "WORKDIR", "ARGS"):
+      value = os.environ.get(f"W2SG_MAKE_{var}", "")
+      if value:
+        words.append(f"{var}={value}")
+    return here + shlex.join(words)
+  return here + shlex.join([sys.executable, "-m", "w2sg_jax.main", *argv[1:]])
 
 
 def explain(exc: BaseException, argv) -> tuple[str, int] | None:
@@ -173,6 +275,7 @@ def explain(exc: BaseException, argv) -> tuple[str, int] | None:
   from w2sg_jax import cache as cache_lib
   from w2sg_jax import train as train_lib
   from w2sg_jax import validate
+  from w2sg_jax.data import prepared as prepared_lib
   from w2sg_jax.labels import store as store_lib
 
   debug = "(Rerun with --debug or W2SG_DEBUG=1 to see the traceback.)"
@@ -189,6 +292,8 @@ def explain(exc: BaseException, argv) -> tuple[str, int] | None:
     return f"error: invalid config: {exc}\nFix it {where}; nothing was trained.\n{debug}", 2
   if isinstance(exc, cache_lib.CorruptEntryError):
     return f"error: a cached artifact is corrupt: {exc}\n{debug}", 1
+  if isinstance(exc, prepared_lib.PreparedDataError):
+    return f"error: {exc}\n{debug}", 1
   if isinstance(exc, store_lib.StoreMismatchError):
     return (f"error: a weak-label store does not match this run: {exc}\nDelete the store folder it names and rerun "
             f"the same command; the store is recomputed.\n{debug}"), 1
@@ -197,8 +302,9 @@ def explain(exc: BaseException, argv) -> tuple[str, int] | None:
             "learning rate (student.train.optimizer.learning_rate), or set grad_clip, then rerun the same command: "
             f"only the unfinished runs train.\n{debug}"), 1
   if isinstance(exc, PermissionError):
-    return (f"error: permission denied: {exc.filename or exc}. Choose a folder you can write to (--workdir, "
-            f"--config.cache_dir) or fix its permissions.\n{debug}"), 1
+    return (f"error: {(exc.strerror or 'permission denied').lower()}: {exc.filename or exc}. Choose a folder you can "
+            f"read and write (--workdir, --config.cache_dir) or ask its owner to fix its permissions; nothing was "
+            f"deleted.\n{debug}"), 1
   if isinstance(exc, (FileExistsError, NotADirectoryError)):
     return (f"error: {exc.strerror or exc}: {exc.filename}. A file stands where a folder is needed; choose another "
             f"--workdir or --config.cache_dir, or move the file away.\n{debug}"), 1
@@ -221,7 +327,7 @@ def explain(exc: BaseException, argv) -> tuple[str, int] | None:
 
 def cli(argv=None) -> None:
   """``python -m w2sg_jax.main``: `main` inside the error boundary."""
-  argv = list(sys.argv if argv is None else argv)
+  argv = last_config_only(sys.argv if argv is None else argv)
   try:
     check_arguments(argv)
     app.run(main, argv=argv)

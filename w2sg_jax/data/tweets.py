@@ -66,6 +66,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from w2sg_jax.data import prepared
+
 __all__ = [
     "EmpythyTweets",
     "TASKS",
@@ -389,20 +391,24 @@ def load_tweets(
     ``{"id": [N] object (str), "text": [N] object (str), "label": [N] int32,
     "confidence": [N] float32 (NaN = unknown)}`` in the cleaned CSV order.
   """
-  src = tweets_source(task, data_dir, csv_path)
+  folder = prepared.version_folder(EmpythyTweets, task, data_dir) if data_dir is not None else None
+  was_prepared = folder is not None and os.path.isdir(folder)
+  try:
+    src = tweets_source(task, data_dir, csv_path)
+  except prepared.METADATA_ERRORS as exc:  # The CSV is no JSON: a prepared metadata file is damaged.
+    if not was_prepared:
+      raise
+    raise prepared.damaged(folder, f"{type(exc).__name__}: {exc}") from exc
   n = len(src)
   ids = np.empty(n, dtype=object)
   texts = np.empty(n, dtype=object)
   labels = np.empty(n, dtype=np.int32)
   confidence = np.empty(n, dtype=np.float32)
-  step = 4096
-  for start in range(0, n, step):
-    batch = src.__getitems__(range(start, min(n, start + step)))
-    for j, ex in enumerate(batch, start):
-      ids[j] = ex["id"].decode("utf-8")
-      texts[j] = ex["text"].decode("utf-8")
-      labels[j] = ex["label"]
-      confidence[j] = ex["confidence"]
+  for j, ex in prepared.records(src, step=4096):
+    ids[j] = ex["id"].decode("utf-8")
+    texts[j] = ex["text"].decode("utf-8")
+    labels[j] = ex["label"]
+    confidence[j] = ex["confidence"]
   return {"id": ids, "text": texts, "label": labels, "confidence": confidence}
 
 
