@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from w2sg_jax import config_lib, engines, pipeline, tasks
+from w2sg_jax import workdir as workdir_lib
 from w2sg_jax.labels import store as store_lib
 from w2sg_jax.labels import stream as stream_lib
 
@@ -192,6 +193,7 @@ def test_cli_rejects_an_unknown_config_key(tmp_path):
   assert "lerning_rate" in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_override_changes_the_run(tmp_path):
   proc = _main("--config=experiments/synthetic.py:smoke", f"--workdir={tmp_path / 'w'}", "--config.seeds=1",
                "--config.student.losses=('xent',)", "--config.student.noise.rates=(0.0,)",
@@ -200,3 +202,123 @@ def test_cli_override_changes_the_run(tmp_path):
   results = json.loads((tmp_path / "w" / "results.json").read_text())
   assert [(r["loss"], r["noise"]) for r in results["runs"]] == [("xent", 0.0)]
   assert "| loss |" in proc.stdout
+
+
+# ------------------------------------------- a workdir shows only its config's results
+
+
+def _staged(workdir):
+  return [n for n in os.listdir(workdir) if n.startswith(".pending")]
+
+
+def _saved_hash(workdir):
+  return workdir_lib.config_hash(json.loads((workdir / "config.json").read_text()))
+
+
+def test_results_carry_the_hash_of_the_config_that_produced_them(synthetic_run):
+  tmp, results = synthetic_run
+  workdir = tmp / "run"
+  saved = json.loads((workdir / "results.json").read_text())
+  config = _config()
+  with config.unlocked():
+    config.cache_dir = str(tmp / "cache")
+  assert saved["config_hash"] == results["config_hash"] == _saved_hash(workdir) == workdir_lib.config_hash(config)
+  assert json.loads((workdir / "config.json").read_text()) == json.loads(json.dumps(config.to_dict()))
+  assert not (workdir / workdir_lib.MARKER).exists() and not _staged(workdir)
+  # Another config gives another hash.
+  assert workdir_lib.config_hash(_config(seeds=3)) != workdir_lib.config_hash(_config())
+
+
+def test_a_rerun_that_stops_leaves_the_finished_outputs_marked(synthetic_run, monkeypatch):
+  """Issue 18, item 4: a rerun with seeds=3 and another learning rate fails, or is interrupted, once started."""
+  tmp, _ = synthetic_run
+  workdir = tmp / "rerun"
+  _run(tmp, _config(), workdir="rerun")  # Every stage is in the cache: only the report is written.
+  before = {f: (workdir / f).read_bytes() for f in ("config.json", "results.json", "summary.csv")}
+  summary_before = (workdir / "summary.md").read_text()
+  rerun = _config(seeds=3, **{"student.train.optimizer.learning_rate": 1e-3})
+
+  for stop, said in ((RuntimeError("no space left on device"), "failed (RuntimeError: no space left on device)"),
+                     (KeyboardInterrupt(), "was interrupted (Ctrl-C)")):
+    def stop_training(*args, stop=stop, **kwargs):
+      raise stop
+
+    monkeypatch.setattr(engines, "train_runs", stop_training)
+    with pytest.raises(type(stop)):
+      _run(tmp, rerun, workdir="rerun")
+    # The finished run's files are untouched and still agree with each other...
+    assert {f: (workdir / f).read_bytes() for f in before} == before, said
+    assert json.loads(before["config.json"])["seeds"] == 2
+    assert json.loads(before["results.json"])["config_hash"] == _saved_hash(workdir)
+    # ...and the workdir says plainly that the latest run did not finish, and what it changed.
+    marker = (workdir / workdir_lib.MARKER).read_text()
+    assert said in marker
+    assert "seeds 2 -> 3" in marker and "student.train.optimizer.learning_rate 0.003 -> 0.001" in marker
+    assert "previous finished run, whose config is config.json" in marker
+    summary = (workdir / "summary.md").read_text()
+    assert "Not from the latest run" in summary.split("\n\n")[0] and said in summary
+    assert summary.endswith(summary_before) and summary.count("Not from the latest run") == 1
+    assert not _staged(workdir)
+
+  # A rerun that finishes replaces every output together and removes the marks.
+  monkeypatch.undo()
+  done = _run(tmp, _config(**{"report.min_gap": 0.01}), workdir="rerun")  # Nothing to train: only the report.
+  assert not (workdir / workdir_lib.MARKER).exists()
+  assert json.loads((workdir / "config.json").read_text())["report"]["min_gap"] == 0.01
+  saved = json.loads((workdir / "results.json").read_text())
+  assert saved["config_hash"] == done["config_hash"] == _saved_hash(workdir)
+  assert "Not from the latest run" not in (workdir / "summary.md").read_text()
+
+
+def test_a_first_run_that_stops_leaves_no_results(tmp_path, monkeypatch):
+  def fail(*args, **kwargs):
+    raise RuntimeError("the weak model failed")
+
+  monkeypatch.setattr(engines, "train_runs", fail)
+  with pytest.raises(RuntimeError):
+    _run(tmp_path, _config())
+  workdir = tmp_path / "run"
+  assert sorted(os.listdir(workdir)) == [workdir_lib.MARKER]
+  assert "No run has finished in this workdir yet" in (workdir / workdir_lib.MARKER).read_text()
+
+
+def test_the_theory_runner_writes_its_outputs_the_same_way(tmp_path, monkeypatch):
+  from w2sg_jax import stages as stages_lib
+  from w2sg_jax import theory
+
+  def fail(self, data):
+    raise RuntimeError("the weak stage failed")
+
+  monkeypatch.setattr(stages_lib.Stages, "weak", fail)
+  config = _config("tweets_theory", "synthetic", cache_dir=str(tmp_path / "cache"),
+                   **{"student.losses": ("xent", "tv"), "theory.losses": ("kl", "tv")})
+  with pytest.raises(RuntimeError):
+    theory.run(config, str(tmp_path / "run"))
+  assert sorted(os.listdir(tmp_path / "run")) == [workdir_lib.MARKER]  # No config.json without its theory.json.
+
+
+def test_outputs_commit_moves_the_staged_report_in_with_config_and_results(tmp_path):
+  out = workdir_lib.Outputs(str(tmp_path), {"seeds": 2, "rates": (0.0, 0.2)})
+  with out:
+    assert (tmp_path / workdir_lib.MARKER).exists() and not (tmp_path / "config.json").exists()
+    staging = tmp_path / os.path.basename(out.staging)
+    (staging / "figs").mkdir()
+    (staging / "figs" / "a.png").write_text("png")
+    assert out.final_path(str(staging / "figs" / "a.png")) == str(tmp_path / "figs" / "a.png")
+    results = out.commit("results.json", {"accuracy": 0.9})
+  assert sorted(os.listdir(tmp_path)) == ["config.json", "figs", "results.json"]
+  assert (tmp_path / "figs" / "a.png").read_text() == "png"
+  assert json.loads((tmp_path / "config.json").read_text()) == {"seeds": 2, "rates": [0.0, 0.2]}
+  assert results["config_hash"] == json.loads((tmp_path / "results.json").read_text())["config_hash"]
+  assert results["config_hash"] == workdir_lib.config_hash({"rates": [0.0, 0.2], "seeds": 2})
+
+
+def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(tmp_path):
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+  leftover = tmp_path / f".pending-{int(dead.stdout)}"
+  leftover.mkdir()
+  (leftover / "summary.md").write_text("half a report")
+  with workdir_lib.Outputs(str(tmp_path), {"seeds": 1}) as out:
+    assert not leftover.exists()
+    out.commit("results.json", {})
+  assert sorted(os.listdir(tmp_path)) == ["config.json", "results.json"]

@@ -7,12 +7,13 @@ Every artifact lives in the shared cache (``config.cache_dir``) under a key of
 everything that produced it, so a rerun costs only what changed, two runs on
 one cache wait for each other instead of racing, and an interrupted sweep
 loses at most the group it was training. The workdir gets ``config.json``,
-``results.json`` and the report.
+``results.json`` (with the config's ``config_hash``) and the report, together
+at the end; an unfinished run leaves an ``INCOMPLETE`` file instead of
+outputs that disagree with their config (`w2sg_jax.workdir`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import warnings
@@ -21,33 +22,17 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
 from w2sg_jax import cache as cache_lib
 from w2sg_jax import metrics as metrics_lib
 from w2sg_jax import report as report_lib
 from w2sg_jax import stages as stages_lib
 from w2sg_jax import validate as validate_lib
+from w2sg_jax import workdir as workdir_lib
 from w2sg_jax.data.task import Task
 from w2sg_jax.log import log
 
-
-def write_json(path: str, obj: Any) -> None:
-  """Atomic JSON write by process 0 (every process computes the same result)."""
-  if jax.process_index() != 0:
-    return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=_json_default)
-  os.replace(tmp, path)  # A kill never leaves half a file.
-
-
-def _json_default(x):
-  if isinstance(x, (np.floating, np.integer)):
-    return x.item()
-  if isinstance(x, np.ndarray):
-    return x.tolist()
-  raise TypeError(f"not JSON serialisable: {type(x)}")
+write_json = workdir_lib.write_json  # Its old home; callers may still import it from here.
 
 
 class Pipeline:
@@ -60,6 +45,7 @@ class Pipeline:
     self.cache = cache_lib.Cache(os.path.abspath(config.cache_dir))
     self.stages = stages_lib.Stages(config, task, self.cache)
     self.timings: dict[str, float] = {}
+    self.outputs = workdir_lib.Outputs(self.workdir, config)
 
   def validate(self) -> None:
     """Checks the whole config and the workdir before any compute (`validate.ConfigError` lists each problem)."""
@@ -69,19 +55,20 @@ class Pipeline:
   def run(self) -> dict[str, Any]:
     t_start = time.perf_counter()
     self.validate()
-    os.makedirs(self.workdir, exist_ok=True)
-    self.cache.clean_orphans()
-    write_json(os.path.join(self.workdir, "config.json"), self.config.to_dict())
-    data = self._stage("data", self.stages.data)
-    weak = self._stage("weak", lambda: self.stages.weak(data))
-    ceiling = self._stage("ceiling", lambda: self.stages.ceiling(data))
-    students = self._stage("students", lambda: self.stages.students(data, weak))
-    results = self._stage("report", lambda: self.report(weak, ceiling, students))
-    results["data"] = data.fingerprint
-    results["cache"] = {"computed": [f"{e.stage}/{e.key[:cache_lib.KEY_CHARS]}" for e in self.cache.computed()]}
-    results["timings_s"] = {**self.timings, "total": time.perf_counter() - t_start}
-    write_json(os.path.join(self.workdir, "results.json"), results)
-    return results
+    self.outputs = workdir_lib.Outputs(self.workdir, self.config)  # Started now; one per run.
+    with self.outputs:  # config.json, results.json and the report are written together, at the end.
+      self.cache.clean_orphans()
+      data = self._stage("data", self.stages.data)
+      weak = self._stage("weak", lambda: self.stages.weak(data))
+      ceiling = self._stage("ceiling", lambda: self.stages.ceiling(data))
+      students = self._stage("students", lambda: self.stages.students(data, weak))
+      results = self._stage("report", lambda: self.report(weak, ceiling, students))
+      results["data"] = data.fingerprint
+      results["cache"] = {"computed": [f"{e.stage}/{e.key[:cache_lib.KEY_CHARS]}" for e in self.cache.computed()]}
+      results["timings_s"] = {**self.timings, "total": time.perf_counter() - t_start}
+      results["profile"] = self.stages.profile.as_dict()  # The parts of each stage (stages.Profile).
+      log.info("profile: %s", self.stages.profile.line())
+      return self.outputs.commit("results.json", results)
 
   def _stage(self, name: str, fn: Callable[[], Any]) -> Any:
     t0 = time.perf_counter()
@@ -107,7 +94,8 @@ class Pipeline:
       row["pgr"] = (float(metrics_lib.pgr(r.test_accuracy, weak.test_accuracy, ceiling.test_accuracy))
                     if pgr_status["defined"] else None)
       runs.append(row)
-    with warnings.catch_warnings():
+    profile = self.stages.profile
+    with warnings.catch_warnings(), profile.stage("report"), profile.part("summary"):  # The bootstraps.
       warnings.filterwarnings("ignore", message="PGR is undefined", category=RuntimeWarning)  # Logged below.
       summary = metrics_lib.summarize_runs(
           [{**row, "test_correct": r.test_correct} for row, r in zip(runs, students.runs)],
@@ -127,7 +115,9 @@ class Pipeline:
     }
     paths = {}
     if jax.process_index() == 0:  # One process writes the shared workdir.
-      paths = report_lib.write_report(results, self.workdir, title=self.config.name)
+      with profile.stage("report"), profile.part("tables_and_plots"):
+        staged = report_lib.write_report(results, self.outputs.staging, title=self.config.name)
+      paths = {k: self.outputs.final_path(v) for k, v in staged.items()}
     print(report_lib.markdown_table(summary), flush=True)
     if not pgr_status["defined"]:
       log.warning("%s", pgr_status["reason"])

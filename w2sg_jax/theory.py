@@ -428,8 +428,8 @@ def misfit_gain_section(students: stages_lib.StudentRuns, weak: stages_lib.WeakR
     rows.append({
         "loss": run.loss, "noise": float(run.noise), "seed": int(run.seed),
         "misfit_own": misfit(own, weak_probs, logits, **own_hp),
-        "misfit_kl": misfit("kl", weak_probs, logits),
-        "misfit_tv": misfit("tv", weak_probs, logits),
+        "misfit_kl": run.misfit_kl,  # The student stage's, against the same weak labels (stages.run_metrics).
+        "misfit_tv": run.misfit_tv,
         "gain_accuracy": float(run.test_accuracy - weak_acc),
         "gain_own": gain_own(own, weak_probs, logits, labels, **own_hp),
     })
@@ -1071,16 +1071,23 @@ def _validate(config) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs the theory lab of ``config`` into ``workdir``: theory.json, theory.md and the figures."""
-  from w2sg_jax import pipeline as pipeline_lib
+  """Runs the theory lab of ``config`` into ``workdir``: theory.json, theory.md and the figures.
+
+  They are written with ``config.json`` at the end, as the pipeline's are (`w2sg_jax.workdir`).
+  """
+  from w2sg_jax import workdir as workdir_lib
+
+  _validate(config)
+  with workdir_lib.Outputs(workdir, config) as outputs:
+    return _run(config, outputs)
+
+
+def _run(config: ml_collections.ConfigDict, outputs) -> dict[str, Any]:
   from w2sg_jax import tasks
 
   t_start = time.perf_counter()
   timings: dict[str, float] = {}
-  _validate(config)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  pipeline_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  staging = outputs.staging  # The report; moved into the workdir by `outputs.commit`.
   cache = cache_lib.Cache(os.path.abspath(config.cache_dir))
   cache.clean_orphans()
   task = tasks.get(config.task)
@@ -1125,12 +1132,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   }
   if jax.process_index() == 0:
     t0 = time.perf_counter()
-    result["figures"] = [os.path.basename(p) for p in figures(sections, fitted, workdir, config.name)]
+    result["figures"] = [os.path.basename(p) for p in figures(sections, fitted, staging, config.name)]
     timings["figures"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
-    with open(os.path.join(workdir, "theory.md"), "w") as f:
+    with open(os.path.join(staging, "theory.md"), "w") as f:
       f.write(findings_markdown(config, fitted, sections, timings))
   result["timings_s"] = timings
-  pipeline_lib.write_json(os.path.join(workdir, "theory.json"), result)
-  log.info("theory: wrote %s in %.1fs", os.path.join(workdir, "theory.json"), timings["total"])
+  outputs.commit("theory.json", result)
+  log.info("theory: wrote %s in %.1fs", outputs.path("theory.json"), timings["total"])
   return result
