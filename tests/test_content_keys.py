@@ -189,11 +189,12 @@ def test_pretrained_tasks_key_each_roles_checkpoint_by_content(tmp_path, cache_d
   assert fp["checkpoints"][role] == {"sha256": pretrained.checkpoint_digest(folders[role])}
   assert str(tmp_path) not in json.dumps(fp)  # No path in the key.
 
-  # The same files at other paths: the same fingerprint. (The stage keys also hold the role's config
-  # block, whose `checkpoint` string is the path: stages.semantic keeps it.)
+  # The same files at other paths: the same fingerprint and the same stage keys (a moved cache of
+  # checkpoints reuses every stage).
   moved = {r: _copy_checkpoint(s, tmp_path / "moved" / r) for r, s in (("weak", WEAK_SPEC), ("strong", STRONG_SPEC))}
-  moved_fp = tasks.get(task).fingerprint(_pretrained_config(task, cache_dir, moved["weak"], moved["strong"]))
-  assert moved_fp == fp
+  moved_config = _pretrained_config(task, cache_dir, moved["weak"], moved["strong"])
+  assert tasks.get(task).fingerprint(moved_config) == fp
+  assert _keys(moved_config, str(tmp_path / "c")) == base
 
   # Each file the loader reads, changed in place: every key changes.
   folder = folders[role]
@@ -242,6 +243,7 @@ def test_tweets_task_keys_its_checkpoint_by_content(tmp_path, cache_dir, change)
   fp = tasks.get("tweets").fingerprint(config)
   assert fp["checkpoints"]["weak"] == fp["checkpoints"]["strong"] == {"sha256": pretrained.checkpoint_digest(folder)}
   assert tasks.get("tweets").fingerprint(_tweets_config(cache_dir, copy)) == fp  # Content, not path.
+  assert _keys(_tweets_config(cache_dir, copy), str(tmp_path / "c")) == base
   if change == "weights":
     _flip_last_byte(folder / "model.safetensors")
   elif change == "config":
