@@ -462,3 +462,23 @@ def test_summarize_runs_accepts_a_seed_averaged_ceiling_as_the_pipeline_writes_i
                                      n_resamples=300)
   np.testing.assert_allclose(row["pgr_ci95_examples"], [ref["low"], ref["high"]], atol=1e-6)
   assert row["pgr_ci95_examples"][0] < row["pgr_mean"] < row["pgr_ci95_examples"][1]
+
+
+def test_summary_draws_the_example_resamples_once_and_gives_each_groups_own_intervals():
+  """summarize_runs shares one draw of resampled examples over its groups; every interval is the group's alone."""
+  rng = np.random.default_rng(3)
+  n = 300
+  weak, ceiling = (rng.random(n) < 0.6).astype(float), (rng.random(n) < 0.85).astype(float)
+  runs = [{"loss": loss, "noise": noise, "seed": seed, "test_accuracy": c.mean(), "test_correct": c}
+          for loss in ("xent", "kl", "tv") for noise in (0.0, 0.3) for seed in range(3)
+          for c in [(rng.random(n) < 0.7).astype(float)]]
+  summary = metrics.summarize_runs(runs, {"test_accuracy": weak.mean(), "test_correct": weak},
+                                   {"test_accuracy": ceiling.mean(), "test_correct": ceiling}, n_resamples_examples=500)
+  assert len(summary) == 6
+  for row in summary:
+    group = sorted((r for r in runs if r["loss"] == row["loss"] and r["noise"] == row["noise"]), key=lambda r: r["seed"])
+    s_SxN = np.stack([r["test_correct"] for r in group])
+    pgr_ref = metrics.paired_bootstrap_pgr(s_SxN, weak, ceiling, n_resamples=500)
+    acc_ref = metrics.paired_bootstrap_accuracy(s_SxN, n_resamples=500)
+    assert row["pgr_ci95_examples"] == [pgr_ref["low"], pgr_ref["high"]]
+    assert row["accuracy_ci95_examples"] == [acc_ref["low"], acc_ref["high"]]

@@ -498,9 +498,15 @@ def paired_bootstrap_accuracy(
 
 
 def _paired_bootstrap(
-    student_correct_SxN, weak_correct_N, ceiling_correct_N, *, n_resamples, confidence, seed, max_bytes
+    student_correct_SxN, weak_correct_N, ceiling_correct_N, *, n_resamples, confidence, seed, max_bytes,
+    hits_RxK: np.ndarray | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
-  """(accuracy interval, PGR interval) from one shared set of resampled indices."""
+  """(accuracy interval, PGR interval) from one shared set of resampled indices.
+
+  ``hits_RxK``: the resampled hits of the columns [students..., weak, ceiling]
+  when the caller drew them already (`summarize_runs` draws the resamples once
+  for every group); computed here otherwise.
+  """
   s_SxN = _as_correct_matrix(student_correct_SxN, "student_correct_SxN")
   # Several weak or ceiling seeds count as their seed-averaged model.
   w_1xN = _as_correct_matrix(weak_correct_N, "weak_correct_N").mean(axis=0, keepdims=True)
@@ -513,8 +519,9 @@ def _paired_bootstrap(
     )
   num_seeds = s_SxN.shape[0]
   # Columns: the S students, then weak, then ceiling.
-  cols_NxK = np.concatenate([s_SxN, w_1xN, c_1xN], axis=0).T
-  hits_RxK = _resampled_hits(cols_NxK, n_resamples, seed, max_bytes)
+  if hits_RxK is None:
+    cols_NxK = np.concatenate([s_SxN, w_1xN, c_1xN], axis=0).T
+    hits_RxK = _resampled_hits(cols_NxK, n_resamples, seed, max_bytes)
   # In hit counts: PGR* = (sum_s h_s - S h_w) / (S (h_c - h_w)), exact up to
   # the final division when every input is 0/1.
   student_R = hits_RxK[:, :num_seeds].sum(axis=1)
@@ -617,6 +624,40 @@ def _check_correct_matches(correct_SxN, accuracy_S, what: str) -> None:
     )
 
 
+def _shared_example_hits(ordered, weak, ceiling, have_ref_correct: bool, n_resamples: int,
+                         seed: int) -> dict[tuple[str, float], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Per (loss, noise): the resampled hits of its students, the weak model and the ceiling.
+
+  Every group resamples the same test examples (the indices depend only on
+  the seed, N and the replicate count), so they are drawn once for all groups
+  together: one matmul of the counts with every group's columns, instead of
+  drawing the same 2000 x N indices again for each of (say) 33 groups. Hits
+  of 0/1 columns are whole numbers, exact in float64, so every interval is
+  the one a group would get alone.
+  """
+  if not have_ref_correct:
+    return {}
+  blocks, spans, start = [], {}, 0
+  for loss, noise, group in ordered:
+    if not all("test_correct" in r for r in group) or len({len(r["test_correct"]) for r in group}) != 1:
+      continue  # summarize_runs skips (or reports) such a group itself.
+    s_SxN = np.stack([np.asarray(r["test_correct"], np.float64) for r in group])
+    if blocks and s_SxN.shape[1] != blocks[0].shape[1]:
+      return {}  # Groups scored on different test sets: each is checked, and fails, on its own.
+    blocks.append(s_SxN)
+    spans[(loss, noise)] = (start, start + s_SxN.shape[0])
+    start += s_SxN.shape[0]
+  if not blocks:
+    return {}
+  w_1xN = _as_correct_matrix(weak["test_correct"], "weak_correct_N").mean(axis=0, keepdims=True)
+  c_1xN = _as_correct_matrix(ceiling["test_correct"], "ceiling_correct_N").mean(axis=0, keepdims=True)
+  if not blocks[0].shape[1] == w_1xN.shape[1] == c_1xN.shape[1]:
+    return {}  # _paired_bootstrap names the mismatch.
+  hits_RxK = _resampled_hits(np.concatenate([*blocks, w_1xN, c_1xN], axis=0).T, n_resamples, seed,
+                             _BOOTSTRAP_CHUNK_BYTES)
+  return {key: (hits_RxK[:, a:b], hits_RxK[:, start], hits_RxK[:, start + 1]) for key, (a, b) in spans.items()}
+
+
 def summarize_runs(
     runs: Sequence[Mapping[str, Any]],
     weak: Mapping[str, Any],
@@ -678,18 +719,22 @@ def summarize_runs(
     groups.setdefault((str(run["loss"]), float(run["noise"])), []).append(run)
 
   status = pgr_status(weak_acc, ceiling_acc, min_gap=min_gap)
+  ordered = []
+  for (loss, noise), group in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    seeds = [r["seed"] for r in group if "seed" in r]
+    dupes = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dupes:
+      raise ValueError(
+          f"loss={loss!r} noise={noise} has seeds {dupes} more than once; remove "
+          "the duplicate runs so no seed is counted twice."
+      )
+    if len(seeds) == len(group):
+      group = sorted(group, key=lambda r: r["seed"])
+    ordered.append((loss, noise, group))
+  shared_hits = _shared_example_hits(ordered, weak, ceiling, have_ref_correct, n_resamples_examples, seed)
   summary = []
   with Progress(len(groups), "bootstrap", unit="group", enabled=progress) as bar:
-    for (loss, noise), group in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-      seeds = [r["seed"] for r in group if "seed" in r]
-      dupes = sorted({s for s in seeds if seeds.count(s) > 1})
-      if dupes:
-        raise ValueError(
-            f"loss={loss!r} noise={noise} has seeds {dupes} more than once; remove "
-            "the duplicate runs so no seed is counted twice."
-        )
-      if len(seeds) == len(group):
-        group = sorted(group, key=lambda r: r["seed"])
+    for loss, noise, group in ordered:
       acc_S = np.array([float(r["test_accuracy"]) for r in group])
       with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # one warning below, not one per run
@@ -716,14 +761,21 @@ def summarize_runs(
           )
         student_SxN = np.stack([np.asarray(r["test_correct"]) for r in group])
         _check_correct_matches(student_SxN, acc_S, f"loss={loss!r} noise={noise}")
+        shared = shared_hits.get((loss, noise))
         if status["defined"]:
           acc_ex, pgr_ex = _paired_bootstrap(
               student_SxN, weak["test_correct"], ceiling["test_correct"],
               n_resamples=n_resamples_examples, confidence=confidence, seed=seed,
               max_bytes=_BOOTSTRAP_CHUNK_BYTES,
+              hits_RxK=None if shared is None else np.concatenate(
+                  [shared[0], shared[1][:, None], shared[2][:, None]], axis=1),
           )
           row["pgr_ci95_examples"] = [pgr_ex["low"], pgr_ex["high"]]
-        else:  # The same resamples as above, without the undefined PGR.
+        elif shared is not None:  # The same resamples, without the undefined PGR (= paired_bootstrap_accuracy).
+          low, high = _interval(shared[0].sum(axis=1) / student_SxN.size, confidence, "accuracy")
+          acc_ex = {"mean": float(student_SxN.mean()), "low": low, "high": high}
+          row["pgr_ci95_examples"] = None
+        else:
           acc_ex = paired_bootstrap_accuracy(student_SxN, n_resamples=n_resamples_examples,
                                              confidence=confidence, seed=seed)
           row["pgr_ci95_examples"] = None
