@@ -19,8 +19,6 @@ The old names ``sweep`` and ``fit`` still work, with a deprecation message.
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -77,6 +75,9 @@ class TrainedRuns:
   validation: list[list[dict[str, float]]] = dataclasses.field(default_factory=list)
   selected_steps: list[int | None] = dataclasses.field(default_factory=list)
 
+
+# What the vmap engine brings back of each run at every chunk end (`train_lib.train_step`'s metrics).
+VMAP_METRICS = ("loss", "grad_norm", "lr", "target_agreement")
 
 ChunkCallback = Callable[[int, Callable[[Any, Mapping[str, Any]], jax.Array], Any], None]
 
@@ -142,16 +143,17 @@ def train_runs(
     if select.active:
       validation = VmapValidation(select=select, steps=eval_steps, inputs=val_inputs,
                                   targets_RxNxC=np.stack(val_targets))
+    run_history = [[] for _ in runs]
     try:
-      apply, params_R, history = train_vmap(
+      apply, params_R, _ = train_vmap(
           make_model, stream_lib.stack(streams), loss_fn=loss_fn, opt=cfg["optimizer"], num_steps=num_steps,
-          desc=desc, progress=progress, on_chunk=on_chunk, validation=validation,
+          desc=desc, progress=progress, on_chunk=on_chunk, validation=validation, run_history=run_history,
       )
     except train_lib.NonFiniteError as e:
       raise _group_error(e, desc, runs, lost=runs) from e
     logits = {split: list(np.asarray(apply(params_R, jax.tree.map(jnp.asarray, dict(inputs)))))
               for split, inputs in eval_inputs.items()}
-    out = TrainedRuns(logits=logits, history=[history] * len(runs))
+    out = TrainedRuns(logits=logits, history=run_history)
     if validation is not None:
       out.validation = validation.rows
       out.selected_steps = validation.selected_steps
@@ -231,11 +233,6 @@ def _train_data_parallel(make_model, stream, eval_inputs, *, loss_fn, cfg, train
   return logits, result
 
 
-def drop_checkpoints(work_dir: str) -> None:
-  """Removes a finished run's checkpoints (a GPT-2 student with Adam moments is gigabytes)."""
-  shutil.rmtree(os.path.join(work_dir, "ckpt"), ignore_errors=True)
-
-
 # ---------------------------------------------------------------------- vmap
 
 
@@ -283,6 +280,7 @@ def train_vmap(
     progress: bool = True,
     on_chunk: ChunkCallback | None = None,
     validation: VmapValidation | None = None,
+    run_history: list[list[dict[str, float]]] | None = None,
 ) -> tuple[Callable[[Any, Mapping[str, jax.Array]], jax.Array], Any, list[dict[str, float]]]:
   """Trains R runs together; run r uses ``data.seeds[r]``, its targets and its order.
 
@@ -290,6 +288,8 @@ def train_vmap(
   logits ``[R, N, C]`` and ``history`` holds the run-mean loss per chunk.
   With ``validation``, chunks also end at its steps, and each run returns the
   parameters of its best-scoring step (the earliest of equal scores).
+  ``run_history``: when given, ``run_history[r]`` gets run r's `VMAP_METRICS`
+  at each chunk end (fetched with the loss the loop already brings back).
   """
   seeds = data.seeds
   num_runs = len(seeds)
@@ -322,9 +322,9 @@ def train_vmap(
       states, metrics = jax.vmap(one_run)(states, order_SxRxB[t], targets)
       bad = ~jnp.isfinite(metrics["loss"])
       first_bad = jnp.where(bad & (first_bad < 0), t + 1, first_bad)
-      return states, metrics["loss"], first_bad
+      return states, {k: metrics[k].astype(jnp.float32) for k in VMAP_METRICS}, first_bad
 
-    init = (states, jnp.zeros(num_runs, jnp.float32), jnp.full(num_runs, -1, jnp.int32))
+    init = (states, {k: jnp.zeros(num_runs, jnp.float32) for k in VMAP_METRICS}, jnp.full(num_runs, -1, jnp.int32))
     return jax.lax.fori_loop(start, stop, body, init)
 
   run_steps = jax.jit(run_steps, donate_argnums=(0,))
@@ -347,8 +347,9 @@ def train_vmap(
     val_inputs_dev = jax.tree.map(jnp.asarray, dict(validation.inputs))
   with progress_lib.Progress(num_steps, desc, unit="step", enabled=progress) as bar:
     for start, stop in zip([0] + stops[:-1], stops):
-      states, loss_R, first_bad = run_steps(states, start, stop, order_dev, inputs_dev, targets_dev)
-      first_bad = np.asarray(first_bad)
+      states, metrics_R, first_bad = run_steps(states, start, stop, order_dev, inputs_dev, targets_dev)
+      metrics_R, first_bad = jax.device_get((metrics_R, first_bad))  # One transfer per chunk.
+      loss_R = metrics_R["loss"]
       if (first_bad >= 0).any():
         run = int(np.argmax(first_bad >= 0))
         raise train_lib.NonFiniteError(
@@ -356,6 +357,9 @@ def train_vmap(
             "lower the learning rate or check the features and targets for NaN."
         )
       history.append({"step": stop, "loss": float(np.mean(loss_R))})
+      if run_history is not None:
+        for r in range(num_runs):
+          run_history[r].append({"step": stop, **{k: float(v[r]) for k, v in metrics_R.items()}})
       bar.update(stop - start)
       bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
       if on_chunk is not None:

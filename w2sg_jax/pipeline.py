@@ -24,6 +24,7 @@ import jax
 import ml_collections
 
 from w2sg_jax import cache as cache_lib
+from w2sg_jax import metric_writers
 from w2sg_jax import metrics as metrics_lib
 from w2sg_jax import report as report_lib
 from w2sg_jax import stages as stages_lib
@@ -117,6 +118,11 @@ class Pipeline:
     if jax.process_index() == 0:  # One process writes the shared workdir.
       with profile.stage("report"), profile.part("tables_and_plots"):
         staged = report_lib.write_report(results, self.outputs.staging, title=self.config.name)
+      with profile.stage("report"), profile.part("curves"):  # From the runs' cache entries: cached runs too.
+        staged["tensorboard"] = os.path.join(self.outputs.staging, metric_writers.TENSORBOARD_DIR)
+        metric_writers.write_run_curves(staged["tensorboard"], self.stages.curves,
+                                        wandb=bool(self.config.get("report", {}).get("wandb", False)),
+                                        wandb_group=str(self.config.name))
       paths = {k: self.outputs.final_path(v) for k, v in staged.items()}
     print(report_lib.markdown_table(summary), flush=True)
     if not pgr_status["defined"]:

@@ -34,6 +34,7 @@ from flax import nnx
 from w2sg_jax import cache as cache_lib
 from w2sg_jax import engines
 from w2sg_jax import losses as losses_lib
+from w2sg_jax import metric_writers
 from w2sg_jax import metrics as metrics_lib
 from w2sg_jax.data.task import Split, Task
 from w2sg_jax.labels import noise as noise_lib
@@ -44,8 +45,7 @@ from w2sg_jax.log import log
 # `checkpoint` and `checkpoint_revision` name where a model's files are, not what they hold: every
 # task keys each role's checkpoint by content (and a hub id by its resolved commit) in its data
 # fingerprint, so the same files at another path reuse every stage.
-NON_SEMANTIC_KEYS = frozenset({"log_every", "save_every", "eval_batch_size", "keep_checkpoints", "keep_checkpoint",
-                               "checkpoint", "checkpoint_revision"})
+NON_SEMANTIC_KEYS = frozenset({"log_every", "save_every", "eval_batch_size", "checkpoint", "checkpoint_revision"})
 CEILING_SPLITS = ("w2s_train", "weak_train")  # ceiling.split
 TEST_LOGITS = "test_logits.npy"
 # The key of a strong run's metrics in its cache entry's info: computed once, when the run is
@@ -327,6 +327,7 @@ class Stages:
     self.task = task
     self.cache = cache
     self.profile = Profile()
+    self.curves: list[metric_writers.RunCurves] = []  # Every training run asked for; the report writes them.
     self._param_counts: dict[str, tuple[int, int]] = {}
 
   def param_counts(self, role: str) -> tuple[int, int]:
@@ -418,6 +419,7 @@ class Stages:
         )
         for split in ("w2s_train", "test"):
           np.save(os.path.join(out_dir, f"probs_{split}.npy"), softmax(trained.logits[split][0]))
+        metric_writers.save_history(out_dir, trained.history[0], trained.validation[0] if trained.validation else ())
         return {"history": trained.history[0][-1:] if trained.history[0] else [], **_selection_info(trained, 0)}
 
       return self.cache.get_or_create("weak", weak_components, produce)
@@ -439,6 +441,8 @@ class Stages:
         weak_model_runs=len(self.cache.computed("weak")) - runs_before,
         selected_step=_weak_selected_step(self.cache, weak_key) if _selects(cfg.train) else None, **test,
     )
+    self.curves.append(metric_writers.RunCurves("weak", {"seed": int(seed)}, self.cache.directory("weak", weak_key),
+                                                {k: v for k, v in test.items() if k != "test_correct"}))
     log.info("weak model (seed %d): test accuracy %.4f", seed, result.test_accuracy)
     return result
 
@@ -495,13 +499,14 @@ class Stages:
           metrics = run_metrics(np.asarray(logits, np.float32), labels, weak_tests[i] if weak_tests else None)
           infos.append({**_selection_info(trained, j), METRICS_INFO: metrics})
 
-      def writer(logits, info):
+      def writer(logits, info, j):
         def write(out_dir):
           np.save(os.path.join(out_dir, TEST_LOGITS), np.asarray(logits, np.float32))
+          metric_writers.save_history(out_dir, trained.history[j], trained.validation[j] if trained.validation else ())
           return info
         return write
 
-      return [writer(l, info) for l, info in zip(trained.logits["test"], infos)]
+      return [writer(l, info, j) for j, (l, info) in enumerate(zip(trained.logits["test"], infos))]
 
     def train_group(todo: list[int], work_dirs: list[str]) -> engines.TrainedRuns:
       return engines.train_runs(
@@ -539,6 +544,8 @@ class Stages:
         logits = np.load(e.path(TEST_LOGITS))
         metrics, from_cache = cached_run_metrics(e, logits, labels)
         self.profile.add("metrics_computed", 0 if from_cache else 1)
+        self.curves.append(metric_writers.RunCurves("ceiling", {"seed": int(seeds[len(per_seed)])}, e.directory,
+                                                    {k: metrics[k] for k in ("test_accuracy", "test_auroc")}))
         per_seed.append({**metrics, "test_correct": correctness(logits, labels)})
     params, trainable_params = self.param_counts("strong")
     result = CeilingResult(
@@ -597,6 +604,9 @@ class Stages:
               test_correct=correctness(logits, labels), cache_entry=entry.directory,
               selected_step=entry.info.get("selected_step"),
           ))
+          self.curves.append(metric_writers.RunCurves(
+              "students", {"loss": loss, "noise": float(rate), "seed": int(seed)}, entry.directory,
+              {k: getattr(runs[-1], k) for k in ("test_accuracy", "test_auroc", "misfit_kl", "misfit_tv")}))
     params, trainable_params = self.param_counts("strong")
     return StudentRuns(runs=runs, params=params, trainable_params=trainable_params)
 
