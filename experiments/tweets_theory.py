@@ -4,7 +4,7 @@ A frozen MiniLM representation with a trained linear head is exactly the
 fixed-representation student of the paper's theory, so this experiment takes
 ``experiments/tweets_minilm.py`` as it is (same data, weak model, stores,
 ceiling and students: the same cache keys, nothing recomputed) and adds five
-measurements (``w2sg_jax/theory.py`` defines each):
+measurements (the package ``w2sg_jax/theory/`` defines each):
 
 * ``misfit_gain``: misfit D_f(weak || student) against the gain over the weak
   model, per loss, with the fitted C of the envelope |gain| <= C sqrt(misfit);

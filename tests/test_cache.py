@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from w2sg_jax import cache as cache_lib
-from w2sg_jax import config_lib, engines, losses, pipeline, tasks
+from w2sg_jax import config_lib, engines, hashing, losses, pipeline, tasks
 from w2sg_jax.labels import store as store_lib
 from w2sg_jax.labels import stream as stream_lib
 from w2sg_jax.models.heads import FeatureHead
@@ -59,7 +59,7 @@ def test_get_or_create_produces_once_and_verifies(tmp_path):
   assert int(np.load(b.path("x.npy"))) == 3
   assert not os.path.exists(calls[0])  # The work folder goes once the entry is complete.
   manifest = json.loads(open(b.path("manifest.json")).read())
-  assert manifest["files"]["x.npy"] == cache_lib.file_sha256(b.path("x.npy"))
+  assert manifest["files"]["x.npy"] == hashing.read_sha256(b.path("x.npy"))
 
 
 @pytest.mark.parametrize("damage", ["swap", "truncate", "bitflip", "delete"])
@@ -147,6 +147,29 @@ def test_an_empty_manifest_beside_another_entrys_data_is_not_used(tmp_path):
   np.testing.assert_array_equal(np.load(again.path("x.npy")), np.arange(10))
 
 
+def test_a_same_size_same_mtime_rewrite_after_a_verified_open_is_still_seen(tmp_path):
+  # Verification reads the bytes every time (hashing.read_sha256), never a digest remembered by stat.
+  cache = cache_lib.Cache(str(tmp_path), on_corrupt="raise")
+  entry = cache.get_or_create("s", {"k": 1}, _write(np.arange(100)))
+  assert cache.open("s", entry.key) is not None  # Hashed once in this process, and again here.
+  path = entry.path("x.npy")
+  st = os.stat(path)
+  data = bytearray(open(path, "rb").read())
+  data[-1] ^= 1
+  with open(path, "r+b") as f:  # In place: same inode, same size ...
+    f.write(bytes(data))
+  os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # ... and the old mtime.
+  with pytest.raises(cache_lib.CorruptEntryError, match="x.npy"):
+    cache.open("s", entry.key)
+
+
+def test_importing_the_cache_does_not_import_the_label_store():
+  # The cache sits below the store (the store writes through cache.atomic_directory); hashing is below both.
+  code = ("import sys, w2sg_jax.cache; "
+          "assert 'w2sg_jax.labels.store' not in sys.modules, sorted(m for m in sys.modules if 'w2sg' in m)")
+  subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
 def _denied(path):
   return PermissionError(errno.EACCES, "Permission denied", path)
 
@@ -169,14 +192,14 @@ def test_a_permission_error_is_raised_naming_the_file_and_deletes_nothing(tmp_pa
     monkeypatch.setattr(cache_lib, "open", fake_open, raising=False)
   else:
     target = entry.path("x.npy")
-    real_sha = cache_lib.file_sha256
+    real_sha = hashing.read_sha256
 
     def fake_sha(path):
       if os.fspath(path) == target:
         raise _denied(target)
       return real_sha(path)
 
-    monkeypatch.setattr(cache_lib, "file_sha256", fake_sha)
+    monkeypatch.setattr(hashing, "read_sha256", fake_sha)
   calls = []
   with pytest.raises(PermissionError) as info:
     cache_lib.Cache(str(tmp_path), on_corrupt=on_corrupt).get_or_create(

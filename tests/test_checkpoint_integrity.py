@@ -20,6 +20,7 @@ import pytest
 
 from tests.helpers import tiny
 from w2sg_jax import cache as cache_lib
+from w2sg_jax import hashing
 from w2sg_jax import train
 
 STEPS = 30
@@ -107,7 +108,7 @@ def test_every_kept_step_has_a_record_and_no_record_outlives_its_step(tmp_path, 
   files = {os.path.relpath(os.path.join(d, n), ckpt / "30") for d, _, names in os.walk(ckpt / "30") for n in names}
   assert set(record["files"]) == files
   for rel, digest in record["files"].items():
-    assert digest == cache_lib.file_sha256(str(ckpt / "30" / rel))
+    assert digest == hashing.read_sha256(str(ckpt / "30" / rel))
 
 
 @pytest.mark.parametrize("damage", ["bitflip", "no_record", "extra_file", "missing_file"])
@@ -173,8 +174,8 @@ def test_a_permission_error_while_verifying_is_raised_and_deletes_nothing(tmp_pa
       raise PermissionError(errno.EACCES, "Permission denied", path)
     return real(path)
 
-  real = cache_lib.file_sha256
-  monkeypatch.setattr(cache_lib, "file_sha256", denied)
+  real = hashing.read_sha256
+  monkeypatch.setattr(hashing, "read_sha256", denied)
   with pytest.raises(PermissionError) as info:
     _fit(tmp_path)
   assert info.value.filename.startswith(step_dir)

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from w2sg_jax import hashing
 from w2sg_jax.labels import noise as noise_lib
 from w2sg_jax.labels import store as store_lib
 from w2sg_jax.labels import stream as stream_lib
@@ -34,11 +35,11 @@ def _data(n=20, c=2, seed=0):
 
 def test_content_hash_is_sha256_of_sorted_compact_json():
   expected = hashlib.sha256(b'{"a":1,"b":[1,2.5,"x"]}').hexdigest()
-  assert store_lib.content_hash({"b": (1, 2.5, "x"), "a": 1}) == expected
+  assert hashing.content_hash({"b": (1, 2.5, "x"), "a": 1}) == expected
 
 
 def test_content_hash_changes_with_every_component():
-  base = store_lib.content_hash(COMPONENTS)
+  base = hashing.content_hash(COMPONENTS)
   variants = [
       {**COMPONENTS, "weak_checkpoint": "sha256:abd"},
       {**COMPONENTS, "dataset": {**COMPONENTS["dataset"], "split": "test"}},
@@ -49,35 +50,35 @@ def test_content_hash_changes_with_every_component():
       {**COMPONENTS, "noise": NoiseSpec(0.2, -1.0, 0)},
       {**COMPONENTS, "noise": NoiseSpec(0.1, 0.0, 0)},
   ]
-  hashes = [store_lib.content_hash(v) for v in variants]
+  hashes = [hashing.content_hash(v) for v in variants]
   assert base not in hashes
   assert len(set(hashes)) == len(hashes)
   # Key order does not matter; the spec object hashes as its dict.
   reordered = dict(reversed(list(COMPONENTS.items())))
-  assert store_lib.content_hash(reordered) == base
-  assert store_lib.content_hash({"n": NoiseSpec(0.1, -1, 0)}) == store_lib.content_hash(
+  assert hashing.content_hash(reordered) == base
+  assert hashing.content_hash({"n": NoiseSpec(0.1, -1, 0)}) == hashing.content_hash(
       {"n": {"rate": 0.1, "scale": -1.0, "seed": 0}})
 
 
 def test_content_hash_of_arrays_uses_bytes_dtype_and_shape():
   a = np.arange(6, dtype=np.float32)
-  h = store_lib.content_hash({"w": a})
+  h = hashing.content_hash({"w": a})
   b = a.copy()
   b[3] = np.nextafter(b[3], np.float32(10))
-  assert store_lib.content_hash({"w": b}) != h
-  assert store_lib.content_hash({"w": a.astype(np.float64)}) != h
-  assert store_lib.content_hash({"w": a.reshape(2, 3)}) != h
+  assert hashing.content_hash({"w": b}) != h
+  assert hashing.content_hash({"w": a.astype(np.float64)}) != h
+  assert hashing.content_hash({"w": a.reshape(2, 3)}) != h
   # The canonical form (as stored in meta.json) hashes like the original.
-  canon = store_lib.canonical_components({"w": a, "x": (1, 2)})
+  canon = hashing.canonical_components({"w": a, "x": (1, 2)})
   json.dumps(canon)
-  assert store_lib.content_hash(canon) == store_lib.content_hash({"w": a, "x": [1, 2]})
+  assert hashing.content_hash(canon) == hashing.content_hash({"w": a, "x": [1, 2]})
 
 
 def test_content_hash_rejects_unhashable_values():
   with pytest.raises(TypeError, match="keys must be strings"):
-    store_lib.content_hash({"a": {1: 2}})
+    hashing.content_hash({"a": {1: 2}})
   with pytest.raises(TypeError, match=r"components\.a"):
-    store_lib.content_hash({"a": object()})
+    hashing.content_hash({"a": object()})
 
 
 # ------------------------------------------------------------------ write/open
@@ -86,7 +87,7 @@ def test_content_hash_rejects_unhashable_values():
 def test_write_open_roundtrip_is_exact(tmp_path):
   ids, probs = _data(n=37, c=3)
   written = store_lib.write_store(tmp_path / "s", ids, probs, components=COMPONENTS)
-  store = store_lib.open_store(tmp_path / "s", expected_hash=store_lib.content_hash(COMPONENTS),
+  store = store_lib.open_store(tmp_path / "s", expected_hash=hashing.content_hash(COMPONENTS),
                                expected_ids=ids)
   for s in (written, store):
     assert list(s.ids) == ids
@@ -95,7 +96,7 @@ def test_write_open_roundtrip_is_exact(tmp_path):
     assert len(s) == 37 and s.num_classes == 3
   meta = store.meta
   assert meta["num_examples"] == 37 and meta["num_classes"] == 3
-  assert meta["hash"] == store_lib.content_hash(COMPONENTS)
+  assert meta["hash"] == hashing.content_hash(COMPONENTS)
   assert meta["ids_sha256"] == hashlib.sha256(json.dumps(ids, separators=(",", ":")).encode()).hexdigest()
   assert meta["noise"] is None and meta["num_corrupted"] == 0
   assert sorted(os.listdir(tmp_path)) == ["s"]  # no temporary folder left behind
@@ -160,7 +161,7 @@ def test_rows_summing_to_one_within_tolerance_are_accepted(tmp_path):
     assert store.probs.dtype == np.float32
     np.testing.assert_array_equal(store.probs, expected)
     np.testing.assert_allclose(store.probs.astype(np.float64).sum(1), 1 + 5e-5, atol=1e-6)
-  assert written.hash == store_lib.content_hash(COMPONENTS)
+  assert written.hash == hashing.content_hash(COMPONENTS)
   records = [written.source()[k] for k in (0, len(ids) - 1)]
   assert [r["id"] for r in records] == [ids[0], ids[-1]]
   np.testing.assert_array_equal(np.stack([r["probs"] for r in records]), expected[[0, -1]])
@@ -221,7 +222,7 @@ def written(tmp_path):
 
 def test_mismatch_wrong_hash_names_both_hashes(written):
   store, _ = written
-  other = store_lib.content_hash({**COMPONENTS, "weak_checkpoint": "sha256:new"})
+  other = hashing.content_hash({**COMPONENTS, "weak_checkpoint": "sha256:new"})
   with pytest.raises(StoreMismatchError) as e:
     store_lib.open_store(store.directory, expected_hash=other)
   msg = str(e.value)

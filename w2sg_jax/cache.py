@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -53,7 +52,7 @@ from typing import Any
 
 import filelock
 
-from w2sg_jax.labels import store as store_lib
+from w2sg_jax import hashing
 from w2sg_jax.log import log
 
 __all__ = [
@@ -62,9 +61,7 @@ __all__ = [
     "Entry",
     "FORMAT_VERSION",
     "atomic_directory",
-    "file_sha256",
     "stage_key",
-    "tree_files",
 ]
 
 # Bump when the layout or meaning of any stage artifact changes: it enters every key.
@@ -87,15 +84,7 @@ def stage_key(stage: str, components: Mapping[str, Any]) -> str:
   fingerprints); numpy arrays count through their bytes. The stage name and
   `FORMAT_VERSION` are part of the key.
   """
-  return store_lib.content_hash({"stage": stage, "format_version": FORMAT_VERSION, "components": dict(components)})
-
-
-def file_sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
+  return hashing.content_hash({"stage": stage, "format_version": FORMAT_VERSION, "components": dict(components)})
 
 
 @contextlib.contextmanager
@@ -126,26 +115,6 @@ def atomic_directory(final: str, *, overwrite: bool = False) -> Iterator[str]:
     raise
 
 
-def tree_files(directory: str, *, skip: tuple[str, ...] = ()) -> dict[str, str]:
-  """``{path relative to directory: path}`` of every file under ``directory`` but those in ``skip``.
-
-  A folder that cannot be listed raises (a `PermissionError` naming it), so an
-  unreadable part of an entry is never mistaken for a missing one.
-  """
-
-  def fail(error: OSError):
-    raise error
-
-  files = {}
-  for dirpath, _, names in os.walk(directory, onerror=fail):
-    for name in names:
-      path = os.path.join(dirpath, name)
-      rel = os.path.relpath(path, directory)
-      if rel not in skip:
-        files[rel] = path
-  return files
-
-
 def _manifest_problem(manifest: Any, path: str, stage: str, key: str) -> str | None:
   """What makes ``manifest`` not a manifest of ``(stage, key)``; None when its shape is right.
 
@@ -172,13 +141,14 @@ def _manifest_problem(manifest: Any, path: str, stage: str, key: str) -> str | N
 
 
 def _write_manifest(directory: str, stage: str, key: str, components: Mapping[str, Any], info: Mapping[str, Any]):
-  files = {rel: file_sha256(path) for rel, path in sorted(tree_files(directory, skip=(MANIFEST,)).items())}
+  files = {rel: hashing.read_sha256(path)
+           for rel, path in sorted(hashing.tree_files(directory, skip=(MANIFEST,)).items())}
   manifest = {
       "stage": stage,
       "key": key,
       "format_version": FORMAT_VERSION,
-      "components": store_lib.canonical_components(dict(components)),
-      "info": store_lib.canonical_components(dict(info)),
+      "components": hashing.canonical_components(dict(components)),
+      "info": hashing.canonical_components(dict(info)),
       "files": files,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
   }
@@ -281,14 +251,14 @@ class Cache:
   def _check_files(directory: str, manifest: Mapping[str, Any]) -> str | None:
     """What is wrong with the entry's files: each must be listed, present and match its sha256."""
     listed = manifest["files"]
-    on_disk = tree_files(directory, skip=(MANIFEST,))
+    on_disk = hashing.tree_files(directory, skip=(MANIFEST,))
     missing, unlisted = sorted(set(listed) - set(on_disk)), sorted(set(on_disk) - set(listed))
     if missing:
       return f"{os.path.join(directory, missing[0])} is missing"
     if unlisted:
       return f"{on_disk[unlisted[0]]} is not listed in its manifest (only listed files are used)"
     for rel in sorted(listed):
-      if file_sha256(on_disk[rel]) != listed[rel]:
+      if hashing.read_sha256(on_disk[rel]) != listed[rel]:  # Read now: a stat cannot vouch for the bytes.
         return f"{on_disk[rel]} does not match the sha256 in its manifest (swapped, truncated or corrupted)"
     return None
 

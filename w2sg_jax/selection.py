@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from w2sg_jax import hashing
 from w2sg_jax import metrics as metrics_lib
 from w2sg_jax.labels.store import WeakLabelStore
 
@@ -118,8 +119,6 @@ def split_holdout(train_ids: Sequence[Any], train_inputs: Mapping[str, np.ndarra
 
 def store_rows(store: WeakLabelStore, start: int, stop: int) -> WeakLabelStore:
   """Rows ``[start, stop)`` of ``store`` as a store of its own (an in-memory view, new hash)."""
-  from w2sg_jax.labels import store as store_lib  # pylint: disable=g-import-not-at-top
-
   meta = dict(store.meta)
-  meta["hash"] = store_lib.content_hash({"rows_of": store.hash, "rows": [int(start), int(stop)]})
+  meta["hash"] = hashing.content_hash({"rows_of": store.hash, "rows": [int(start), int(stop)]})
   return dataclasses.replace(store, ids=tuple(store.ids[start:stop]), probs=store.probs[start:stop], meta=meta)

@@ -41,6 +41,7 @@ from flax import nnx
 
 from w2sg_jax import cache as cache_lib
 from w2sg_jax import cpu as cpu_lib
+from w2sg_jax import hashing
 from w2sg_jax import losses as losses_lib
 from w2sg_jax import parallel
 from w2sg_jax import progress as progress_lib
@@ -438,14 +439,14 @@ class Checkpointer:
     files = record.get("files") if isinstance(record, dict) else None
     if not isinstance(files, dict) or record.get("step") != step:
       return f"{where}: its checksum record {record_path} is malformed"
-    actual = cache_lib.tree_files(self.step_dir(step))
+    actual = hashing.tree_files(self.step_dir(step))
     missing, unlisted = sorted(set(files) - set(actual)), sorted(set(actual) - set(files))
     if missing:
       return f"{where}: {os.path.join(self.step_dir(step), missing[0])} is missing"
     if unlisted:
       return f"{where}: {actual[unlisted[0]]} is not in its checksum record"
     for rel in sorted(files):
-      if cache_lib.file_sha256(actual[rel]) != files[rel]:
+      if hashing.read_sha256(actual[rel]) != files[rel]:
         return f"{where}: {actual[rel]} does not match the sha256 recorded when it was saved"
     return None
 
@@ -513,7 +514,7 @@ class Checkpointer:
 
 
 def _tree_sha256(directory: str) -> dict[str, str]:
-  return {rel: cache_lib.file_sha256(path) for rel, path in sorted(cache_lib.tree_files(directory).items())}
+  return {rel: hashing.read_sha256(path) for rel, path in sorted(hashing.tree_files(directory).items())}
 
 
 def _write_json_atomic(path: str, obj: Any) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from tests.losses import _reference as ref
 from w2sg_jax import losses
+from w2sg_jax.losses import registry
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -122,7 +123,7 @@ def test_register_custom_loss():
     with pytest.raises(ValueError, match="already registered"):
       losses.register(name, factory)
   finally:
-    losses._REGISTRY.pop(name, None)
+    registry._REGISTRY.pop(name, None)  # pylint: disable=protected-access
   assert name + "+conf" not in losses.names()
   with pytest.raises(ValueError, match="reserves"):
     losses.register("mine+conf", factory)
@@ -138,3 +139,21 @@ def test_resolve():
                                        "confidence_schedule")
   with pytest.raises(ValueError, match="Unknown loss 'jsd'"):
     losses.resolve("jsd")
+
+
+def test_the_package_init_only_re_exports():
+  # The registry lives in losses/registry.py; __init__ defines nothing of its own.
+  import ast  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(_REPO, "w2sg_jax", "losses", "__init__.py")
+  with open(path) as f:
+    tree = ast.parse(f.read())
+  for node in tree.body:
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+      continue
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+      continue  # The docstring.
+    targets = [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+    assert targets == ["__all__"], f"line {node.lineno}: {ast.dump(node)[:80]}"
+  assert set(losses.__all__) <= set(dir(losses))
+  assert losses.get is registry.get and losses.names is registry.names

@@ -14,11 +14,11 @@ a directory::
 time the store is opened: a labels file copied in from another store, cut
 short or bit-flipped is refused with an error naming the file, never used.
 
-``hash = content_hash(components)``, where ``components`` names everything that
-produced the labels (the weak checkpoint, the dataset and split, the
-preprocessing, and, under the reserved key ``"noise"``, the label noise). When
-any of them changes the hash changes, a new directory is used and the labels
-are recomputed; an old store is never silently reused, and a store whose ids do
+``hash = hashing.content_hash(components)``, where ``components`` names
+everything that produced the labels (the weak checkpoint, the dataset and
+split, the preprocessing, and, under the reserved key ``"noise"``, the label
+noise). When any of them changes the hash changes, a new directory is used and
+the labels are recomputed; an old store is never silently reused, and a store whose ids do
 not match its dataset raises `StoreMismatchError` instead of mis-joining.
 
 Writes are atomic: everything goes to a temporary sibling directory that is
@@ -33,21 +33,20 @@ import hashlib
 import json
 import logging
 import os
-import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgpack
 import numpy as np
 
+from w2sg_jax import cache as cache_lib
+from w2sg_jax import hashing
 from w2sg_jax.labels import noise as noise_lib
 
 __all__ = [
     "StoreMismatchError",
     "WeakLabelStore",
-    "canonical_components",
     "check_ids",
-    "content_hash",
     "decode_record",
     "ids_digest",
     "normalize_id",
@@ -82,75 +81,6 @@ class StoreMismatchError(ValueError):
   """A weak-label store does not match what the caller expected."""
 
 
-# ------------------------------------------------------------------ hashing
-
-
-def canonical_components(components: Any, _path: str = "components") -> Any:
-  """JSON-ready canonical form of hash components.
-
-  Dicts (string keys only) stay dicts, tuples become lists, numpy scalars become
-  Python scalars, paths become strings, objects with ``as_dict()`` (e.g.
-  `NoiseSpec`) become that dict, and numpy arrays are replaced by
-  ``{"__ndarray__": {"sha256": sha256(bytes), "dtype": str, "shape": list}}``,
-  so that the canonical form is itself canonical (hashing it again gives the
-  same hash) and can be stored in meta.json.
-
-  Raises:
-    TypeError: a non-string dict key or an unsupported value, naming its path.
-  """
-  if isinstance(components, Mapping):
-    out = {}
-    for k, v in components.items():
-      if not isinstance(k, str):
-        raise TypeError(
-            f"{_path}: hash component keys must be strings, got {k!r} "
-            f"({type(k).__name__}); JSON would turn it into {str(k)!r}."
-        )
-      out[k] = canonical_components(v, f"{_path}.{k}")
-    return out
-  if isinstance(components, (list, tuple)):
-    return [canonical_components(v, f"{_path}[{i}]") for i, v in enumerate(components)]
-  if components is None or isinstance(components, (bool, int, float, str)):
-    return components
-  if isinstance(components, np.ndarray):
-    arr = np.ascontiguousarray(components)
-    if arr.dtype.hasobject:
-      raise TypeError(f"{_path}: object arrays cannot be hashed; convert to a list.")
-    return {
-        "__ndarray__": {
-            "sha256": hashlib.sha256(arr.tobytes()).hexdigest(),
-            "dtype": arr.dtype.str,
-            "shape": list(arr.shape),
-        }
-    }
-  if isinstance(components, np.generic):
-    return canonical_components(components.item(), _path)
-  if isinstance(components, (pathlib.PurePath, os.PathLike)):
-    return os.fspath(components)
-  if hasattr(components, "as_dict"):
-    return canonical_components(components.as_dict(), _path)
-  raise TypeError(
-      f"{_path}: cannot hash a value of type {type(components).__name__}; use "
-      "JSON types, numpy arrays, or an object with as_dict()."
-  )
-
-
-def _canonical_json(obj: Any) -> str:
-  return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def content_hash(components: Mapping[str, Any]) -> str:
-  """sha256 hex digest of the canonical, key-sorted JSON of `components`.
-
-  Numpy arrays count through their bytes, dtype and shape. The hash of
-  ``canonical_components(c)`` equals the hash of ``c``.
-  """
-  if not isinstance(components, Mapping):
-    raise TypeError(f"components must be a dict, got {type(components).__name__}.")
-  text = _canonical_json(canonical_components(components))
-  return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def normalize_id(x: Any) -> str:
   """An example id as a Python str (bytes are UTF-8 decoded, 0-d arrays unwrapped)."""
   if isinstance(x, np.ndarray):
@@ -176,7 +106,7 @@ def probs_digest(probs_NxC: np.ndarray) -> str:
 
 def ids_digest(ids: Sequence[str]) -> str:
   """sha256 of the ordered ids (as a JSON list, so no separator is ambiguous)."""
-  return hashlib.sha256(_canonical_json(list(ids)).encode("utf-8")).hexdigest()
+  return hashlib.sha256(hashing.canonical_json(list(ids)).encode("utf-8")).hexdigest()
 
 
 # ------------------------------------------------------------------ records
@@ -374,7 +304,7 @@ def write_store(
     probs_NxC: [N, C] weak label distributions: finite, in [0, 1], rows summing
       to 1 within 1e-4; stored as float32.
     components: everything that produced the labels (hashed with
-      `content_hash`). The key ``"noise"``, when present, is a
+      `hashing.content_hash`). The key ``"noise"``, when present, is a
       `NoiseSpec.as_dict()` and fills meta's noise and num_corrupted.
     overwrite: replace an existing store at `directory`.
 
@@ -395,8 +325,6 @@ def write_store(
         f"{directory} already exists; open it with open_store, or pass "
         "overwrite=True to replace it."
     )
-  from w2sg_jax import cache as cache_lib  # pylint: disable=g-import-not-at-top (cache imports this module)
-
   with cache_lib.atomic_directory(directory, overwrite=overwrite) as tmp:
     write_store_files(tmp, ids, probs32, meta)
   return open_store(directory, expected_hash=digest)
@@ -404,13 +332,13 @@ def write_store(
 
 def store_meta(ids: Sequence[str], probs32: np.ndarray, components: Mapping[str, Any]) -> dict[str, Any]:
   """meta.json of a store of ``ids`` and ``probs32`` produced by ``components``."""
-  canon = canonical_components(components)
+  canon = hashing.canonical_components(components)
   spec = None
   if canon.get("noise") is not None:
     spec = noise_lib.NoiseSpec.from_dict(canon["noise"])
   return {
       "format_version": FORMAT_VERSION,
-      "hash": content_hash(canon),
+      "hash": hashing.content_hash(canon),
       "components": canon,
       "num_examples": len(ids),
       "num_classes": int(probs32.shape[1]),
@@ -452,7 +380,7 @@ def open_store(
 
   Args:
     directory: the store folder.
-    expected_hash: `content_hash` of the components the caller would write now.
+    expected_hash: `hashing.content_hash` of the components the caller would write now.
     expected_ids: the dataset's ids in split order.
 
   Returns:
@@ -485,10 +413,10 @@ def open_store(
         f"{directory} has store format {meta.get('format_version')}, this code "
         f"reads format {FORMAT_VERSION}. {recovery}"
     )
-  if content_hash(meta["components"]) != meta["hash"]:
+  if hashing.content_hash(meta["components"]) != meta["hash"]:
     raise StoreMismatchError(
         f"{meta_path}: the recorded hash {meta['hash']} is not the hash of the "
-        f"recorded components ({content_hash(meta['components'])}); meta.json was "
+        f"recorded components ({hashing.content_hash(meta['components'])}); meta.json was "
         f"edited or corrupted. {recovery}"
     )
   if expected_hash is not None and expected_hash != meta["hash"]:

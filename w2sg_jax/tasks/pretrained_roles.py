@@ -40,9 +40,9 @@ import ml_collections
 from flax import nnx
 import numpy as np
 
+from w2sg_jax import hashing
 from w2sg_jax.data import tokenize as tokenize_lib
 from w2sg_jax.data.task import Split, Task
-from w2sg_jax.labels import store as store_lib
 from w2sg_jax.models import heads as heads_lib
 from w2sg_jax.models import lora as lora_lib
 from w2sg_jax.models import pretrained as pretrained_lib
@@ -221,7 +221,7 @@ class PretrainedRolesTask(Task):
     raise NotImplementedError
 
   def _data_key(self, config: ml_collections.ConfigDict, cache_dir: str) -> str:
-    return store_lib.content_hash({
+    return hashing.content_hash({
         "data": config.data.to_dict(),
         "checkpoints": [[str(config[r].checkpoint), checkpoint_revision(config[r]), role_checkpoint(config, r).sha256]
                         for r in ROLES],
