@@ -45,6 +45,7 @@ def _per_round(values, rounds):
   assert all(math.isfinite(v) and v > 0 for v in values), values
 
 
+@pytest.mark.slow
 def test_every_section_present_without_errors(quick_run):
   results, md, stdout = quick_run
   assert set(results["sections"]) == set(bench.SECTIONS)
@@ -61,6 +62,7 @@ def test_every_section_present_without_errors(quick_run):
   assert "Load average (1/5/15 min)" in md and "Measured fp32 matmul peak: XLA" in md
 
 
+@pytest.mark.slow
 def test_training_step_figures(quick_run):
   """The JAX side, always; the PyTorch side when torch is installed (the logic itself: see the fake-timing test)."""
   results, md, _ = quick_run
@@ -203,6 +205,7 @@ def test_targets_met_and_missed_for_every_kind():
   assert cold["met"] is False and cold["miss"] == "over by 15 s"
 
 
+@pytest.mark.slow
 def test_state_bytes_match_parameter_count(quick_run):
   results, _, _ = quick_run
   for m in results["sections"]["a"]["models"]:
@@ -211,6 +214,7 @@ def test_state_bytes_match_parameter_count(quick_run):
     assert 2 * p <= o <= 2 * p + 1024
 
 
+@pytest.mark.slow
 def test_loss_overhead_rows(quick_run):
   results, _, _ = quick_run
   d = results["sections"]["d"]
@@ -221,6 +225,7 @@ def test_loss_overhead_rows(quick_run):
     _per_round(r["step_s"], d["rounds"])
 
 
+@pytest.mark.slow
 def test_sweep_and_stream_rows(quick_run):
   results, _, _ = quick_run
   c = results["sections"]["c"]
@@ -236,6 +241,7 @@ def test_sweep_and_stream_rows(quick_run):
     _per_round(r["data_only_ms"], e["rounds"])
 
 
+@pytest.mark.slow
 def test_scaling_is_correct_across_device_counts(quick_run):
   results, md, _ = quick_run
   f = results["sections"]["f"]
@@ -246,6 +252,7 @@ def test_scaling_is_correct_across_device_counts(quick_run):
   assert "correctness and overhead only" in md
 
 
+@pytest.mark.slow
 def test_encoder_section(quick_run):
   results, md, _ = quick_run
   h = results["sections"]["h"]
@@ -283,6 +290,7 @@ def test_padding_stats_and_forward_flops():
   assert encoder.forward_flops(MINILM_CONFIG, 2, 10) == 2 * n_matmul * 20 + 4 * 6 * 2 * 100 * 384
 
 
+@pytest.mark.slow
 def test_memory_section(quick_run):
   """The quick run measures a real cold experiment (the synthetic smoke run), not a skip."""
   results, md, _ = quick_run

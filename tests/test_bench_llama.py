@@ -68,6 +68,7 @@ def stepped():
   return case, model, batch, js, before
 
 
+@pytest.mark.slow
 def test_analytic_flops_against_xla(stepped):
   """The closed form against XLA's count of the compiled step (which adds AdamW and elementwise work)."""
   case, _, _, js, _ = stepped
@@ -82,6 +83,7 @@ def test_hf_config_reads_back():
     assert LlamaConfig.from_hf(llama_bench.hf_config(c)) == dataclasses.replace(c, head_dim=c.head_size)
 
 
+@pytest.mark.slow
 def test_jax_step_runs_and_its_loss_is_finite(stepped):
   _, _, _, js, before = stepped
   assert np.isfinite(float(js.last_metrics["loss"]))
@@ -118,6 +120,7 @@ def test_forwards_agree_with_transformers(attn, side):
   assert llama_bench.forward_max_abs_diff(model, tm, batch) < 1e-4
 
 
+@pytest.mark.slow
 @needs_reference
 def test_first_step_losses_agree_with_transformers(stepped):
   import torch

@@ -80,6 +80,7 @@ def test_chained_step_equals_plain_step(loss, loss_kw, num_devices):
   _assert_same(_train("mlp", 1, loss, num_devices, **loss_kw), _train("mlp", 2, loss, num_devices, **loss_kw))
 
 
+@pytest.mark.slow
 def test_chained_transformer_step_equals_plain_step():
   """A BERT classifier with padded tokens, 4 chains on 8 devices, every parameter to 1e-6.
 

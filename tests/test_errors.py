@@ -86,6 +86,7 @@ def test_workdir_that_is_a_file_or_lies_under_one(tmp_path):
   assert proc.returncode == 2 and "Traceback" not in proc.stderr and "cache_dir=" in proc.stderr
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(tmp_path):
   for proc in (_main(tmp_path, "--config.student.train.batch_size=0", "--debug"),
                _main(tmp_path, "--config.student.train.batch_size=0", W2SG_DEBUG="1")):

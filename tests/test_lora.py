@@ -240,6 +240,7 @@ def test_reward_model_around_a_lora_neox(batch):
 # -------------------------------------------------------------- dropout ----
 
 
+@pytest.mark.slow
 def test_dropout_only_with_a_key(batch):
   clf = apply_lora(_classifier(), LoRAConfig(rank=4, alpha=8, dropout=0.5), rngs=nnx.Rngs(1))
   for _, m in lora_modules(clf):  # non-zero B, so the adapter path shows
@@ -263,6 +264,7 @@ def test_dropout_only_with_a_key(batch):
 # ----------------------------------------------------------- checkpoint ----
 
 
+@pytest.mark.slow
 def test_orbax_saves_only_adapters_and_head(tmp_path, batch):
   clf = apply_lora(_classifier(), LoRAConfig(rank=2, alpha=4), rngs=nnx.Rngs(1))
   _steps(clf, batch, lora_trainable_filter(), n=2)
@@ -331,6 +333,7 @@ def _flat_state(tree):
   return {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(tree)}
 
 
+@pytest.mark.slow
 def test_data_parallel_fsdp_base_and_accumulation_match_one_device():
   """8 devices, fsdp-sharded frozen base, 2 micro-batches of 8 per update == 1 device, batches of 16."""
   assert len(jax.devices()) == 8, "tests expect 8 simulated CPU devices (see tests/conftest.py)"

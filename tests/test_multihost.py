@@ -85,6 +85,7 @@ def _single_process_params():
   return flat, float(metrics["loss"])
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
   out = str(tmp_path / "params")
   _launch_two_processes(out)

@@ -72,6 +72,7 @@ def one_device():
   return run(1, "replicated")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["replicated", "fsdp"])
 def test_eight_devices_match_one_device(mode, one_device):
   assert len(jax.devices()) == 8, "tests expect 8 simulated CPU devices (see tests/conftest.py)"
@@ -87,6 +88,7 @@ def test_eight_devices_match_one_device(mode, one_device):
   assert moved > 1e-3
 
 
+@pytest.mark.slow
 def test_fsdp_with_full_remat_matches_one_device(one_device):
   state1 = one_device[0]
   state8 = run(8, "fsdp", remat="full")[0]
@@ -94,6 +96,7 @@ def test_fsdp_with_full_remat_matches_one_device(one_device):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_fsdp_leaves_are_sharded_from_birth():
   state, _, _, born_specs, _ = run(8, "fsdp", num_steps=1)
   sharded = 0

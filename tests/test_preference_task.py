@@ -180,6 +180,7 @@ def test_fingerprint_pins_data_order_and_tokenizer(smoke, cache_dir):
 # ---------------------------------------------------------------- model
 
 
+@pytest.mark.slow
 def test_pair_model_logits_are_reward_margins(smoke):
   config, prepared = smoke
   task = pref.PreferenceTask()

@@ -38,6 +38,7 @@ def value_and_grads(kind, remat, dtype=jnp.float32):
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "bert"])
+@pytest.mark.slow  # The remat modes stay in the fast suite through test_remat_llm.py's tiny Llama.
 @pytest.mark.parametrize("remat", ["block", "full"])
 def test_remat_equals_none(kind, remat):
   v0, g0, _ = value_and_grads(kind, "none")
@@ -55,6 +56,7 @@ def test_none_has_no_checkpoint():
   assert "checkpoint[" not in str(jaxpr) and "remat" not in str(jaxpr)
 
 
+@pytest.mark.slow
 def test_remat_in_bfloat16_agrees_to_bfloat16_precision():
   # Recomputed bf16 ops may be fused differently, so results agree to bf16 rounding, not bit for bit.
   v0, g0, _ = value_and_grads("gpt2", "none", jnp.bfloat16)

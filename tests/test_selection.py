@@ -160,6 +160,7 @@ def test_the_holdout_is_not_trained_on(tmp_path):
 # ------------------------------------------------------------ data parallel
 
 
+@pytest.mark.slow
 def test_data_parallel_selects_the_same_step_as_vmap(tmp_path):
   ids, inputs, stores = _problem(tmp_path, num_stores=1)
   kw = dict(make_model=_make_model, train_ids=ids, train_inputs=inputs, eval_inputs={"all": inputs},
@@ -179,6 +180,7 @@ class _Stop(Exception):
   pass
 
 
+@pytest.mark.slow
 def test_data_parallel_resumed_run_selects_as_an_uninterrupted_one(tmp_path, monkeypatch):
   ids, inputs, stores = _problem(tmp_path, num_stores=1)
   kw = dict(engine="data_parallel", make_model=_make_model, train_ids=ids, train_inputs=inputs,

@@ -444,3 +444,16 @@ def test_stacked_streams_hold_each_runs_targets_and_order(stream_store):
   assert stacked.targets_RxNxC.shape == (2, N, 3) and stacked.order_SxRxB.shape == (14, 2, B)
   np.testing.assert_array_equal(stacked.order_SxRxB[:, 1], streams[1].order)
   assert stacked.seeds == (1, 2)
+
+
+def test_host_batches_hold_host_arrays_so_grain_threads_dispatch_no_jax_program(stream_store):
+  """Inputs given as jax.Arrays are brought to the host once: building a batch on a Grain thread must not
+  dispatch a JAX program (a second thread's dispatch during the step's collective deadlocks XLA:CPU)."""
+  import jax.numpy as jnp
+
+  store, ids, _, x = stream_store
+  stream = stream_lib.LabelStream(ids, {"x": jnp.asarray(x)}, store, batch_size=B, num_steps=4, seed=1)
+  assert all(type(v) is np.ndarray for v in stream.inputs.values())
+  batches = list(stream.host_batches(0))
+  assert all(type(b["inputs"]["x"]) is np.ndarray and type(b["targets"]) is np.ndarray for b in batches)
+  np.testing.assert_array_equal(batches[0]["inputs"]["x"], x[stream.order[0]])

@@ -120,6 +120,7 @@ def test_identical_tokenizers_are_tokenized_once(smoke, mixed):
 # ---------------------------------------------------------------- fingerprint
 
 
+@pytest.mark.slow
 def test_fingerprint_follows_the_data_and_the_tokenizers_only(smoke, mixed, cache_dir):
   config, prepared = smoke
   fp = prepared["fingerprint"]
@@ -142,6 +143,7 @@ def test_fingerprint_follows_the_data_and_the_tokenizers_only(smoke, mixed, cach
     assert other != fp, key
 
 
+@pytest.mark.slow
 def test_fingerprint_follows_the_csv_bytes_not_its_path(smoke, tmp_path):
   _, prepared = smoke
   copy = tmp_path / "copy.csv"
@@ -197,6 +199,7 @@ def test_validate_names_each_bad_key(tmp_path):
 # ---------------------------------------------------------------- the model
 
 
+@pytest.mark.slow
 def test_logits_are_the_pooled_state_times_the_head(smoke, mixed):
   """Decoders: the last real token's state; BERT: the mean over the mask; then W h + c, by hand."""
   for (config, prepared), role, pool in ((smoke, "strong", "last"), (smoke, "weak", "last"), (mixed, "weak", "mean")):
@@ -217,6 +220,7 @@ def test_logits_are_the_pooled_state_times_the_head(smoke, mixed):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ternary_has_three_classes(tmp_path):
   """On the 35 cleaned tweets of the fixture CSV (data.csv_path), 8 a split."""
   config = load(cache_dir=str(tmp_path), **{"data.task": "ternary", "data.csv_path": str(FIXTURE_CSV),

@@ -71,6 +71,7 @@ def test_checkpoint_folder_without_weights_names_the_missing_files(tmp_path):
     _run(tmp_path, config)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["top", "full"])
 def test_finetune_modes_train_the_right_parameters(mode):
   config = _config("tweets_minilm", **{"strong.finetune": mode, "strong.head_hidden": ()})
@@ -135,6 +136,7 @@ def _finetune_logits_and_grads(remat):
   return model, logits, grads, jaxpr
 
 
+@pytest.mark.slow
 def test_finetune_remat_reaches_the_encoder_and_changes_no_number():
   model0, logits0, grads0, jaxpr0 = _finetune_logits_and_grads("none")
   model1, logits1, grads1, jaxpr1 = _finetune_logits_and_grads("full")

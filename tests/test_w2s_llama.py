@@ -98,6 +98,7 @@ def test_smoke_experiment_trains_lora_students_end_to_end(tmp_path):
   assert not any(d.endswith(".partial") for d in os.listdir(tmp_path / "cache" / "student"))
 
 
+@pytest.mark.slow
 def test_lora_dropout_follows_the_step_key_and_is_off_in_evaluation(tmp_path):
   config = _config(cache_dir=str(tmp_path), **{"strong.lora.dropout": 0.5})
   task = tasks.get("preference")

@@ -109,7 +109,11 @@ class LabelStream:
   ):
     check_ids(store.ids, ids, what=f"weak-label store {store.directory}")
     self.store = store
-    self.inputs = dict(inputs)
+    # Host arrays only: `host_batches` builds batches on Grain's threads, and indexing a jax.Array
+    # there would dispatch a JAX program from a second thread while the step's multi-device
+    # collective runs on the main one. XLA:CPU's collectives then deadlock and, after 60 s,
+    # abort the process ("Fatal Python error: Aborted" inside the jitted step).
+    self.inputs = {k: np.asarray(v) for k, v in inputs.items()}
     self.batch_size = int(batch_size)
     self.num_steps = int(num_steps)
     self.seed = int(seed)
