@@ -138,7 +138,6 @@ def build_config(
 
   c.student = ml_collections.ConfigDict()
   c.student.engine = "data_parallel"  # One fine-tuning run at a time over every device, per (loss, noise, seed).
-  c.student.keep_checkpoints = False  # data_parallel: keep each finished run's checkpoint (else only its test logits).
   c.student.losses = tuple(PAPER_LOSSES)
   # Keyword arguments per loss (run) name, e.g. {"js+conf": {"confidence": 0.75}}.
   c.student.loss_hparams = ml_collections.ConfigDict()

@@ -36,7 +36,7 @@ def _explained(tmp_path, *args):
 
 @pytest.mark.parametrize("arg,key,want", [
     ("--config.seeds=abc", "seeds", "an integer"),
-    ("--config.student.train.epochs=0.5", "student.train.epochs", "an integer"),
+    ("--config.student.train.batch_size=0.5", "student.train.batch_size", "an integer"),
     ("--config.student.train.optimizer.learning_rate=fast", "student.train.optimizer.learning_rate", "a number"),
     ("--config.report.min_gap=", "report.min_gap", "a number"),
     ("--config.student.losses=(xent, js", "student.losses", "a tuple"),
@@ -48,14 +48,21 @@ def test_a_value_that_does_not_parse_names_the_key_and_the_type(tmp_path, arg, k
   assert "Traceback" not in paragraph and "nothing was trained" in paragraph
 
 
+def test_a_value_of_the_schema_type_is_checked_by_the_schema_before_absl(tmp_path):
+  # epochs is a float in the schema: 0.5 parses, and is then refused with the rule it breaks.
+  paragraph, status = _explained(tmp_path, "--config.student.train.epochs=0.5")
+  assert status == 2 and "student.train.epochs=0.5: must be a finite number >= 1" in paragraph
+  assert "student.train.num_steps" in paragraph
+
+
 def test_the_space_form_is_parsed_too(tmp_path):
   paragraph, status = _explained(tmp_path, "--config.seeds", "many")
   assert status == 2 and "--config.seeds='many': seeds takes an integer" in paragraph
 
 
 def test_every_bad_value_is_listed_at_once(tmp_path):
-  paragraph, _ = _explained(tmp_path, "--config.seeds=abc", "--config.student.train.epochs=0.5")
-  assert "2 problems" in paragraph and "seeds takes" in paragraph and "student.train.epochs takes" in paragraph
+  paragraph, _ = _explained(tmp_path, "--config.seeds=abc", "--config.student.train.batch_size=0.5")
+  assert "2 problems" in paragraph and "seeds takes" in paragraph and "student.train.batch_size takes" in paragraph
 
 
 def test_values_of_the_right_type_pass(tmp_path):
@@ -75,8 +82,8 @@ def test_cli_exits_2_naming_the_key_before_absl_parses(tmp_path):
   env.pop("W2SG_DEBUG", None)
   proc = subprocess.run([sys.executable, "-m", "w2sg_jax.main", SMOKE, f"--workdir={tmp_path / 'run'}",
                          f"--config.cache_dir={tmp_path / 'cache'}", "--config.seeds=abc",
-                         "--config.student.train.epochs=0.5"], capture_output=True, text=True, env=env, cwd=REPO)
+                         "--config.student.train.batch_size=0.5"], capture_output=True, text=True, env=env, cwd=REPO)
   assert proc.returncode == 2, proc.stderr
-  assert "seeds takes an integer" in proc.stderr and "student.train.epochs takes an integer" in proc.stderr
+  assert "seeds takes an integer" in proc.stderr and "student.train.batch_size takes an integer" in proc.stderr
   assert "Traceback" not in proc.stderr and "FATAL Flags parsing error" not in proc.stderr
   assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()

@@ -32,9 +32,9 @@ def run_main(tmp_path, *args):
 
 @pytest.mark.parametrize("name,layers,width,params", [
     ("gpt2", 12, 768, 124_439_808),
-    ("gpt2-medium", 24, 1024, 354_823_168),
-    ("gpt2-large", 36, 1280, 774_030_080),
-    ("gpt2-xl", 48, 1600, 1_557_611_200),
+    pytest.param("gpt2-medium", 24, 1024, 354_823_168, marks=pytest.mark.slow),
+    pytest.param("gpt2-large", 36, 1280, 774_030_080, marks=pytest.mark.slow),
+    pytest.param("gpt2-xl", 48, 1600, 1_557_611_200, marks=pytest.mark.slow),
 ])
 def test_shipped_configs_build_the_published_sizes(name, layers, width, params):
   hf = plan.hf_config(name)
@@ -69,11 +69,13 @@ def test_smoke_plan_fits_and_reports_every_figure(tmp_path):
     assert p["chips"][chip]["whole_config_s"] > 0
 
 
+@pytest.mark.slow
 def test_does_not_fit_exits_1(tmp_path):
   code, p = run_main(tmp_path, f"--config={SMOKE}", "--devices=8", "--device-memory=0.0001", "--roles=strong")
   assert code == 1 and not p["fits"]
 
 
+@pytest.mark.slow
 def test_fsdp_override_shards_the_state(tmp_path):
   _, rep = run_main(tmp_path, f"--config={SMOKE}", "--roles=strong", "--config.student.train.sharding=replicated")
   _, fsdp = run_main(tmp_path, f"--config={SMOKE}", "--roles=strong", "--config.student.train.sharding=fsdp",
@@ -86,8 +88,8 @@ def test_fsdp_override_shards_the_state(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--config.student.train.no_such_key=1"], "unknown config key 'student.train.no_such_key'"),
-    (["--config.student.train.sharding=zero3"], "not a sharding mode"),
-    (["--config.strong.remat=some"], "not a rematerialisation mode"),
+    (["--config.student.train.sharding=zero3"], "student.train.sharding='zero3': unknown sharding"),
+    (["--config.strong.remat=some"], "strong.remat='some': unknown remat mode"),
     (["--config.student.train.batch_size=abc"], "batch_size"),
 ])
 def test_errors_exit_2(tmp_path, capsys, args, message):
@@ -101,6 +103,7 @@ def test_missing_config_exits_2(tmp_path, capsys):
   assert code == 2 and "nope.py" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_sets_up_its_own_devices(tmp_path):
   """A fresh process: XLA_FLAGS from the plan itself, whatever the caller set."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -114,6 +117,7 @@ def test_cli_sets_up_its_own_devices(tmp_path):
   assert json.loads((tmp_path / "p.json").read_text())["devices"] == 4
 
 
+@pytest.mark.slow
 def test_replicated_gpt2_does_not_fit_where_fsdp_does(tmp_path):
   """The xl case below in small: 2 layers of GPT-2 small (52 M parameters, 0.6 GB of Adam state) on 8 x 0.5 GiB."""
   small = [f"--config={SMOKE}", "--roles=strong", "--devices=8", "--device-memory=0.5",

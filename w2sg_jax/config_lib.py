@@ -29,7 +29,8 @@ def train_config(
   """One model's training settings; every field can be overridden from the command line."""
   return ml_collections.ConfigDict({
       "batch_size": batch_size,  # Global batch (examples or pairs), split over every device.
-      "epochs": epochs,  # Passes over the split; or set num_steps > 0 to fix the step count.
+      # Passes over the split (a float, so --config.*.epochs=1.5 parses); or set num_steps > 0 to fix the step count.
+      "epochs": float(epochs),
       "num_steps": 0,
       "eval_batch_size": eval_batch_size,  # Examples per prediction batch.
       "save_every": save_every,  # Steps between checkpoints (every run also saves at its end).
@@ -88,7 +89,6 @@ def student_config(
       # 'vmap': the seeds x noise rates of a loss as one vectorised program (heads on features);
       # 'data_parallel': one run at a time over every device, streamed and checkpointed (any model).
       "engine": engine,
-      "keep_checkpoints": False,  # data_parallel: keep each finished run's checkpoint (else only its test logits).
       "losses": tuple(losses),  # Names from w2sg_jax.losses.names(), e.g. 'js' or 'js+conf'.
       # Keyword arguments per loss name, e.g. {"alpha": {"alpha": 0.5}, "js": {"confidence": 0.5}}.
       "loss_hparams": ml_collections.ConfigDict(dict(loss_hparams or {})),

@@ -162,39 +162,47 @@ def _config_overrides(argv) -> list[tuple[str, str | None]]:
 
 
 def check_override_values(config, argv) -> None:
-  """Parses each ``--config.KEY=VALUE`` as config_flags will, by the type of the key's current value.
+  """Parses each ``--config.KEY=VALUE`` with the key's type from the schema (`w2sg_jax.config`), then checks the result.
 
   absl would fail on a bad one with a two-line message and exit 1; this raises
   `validate.ConfigError` (exit 2), one line per bad value, naming the key and
-  the type expected.
+  the type expected, and then every problem the schema finds in the config
+  with the overrides applied (``--config.student.train.epochs=0.5``: epochs
+  must be at least 1), before absl parses anything.
   """
-  from absl import flags as absl_flags
-  from ml_collections.config_flags import tuple_parser
-
+  from w2sg_jax import config as schema
   from w2sg_jax import validate
 
-  # config_flags' own table (`_FIELD_TYPE_TO_PARSER`): the parser is picked by the current value's type.
-  parsers = {float: (absl_flags.FloatParser(), "a number"),
-             int: (absl_flags.IntegerParser(), "an integer"),
-             bool: (absl_flags.BooleanParser(), "true or false"),
-             tuple: (tuple_parser.TupleParser(), "a tuple, quoted, e.g. --config.KEY=\"('a', 'b')\" or \"(0.0, 0.2)\"")}
-  problems = []
+  problems, parsed = [], []
   for key, raw in _config_overrides(argv):
     parent, _, leaf = key.rpartition(".")
     holder = validate.lookup(config, parent) if parent else config
     current = holder[leaf]
-    kind = holder.get_type(leaf) if hasattr(holder, "get_type") else type(current)
-    if kind not in parsers or raw is None:
-      continue  # A string takes any text; a bare --config.KEY is a boolean (absl checks that itself).
-    parser, want = parsers[kind]
+    held = holder.get_type(leaf) if hasattr(holder, "get_type") else type(current)
+    kind = schema.field_type(config, key) or held
+    if raw is None:
+      continue  # A bare --config.KEY is a boolean (absl checks that itself).
     try:
-      parser.parse(raw)
-    except (ValueError, TypeError) as e:
-      detail = f" ({e})" if kind is tuple else ""
-      problems.append(f"--config.{key}={raw!r}: {key} takes {want.replace('KEY', key)}, like its current value "
-                      f"{current!r}{detail}.")
+      value = schema.parse_override(raw, kind)
+    except ValueError as e:
+      problems.append(f"--config.{key}={raw!r}: {key} takes {str(e).replace('KEY', key)}, like its current value "
+                      f"{current!r}.")
+      continue
+    if held is int and isinstance(value, float) and not value.is_integer():
+      problems.append(f"--config.{key}={raw!r}: {key} takes a number, but the experiment file writes it as the "
+                      f"integer {current!r}, which config_flags keeps; write {float(current)!r} there.")
+      continue
+    parsed.append((key, value))
   if problems:
     raise validate.ConfigError(problems)
+  if parsed:
+    with config.unlocked():
+      for key, value in parsed:
+        parent, _, leaf = key.rpartition(".")
+        holder = validate.lookup(config, parent) if parent else config
+        del holder[leaf]
+        holder[leaf] = value
+    schema.Experiment.from_configdict(config)
 
 
 def last_config_only(argv) -> list[str]:

@@ -43,7 +43,6 @@ exact. Times ignore communication and input feeding; MFU folds them in.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import functools
 import json
@@ -56,14 +55,6 @@ from typing import Any
 GIB = 2**30
 DEFAULT_MFU = 0.35
 CONFIGS_DIR = Path(__file__).resolve().parent / "models" / "configs"
-
-# Keys the plan reads with these defaults when a config does not declare them.
-DEFAULT_KEYS = {
-    "weak.train.sharding": "auto",
-    "student.train.sharding": "auto",
-    "weak.remat": "none",
-    "strong.remat": "none",
-}
 
 # XLA flags for the simulated devices. The memory-optimised CPU scheduler
 # orders the program for low peak memory, as accelerator schedulers do under
@@ -165,62 +156,46 @@ def setup_devices(num_devices: int) -> None:
   os.environ["JAX_PLATFORMS"] = "cpu"
 
 
-def parse_value(text: str, current: Any) -> Any:
-  """A command-line value typed like the config's current value (as ``--config.KEY=VALUE`` does)."""
-  if isinstance(current, str):
-    return text
-  if isinstance(current, bool):
-    low = text.strip().lower()
-    if low in ("true", "1", "yes"):
-      return True
-    if low in ("false", "0", "no"):
-      return False
-    raise ValueError(f"expected a boolean, got {text!r}")
-  try:
-    value = ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    if current is None:
-      return text
-    raise ValueError(f"cannot parse {text!r} as a {type(current).__name__}") from None
-  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-    value = float(value)
-  if isinstance(current, tuple) and isinstance(value, list):
-    value = tuple(value)
-  return value
-
-
 def load_config(spec: str, overrides: dict[str, str]):
-  """The experiment's config with the plan's default keys added and the overrides applied."""
+  """The experiment's config resolved through the schema (every default filled), with the overrides applied.
+
+  Each ``--config.KEY=VALUE`` is parsed by `config.parse_override` with the
+  key's schema type (the one parser main uses too), so a key the experiment
+  file leaves at its default can be set as well; the result is checked by
+  `config.Experiment` again.
+  """
+  from w2sg_jax import config as schema  # pylint: disable=g-import-not-at-top
   from w2sg_jax import config_lib  # pylint: disable=g-import-not-at-top
 
   try:
-    config = config_lib.load_config(spec)
+    raw = config_lib.load_config(spec)
+    config = schema.Experiment.from_configdict(raw, where=spec).to_configdict()
   except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError) as e:
     raise PlanError(f"cannot load {spec}: {e}") from e
+  problems = []
   with config.unlocked():
-    for dotted, value in DEFAULT_KEYS.items():
-      node, leaf = _node(config, dotted, create=True)
-      if node is not None and leaf not in node:
-        node[leaf] = value
     for dotted, text in overrides.items():
-      node, leaf = _node(config, dotted)
+      kind = schema.field_type(config, dotted)
+      *parents, leaf = dotted.split(".")
+      node = config
+      for key in parents:
+        node = node[key] if schema._is_mapping(node) and key in node else None  # pylint: disable=protected-access
       if node is None or leaf not in node:
-        raise PlanError(f"unknown config key {dotted!r} in {spec}")
+        raise PlanError(schema.suggest_key(config, dotted, where=spec))
       try:
-        node[leaf] = parse_value(text, node[leaf])
-      except (ValueError, TypeError) as e:
-        raise PlanError(f"--config.{dotted}={text}: {e}") from e
+        value = schema.parse_override(text, kind if kind is not None else type(node[leaf]))
+      except ValueError as e:
+        problems.append(f"--config.{dotted}={text!r}: {dotted} takes {e}.")
+        continue
+      del node[leaf]  # The schema decides the type, not the value the file happened to write.
+      node[leaf] = value
+  if problems:
+    raise PlanError(str(schema.ConfigError(problems)))
+  try:
+    schema.Experiment.from_configdict(config, where=spec)
+  except ValueError as e:
+    raise PlanError(str(e)) from e
   return config
-
-
-def _node(config, dotted: str, create: bool = False):
-  *parents, leaf = dotted.split(".")
-  node = config
-  for key in parents:
-    if not hasattr(node, "keys") or key not in node:
-      return None, leaf
-    node = node[key]
-  return (node, leaf) if hasattr(node, "keys") else (None, leaf)
 
 
 # ------------------------------------------------------------------- models
@@ -416,8 +391,13 @@ def _task_trainable(config, role: str):
 
 
 def _num_steps(train_cfg, num_examples: int) -> int:
-  steps = int(train_cfg.get("num_steps", 0) or 0)
-  return steps or max(1, int(float(train_cfg.epochs) * num_examples // int(train_cfg.batch_size)))
+  from w2sg_jax.labels import stream as stream_lib  # pylint: disable=g-import-not-at-top (the one home of the rule)
+
+  return stream_lib.num_steps_for(num_examples, int(train_cfg.batch_size), train_cfg.epochs, train_cfg.num_steps)
+
+
+def _train_key(role: str) -> str:
+  return "weak.train" if role == "weak" else "student.train"
 
 
 def _sizes(config) -> dict[str, int]:
@@ -463,8 +443,11 @@ def build_steps(config, role: str, mesh, device_memory_bytes: int | None) -> Ste
   num_steps = _num_steps(train_cfg, train_examples)
   ndev = mesh.devices.size
   batch_size = int(train_cfg.batch_size)
-  if batch_size % ndev:
-    raise PlanError(f"{role} batch_size={batch_size} does not divide over {ndev} devices.")
+  from w2sg_jax import config as schema  # pylint: disable=g-import-not-at-top
+
+  why = schema.batch_divides_problem(batch_size, ndev)
+  if why:
+    raise PlanError(f"{_train_key(role)}.batch_size={batch_size}: does not divide over {ndev} devices; {why}.")
   try:
     tx, schedule = train_lib.make_optimizer(train_cfg.optimizer, num_steps)
   except ValueError as e:
@@ -503,7 +486,7 @@ def build_steps(config, role: str, mesh, device_memory_bytes: int | None) -> Ste
   # GPU/TPU; the plan runs on CPU).
   trainer = train_lib.Trainer(apply_fn=apply_fn, loss_fn=loss_fn, tx=tx, schedule=schedule, num_steps=num_steps,
                               mesh=mesh, state_sharding=shardings, num_chains=1)
-  eval_rows = int(train_cfg.get("eval_batch_size", batch_size))
+  eval_rows = int(train_cfg.eval_batch_size)  # Resolved by the schema: its default when the file sets none.
   eval_rows = max(ndev, eval_rows - eval_rows % ndev)  # As Trainer.predict rounds it.
   return Steps(spec=spec, init=init, abstract_state=abstract, shardings=shardings, sharding=mode,
                sharding_resolved=resolved, trainer=trainer,
