@@ -157,3 +157,18 @@ def test_finetune_unknown_remat_is_a_clear_error():
                                        "strong.remat": "sometimes"})
   with pytest.raises(ValueError, match="rematerialisation mode"):
     tasks.get("tweets").make_model("strong", config)
+
+
+def test_bf16_feature_pass_keys_apart_and_float32_keys_stay():
+  """``strong.feature_dtype``: absent or float32 gives the same data fingerprint; bfloat16 another one."""
+  task = tasks.get("tweets")
+  config = _config("tweets_minilm")
+  base = task.fingerprint(config)
+  assert "feature_dtype" not in base
+  with config.unlocked():
+    config.strong.feature_dtype = "float32"
+  assert task.fingerprint(config) == base
+  with config.unlocked():
+    config.strong.feature_dtype = "bfloat16"
+  bf16 = task.fingerprint(config)
+  assert bf16 == dict(base, feature_dtype="bfloat16")

@@ -216,7 +216,9 @@ def _train_data_parallel(make_model, stream, eval_inputs, *, loss_fn, cfg, train
   def batches(position):
     return stream.host_batches(position, process_index=jax.process_index(), process_count=jax.process_count())
 
-  eval_batch = int(cfg.get("eval_batch_size", 256))
+  from w2sg_jax.config import TrainConfig  # pylint: disable=g-import-not-at-top (the one home of the default)
+
+  eval_batch = int(cfg.get("eval_batch_size", TrainConfig.eval_batch_size))
   validation = None
   if validate is not None:
     select, steps, val_inputs, val_targets = validate

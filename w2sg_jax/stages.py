@@ -36,6 +36,7 @@ from w2sg_jax import engines
 from w2sg_jax import losses as losses_lib
 from w2sg_jax import metric_writers
 from w2sg_jax import metrics as metrics_lib
+from w2sg_jax import profiling
 from w2sg_jax.data.task import Split, Task
 from w2sg_jax.labels import noise as noise_lib
 from w2sg_jax.labels import store as store_lib
@@ -58,10 +59,16 @@ def semantic(tree: Any) -> Any:
   if isinstance(tree, ml_collections.ConfigDict):
     tree = tree.to_dict()
   if isinstance(tree, Mapping):
-    return {k: semantic(v) for k, v in tree.items() if k not in NON_SEMANTIC_KEYS and not _default_select(k, v)}
+    return {k: semantic(v) for k, v in tree.items() if k not in NON_SEMANTIC_KEYS and not _default_select(k, v)
+            and not (k in NEUTRAL_VALUES and v == NEUTRAL_VALUES[k])}
   if isinstance(tree, (list, tuple)):
     return [semantic(v) for v in tree]
   return tree
+
+
+# Keys whose value reproduces what the code did before the key existed: holding that value, they are
+# left out of the key, so entries made before them stay valid (config.py's `neutral`).
+NEUTRAL_VALUES = {"feature_dtype": "float32"}
 
 
 def _default_select(key: str, value: Any) -> bool:
@@ -145,6 +152,12 @@ class Profile:
   runs' metrics, computed when produced or read from their entries;
   ``metrics_computed`` counts the runs whose metrics were computed on reading
   (entries written before metrics were stored). ``labels``: the label stores.
+  Code a stage calls reports its own parts through `w2sg_jax.profiling`; the
+  tweets task's data stage, for one: ``tfds_prepare``, ``tfds_read``,
+  ``fingerprint``, ``features_entry`` (the cache entry, found and verified or
+  produced) containing ``load_model``, ``tokenize``, ``pack``,
+  ``feature_compile``, ``feature_pass`` and ``features_write``, then
+  ``features_read``; counters ``feature_real_tokens`` and ``feature_computed_tokens``.
   """
 
   def __init__(self):
@@ -159,7 +172,8 @@ class Profile:
     if outermost:
       _ACTIVE_PROFILES.append(self)
     try:
-      with self.part("total"):
+      # Code the stage calls (a task's splits) reports its parts through `profiling.part`.
+      with self.part("total"), profiling.reporting_to(self):
         yield
     finally:
       if outermost:
@@ -345,8 +359,10 @@ class Stages:
   # -- data
   @_profiled("data")
   def data(self) -> DataResult:
-    splits = self.task.splits(self.config, self.cache.root)
-    return DataResult(splits=splits, fingerprint=self.task.fingerprint(self.config))
+    splits = self.task.splits(self.config, self.cache.root)  # Its parts: `profiling.part` in the task.
+    with self.profile.part("fingerprint"):
+      fingerprint = self.task.fingerprint(self.config)
+    return DataResult(splits=splits, fingerprint=fingerprint)
 
   def truth_store(self, data: DataResult, split: str) -> store_lib.WeakLabelStore:
     """Ground truth of a split as a one-hot store: the ceiling and the weak model learn from it."""

@@ -17,7 +17,14 @@ and unsorted), and times the forward on a sample of the batches:
 * ``jax_buckets``: the earlier pass, one text per row, rows sorted by length
   into batches padded to their longest row (``tweets.pooled_layers``);
 * ``torch``: the packed forward in PyTorch (``torch_ref.bert_pooled_packed``,
-  inference mode).
+  inference mode);
+* ``jax_bf16``: the packed pass with bfloat16 matrix products, float32
+  accumulation, LayerNorms, softmax and residuals (``matmul_dtype="bfloat16"``,
+  the tweets task's ``strong.feature_dtype`` option), with its pooled
+  features' largest absolute difference and smallest cosine against float32
+  over the sampled batches;
+* ``torch_bf16``: the PyTorch pass under ``torch.autocast("cpu", bfloat16)``,
+  so the bf16 ratio is against the same lowering of precision.
 
 Each contender gets ``SAMPLE`` of its own batches, evenly spaced over the
 pass; call ``r`` runs sample batch ``r mod SAMPLE``, and the contenders
@@ -150,6 +157,8 @@ def bench_encoder(*, quick: bool, log: Callable[[str], None] = print) -> dict[st
     calls["jax_plain"] = tweets.packed_pooled_layers(encoder, layers, pstats["max_segments"], num_chains=1)
   samples["jax_buckets"] = b_sample
   calls["jax_buckets"] = tweets.pooled_layers(encoder, layers)
+  samples["jax_bf16"] = p_sample
+  calls["jax_bf16"] = tweets.packed_pooled_layers(encoder, layers, pstats["max_segments"], matmul_dtype="bfloat16")
   tm = None
   if torch is not None:
     from w2sg_jax.bench import torch_ref
@@ -160,6 +169,13 @@ def bench_encoder(*, quick: bool, log: Callable[[str], None] = print) -> dict[st
     samples["torch"] = [dict(b, args=tuple(torch.from_numpy(np.asarray(a)).long() for a in b["args"]))
                         for b in p_sample]
     calls["torch"] = lambda i, s, p: torch_ref.bert_pooled_packed(tm, i, s, p, layers, pstats["max_segments"])
+    samples["torch_bf16"] = samples["torch"]
+
+    def torch_bf16(i, s, p):
+      with torch.autocast("cpu", dtype=torch.bfloat16):
+        return torch_ref.bert_pooled_packed(tm, i, s, p, layers, pstats["max_segments"])
+
+    calls["torch_bf16"] = torch_bf16
 
   def cycling(name: str) -> Callable[[], Any]:
     state = {"i": 0}
@@ -191,6 +207,22 @@ def bench_encoder(*, quick: bool, log: Callable[[str], None] = print) -> dict[st
   if tm is not None:
     tout = calls["torch"](*samples["torch"][0]["args"])
     max_diff["torch_vs_jax"] = max(float(np.max(np.abs(ref[d][real] - tout[d].numpy()[real]))) for d in layers)
+  # bfloat16 products against float32: the pooled features of every sampled batch, real segments only.
+  bf16 = {"max_abs_diff": 0.0, "min_cosine": 1.0, "max_abs_feature": 0.0}
+  for b in p_sample:
+    want = jax.device_get(calls["jax"](*b["args"]))
+    have = jax.device_get(calls["jax_bf16"](*b["args"]))
+    seg = b["args"][1]
+    real_seg = np.arange(1, pstats["max_segments"] + 1)[None, :] <= seg.max(1)[:, None]
+    for d in layers:
+      w, h = want[d][real_seg], have[d][real_seg]
+      cos = (w * h).sum(-1) / np.maximum(np.linalg.norm(w, axis=-1) * np.linalg.norm(h, axis=-1), 1e-12)
+      bf16["max_abs_diff"] = max(bf16["max_abs_diff"], float(np.max(np.abs(w - h))))
+      bf16["min_cosine"] = min(bf16["min_cosine"], float(np.min(cos)))
+      bf16["max_abs_feature"] = max(bf16["max_abs_feature"], float(np.max(np.abs(w))))
+  max_diff["bf16_vs_float32"] = bf16["max_abs_diff"]
+  log(f"  bf16 vs float32 pooled features ({len(p_sample)} batches, layers {list(layers)}): max abs diff "
+      f"{bf16['max_abs_diff']:.2e} (features up to {bf16['max_abs_feature']:.2f}), min cosine {bf16['min_cosine']:.6f}")
   lcm = int(np.lcm.reduce([len(v) for v in samples.values()]))
   reps = -(-reps // lcm) * lcm  # Every sampled batch equally often in every round.
   # The matmul peak joins the round-robin: each round's share of peak is taken under that round's load.
@@ -202,7 +234,7 @@ def bench_encoder(*, quick: bool, log: Callable[[str], None] = print) -> dict[st
                          "padding": pad, "sample_widths": {k: [b["width"] for b in v] for k, v in samples.items()},
                          "programs": {"jax": 1, "jax_buckets": len(pad["widths"])},
                          "first_call_s": first_s, "max_abs_diff": max_diff, "torch": torch_msg,
-                         "peak_rounds": peaks, "peak_gflops_per_round": peak_per_round}
+                         "peak_rounds": peaks, "peak_gflops_per_round": peak_per_round, "bf16": bf16}
 
   def rate(name: str, r: int, key: str) -> float:
     t, smp = res.samples[r][name], samples[name]
@@ -224,4 +256,10 @@ def bench_encoder(*, quick: bool, log: Callable[[str], None] = print) -> dict[st
     if other != "jax":
       per_round = [rate("jax", r, "real_tokens") / rate(other, r, "real_tokens") for r in range(res.rounds)]
       out["ratios"][other] = {"per_round": per_round, "worst": min(per_round)}
+  # bfloat16 over float32, each framework against itself, and JAX bf16 against PyTorch's autocast.
+  for fast, base in (("jax_bf16", "jax"), ("torch_bf16", "torch"), ("jax_bf16", "torch_bf16")):
+    if fast in names and base in names:
+      per_round = [rate(fast, r, "real_tokens") / rate(base, r, "real_tokens") for r in range(res.rounds)]
+      bf16.setdefault("ratios", {})[f"{fast}/{base}"] = {"per_round": per_round, "worst": min(per_round)}
+      log(f"  {fast} / {base}: {'/'.join(f'{x:.2f}' for x in per_round)} (tokens/s, per round)")
   return out

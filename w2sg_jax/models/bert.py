@@ -180,6 +180,34 @@ class BertLayer(nnx.Module):
     h = jax.nn.gelu(self.ffn_in(x), approximate=False)
     return self.ffn_ln(x + self.ffn_out(h))
 
+  def mixed(self, x_BxTxD: jax.Array, bias: jax.Array, matmul_dtype: Any) -> jax.Array:
+    """The block with its matrix products in ``matmul_dtype`` (e.g. bfloat16), everything else float32.
+
+    The inputs of every product (the six dense layers, the attention scores
+    and their weighted sum) are cast to ``matmul_dtype`` and accumulated in
+    float32 (``preferred_element_type``); the residual stream, the biases,
+    the softmax, GELU and both LayerNorms stay float32. Kernels already
+    stored in ``matmul_dtype`` (see :func:`cast_kernels`) are not cast again.
+    With ``matmul_dtype=float32`` this computes ``self(x, bias)``.
+    """
+    x = x_BxTxD.astype(jnp.float32)
+
+    def dense(lin: nnx.Linear, h: jax.Array) -> jax.Array:
+      y = jnp.einsum("...i,io->...o", h.astype(matmul_dtype), lin.kernel[...].astype(matmul_dtype),
+                     preferred_element_type=jnp.float32)
+      return y + lin.bias[...].astype(jnp.float32)
+
+    b, t, d = x.shape
+    dh = d // self.num_heads
+    split = lambda h: h.reshape(b, t, self.num_heads, dh).astype(matmul_dtype)
+    q, k, v = split(dense(self.query, x)), split(dense(self.key, x)), split(dense(self.value, x))
+    scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) / math.sqrt(dh)
+    probs = jax.nn.softmax(scores + bias, axis=-1).astype(matmul_dtype)
+    a = jnp.einsum("bhts,bshd->bthd", probs, v, preferred_element_type=jnp.float32).reshape(b, t, d)
+    x = self.attn_ln(x + dense(self.attn_out, a))
+    h = jax.nn.gelu(dense(self.ffn_in, x), approximate=False)
+    return self.ffn_ln(x + dense(self.ffn_out, h))
+
   def hf_weight_map(self, prefix: str) -> WeightMap:
     m = {
         "attention.self.query": self.query,
@@ -198,6 +226,18 @@ class BertLayer(nnx.Module):
       out[f"{prefix}{name}.weight"] = (ln.scale, _identity)
       out[f"{prefix}{name}.bias"] = (ln.bias, _identity)
     return out
+
+
+def cast_kernels(state: Any, dtype: Any) -> Any:
+  """``state`` (from ``nnx.split``) with every dense ``kernel`` in ``dtype``; embeddings, biases, LayerNorms kept.
+
+  For :meth:`BertLayer.mixed`: the kernels are cast once, not on every call.
+  """
+  def cast(path, x):
+    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    return x.astype(dtype) if "kernel" in names and hasattr(x, "astype") else x
+
+  return jax.tree_util.tree_map_with_path(cast, state)
 
 
 class Bert(nnx.Module):

@@ -48,12 +48,14 @@ from w2sg_jax import cache as cache_lib
 from w2sg_jax import hashing
 from w2sg_jax import cpu as cpu_lib
 from w2sg_jax import models
+from w2sg_jax import profiling
 from w2sg_jax.data import splits as splits_lib
 from w2sg_jax.labels import store as store_lib
 from w2sg_jax.data import tokenize as tokenize_lib
 from w2sg_jax.data import tweets as tweets_lib
 from w2sg_jax.models import pretrained as pretrained_lib
 from w2sg_jax.models import remat as remat_lib
+from w2sg_jax.models import bert as bert_lib
 from w2sg_jax.models.bert import attention_bias
 from w2sg_jax.data.task import Split, Task
 from w2sg_jax.log import log
@@ -100,6 +102,11 @@ def _checkpoint_spec(config: ml_collections.ConfigDict) -> tuple[str, str]:
   """``(strong.checkpoint or the packaged MiniLM, strong.checkpoint_revision or '')``."""
   revision = str(config.strong.get("checkpoint_revision", "") or "")
   return str(config.strong.checkpoint or models.default_minilm_path()), revision
+
+
+def feature_dtype(config: ml_collections.ConfigDict) -> str:
+  """``strong.feature_dtype``: the feature pass's matmul dtype, ``"float32"`` (default) or ``"bfloat16"``."""
+  return check_feature_dtype(str(config.strong.get("feature_dtype", "float32") or "float32"))
 
 
 def checkpoint_path(config: ml_collections.ConfigDict) -> str:
@@ -177,8 +184,17 @@ def pack_sequences(lengths: np.ndarray, width: int) -> tuple[np.ndarray, int]:
   return placement, len(used)
 
 
+FEATURE_DTYPES = ("float32", "bfloat16")
+
+
+def check_feature_dtype(name: str) -> str:
+  if name not in FEATURE_DTYPES:
+    raise ValueError(f"feature dtype {name!r}; use one of {list(FEATURE_DTYPES)} (the feature pass's matmul dtype).")
+  return name
+
+
 def packed_pooled_layers(encoder: models.Bert, layers: tuple[int, ...], max_segments: int, *,
-                         num_chains: int | None = None):
+                         num_chains: int | None = None, matmul_dtype: str = "float32"):
   """A jitted ``(ids, segments, positions) -> {k: [B, max_segments, D]}`` over packed rows.
 
   A row holds several texts end to end (``pack_sequences``): ``segments``
@@ -187,10 +203,17 @@ def packed_pooled_layers(encoder: models.Bert, layers: tuple[int, ...], max_segm
   only its own text) and every text gets its own position embeddings, so
   each text's states, and its mean-pooled features, are the ones it gets
   alone, to float rounding; ``[b, s - 1]`` holds segment s of row b.
-  ``num_chains`` as in :func:`pooled_layers`.
+  ``num_chains`` as in :func:`pooled_layers`. ``matmul_dtype="bfloat16"``
+  runs every matrix product of the layers in bfloat16 with float32
+  accumulation (`BertLayer.mixed`; kernels cast once here); the embeddings,
+  LayerNorms, softmax, residuals and pooling stay float32, so depth 0 (the
+  embeddings) is unchanged. ``"float32"``: the encoder's own forward.
   """
   graphdef, state = nnx.split(encoder)
   deepest = max(layers)
+  mixed = check_feature_dtype(matmul_dtype) != "float32"
+  if mixed:
+    state = bert_lib.cast_kernels(state, jnp.dtype(matmul_dtype))
 
   def forward(state, ids, seg, pos):
     bert = nnx.merge(graphdef, state)
@@ -206,7 +229,8 @@ def packed_pooled_layers(encoder: models.Bert, layers: tuple[int, ...], max_segm
     out = {}
     for depth in range(deepest + 1):
       if depth > 0:
-        x = bert.layers[depth - 1](x, bias)
+        layer = bert.layers[depth - 1]
+        x = layer.mixed(x, bias, jnp.dtype(matmul_dtype)) if mixed else layer(x, bias)
       if depth in layers:
         out[depth] = jnp.einsum("bst,btd->bsd", member, x.astype(jnp.float32)) / count
     return out
@@ -216,7 +240,16 @@ def packed_pooled_layers(encoder: models.Bert, layers: tuple[int, ...], max_segm
     chains = cpu_lib.resolve_num_chains(num_chains, ids.shape[0], state, {"ids": ids})
     return cpu_lib.chained(forward, chains, argnums=(1, 2, 3))(state, ids, seg, pos)
 
-  return lambda ids, seg, pos: run(state, ids, seg, pos)
+  def call(ids, seg, pos):
+    return run(state, ids, seg, pos)
+
+  def compiled(ids, seg, pos):
+    """The program for batches shaped like these, compiled now (ahead of time): ``(ids, seg, pos) -> out``."""
+    program = run.lower(state, ids, seg, pos).compile()
+    return lambda ids, seg, pos: program(state, ids, seg, pos)
+
+  call.compiled = compiled
+  return call
 
 
 def pack_batches(input_ids: np.ndarray, lengths: np.ndarray, width: int, batch_size: int):
@@ -251,6 +284,7 @@ def extract_features(
     max_length: int,
     batch_size: int = 128,
     progress: bool = True,
+    matmul_dtype: str = "float32",
 ) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
   """Mean-pooled features ``{k: [N, D]}`` for each depth k, plus tokenisation stats.
 
@@ -259,19 +293,26 @@ def extract_features(
   default experiment then computes ~4% padding instead of ~12% with
   length buckets, and compiles one program instead of one per bucket width.
   Each text's features are the ones it gets alone, to float rounding.
+  ``matmul_dtype`` as in :func:`packed_pooled_layers`.
   """
   from w2sg_jax.progress import Progress
 
-  encoder, tokenizer = models.load_pretrained(checkpoint)
-  enc = tokenize_lib.encode(tokenizer, texts, max_length=max_length, truncation_side="right")
+  with profiling.part("load_model"):
+    encoder, tokenizer = models.load_pretrained(checkpoint)
+  with profiling.part("tokenize"):
+    enc = tokenize_lib.encode(tokenizer, texts, max_length=max_length, truncation_side="right")
   width = int(enc.input_ids.shape[1])  # The longest text, rounded up to 8 tokens, at most max_length.
-  batches, placement, pack = pack_batches(enc.input_ids, enc.lengths, width, batch_size)
-  run = packed_pooled_layers(encoder, layers, pack["max_segments"])
+  with profiling.part("pack"):
+    batches, placement, pack = pack_batches(enc.input_ids, enc.lengths, width, batch_size)
+  # One program serves every batch: compiled ahead, so the pass below only runs.
+  with profiling.part("feature_compile"):
+    run = packed_pooled_layers(encoder, layers, pack["max_segments"], matmul_dtype=matmul_dtype).compiled(*batches[0])
   # Where each (row, segment) of the packed batches goes among the texts.
   text_at = np.full((len(batches) * batch_size, pack["max_segments"]), -1, np.int64)
   text_at[placement[:, 0], placement[:, 2] - 1] = np.arange(len(texts))
   out = {k: np.zeros((len(texts), encoder.hidden_size), np.float32) for k in layers}
-  with Progress(len(texts), "embedding (feature pass)", unit="text", enabled=progress) as bar:
+  with (profiling.part("feature_pass"),
+        Progress(len(texts), "embedding (feature pass)", unit="text", enabled=progress) as bar):
     for b, (ids, seg, pos) in enumerate(batches):
       pooled = run(ids, seg, pos)
       where = text_at[b * batch_size:(b + 1) * batch_size]
@@ -279,6 +320,8 @@ def extract_features(
       for k in layers:
         out[k][where[real]] = np.asarray(pooled[k])[real]
       bar.update(int(real.sum()))
+  profiling.add("feature_real_tokens", pack["real_tokens"])
+  profiling.add("feature_computed_tokens", pack["computed_tokens"])
   stats = {"num_truncated": int(enc.num_truncated), "mean_tokens": float(enc.lengths.mean()),
            "padded_share": 1.0 - pack["real_tokens"] / pack["computed_tokens"]}
   return out, stats
@@ -301,6 +344,8 @@ class TweetsTask(Task):
         "checkpoints": {"weak": ckpt, "strong": ckpt},  # One checkpoint; both roles read it.
         "weak_train_subset": int(config.weak.train_subset),
         "strong_finetune": config.strong.finetune,
+        # Only when not the default, so that every float32 key stays what it was.
+        **({"feature_dtype": feature_dtype(config)} if feature_dtype(config) != "float32" else {}),
     }
 
   def _csv_digest(self, config: ml_collections.ConfigDict) -> str:
@@ -331,8 +376,9 @@ class TweetsTask(Task):
     features = self._features(config, cache_dir, ckpt, texts, data["id"][order], tuple(sorted(depths)))
     tokens = None
     if weak_kind == "bow" or config.strong.finetune != "head":
-      _, tokenizer = models.load_pretrained(ckpt)
-      enc = tokenize_lib.encode(tokenizer, texts, max_length=int(cfg.max_length), truncation_side="right")
+      with profiling.part("tokenize"):
+        _, tokenizer = models.load_pretrained(ckpt)
+        enc = tokenize_lib.encode(tokenizer, texts, max_length=int(cfg.max_length), truncation_side="right")
       # Fixed width for fine-tuning: one compiled step, not one per batch length.
       width = int(cfg.max_length)
       tokens = {
@@ -362,25 +408,33 @@ class TweetsTask(Task):
 
   def _features(self, config, cache_dir, ckpt, texts, ids, depths) -> dict[int, np.ndarray]:
     """Mean-pooled features of every depth, one encoder pass, kept in the cache (sha256-checked)."""
+    with profiling.part("fingerprint"):  # The checkpoint's files by sha256 (once per process).
+      checkpoint = checkpoint_fingerprint(config)
     components = {
-        "checkpoint": checkpoint_fingerprint(config),
+        "checkpoint": checkpoint,
         "ids": store_lib.ids_digest([str(i) for i in ids]),
         "max_length": int(config.data.max_length),
         "depths": list(depths),
         "pooling": "mean",
+        **({"matmul_dtype": feature_dtype(config)} if feature_dtype(config) != "float32" else {}),
     }
 
     def produce(out_dir, _work_dir):
       log.info("embedding %d texts with %s (layers %s)", len(texts), ckpt, list(depths))
-      feats, stats = extract_features(ckpt, texts, layers=depths, max_length=int(config.data.max_length))
+      feats, stats = extract_features(ckpt, texts, layers=depths, max_length=int(config.data.max_length),
+                                      matmul_dtype=feature_dtype(config))
       log.info("tokenisation: mean %.1f tokens, %d of %d truncated at %d", stats["mean_tokens"],
                stats["num_truncated"], len(texts), config.data.max_length)
-      for k, v in feats.items():
-        np.save(os.path.join(out_dir, f"layer{k}.npy"), v)
+      with profiling.part("features_write"):
+        for k, v in feats.items():
+          np.save(os.path.join(out_dir, f"layer{k}.npy"), v)
       return stats
 
-    entry = cache_lib.Cache(cache_dir).get_or_create("features", components, produce)
-    return {k: np.load(entry.path(f"layer{k}.npy")) for k in depths}
+    # The entry: found and sha256-verified, or produced (the parts above) and hashed into its manifest.
+    with profiling.part("features_entry"):
+      entry = cache_lib.Cache(cache_dir).get_or_create("features", components, produce)
+    with profiling.part("features_read"):
+      return {k: np.load(entry.path(f"layer{k}.npy")) for k in depths}
 
   def make_model(self, role: str, config: ml_collections.ConfigDict):
     num_classes = self.num_classes
