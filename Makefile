@@ -24,6 +24,8 @@ export W2SG_MAKE_PYTEST_ARGS := $(value PYTEST_ARGS)
 WITH_ARGS := "$(PYTHON)" scripts/with_args.py
 # Letters spelled out: a range such as A-Z can match other letters in some locales.
 WORD_CHARS := ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_
+# The experiments: the shipped ones (w2sg_jax/experiments/) and the user's (experiments/), by name.
+LIST_EXPERIMENTS := ls experiments w2sg_jax/experiments 2>/dev/null | sed -n 's/^\([^_].*\)\.py$$/\1/p' | sort -u | tr '\n' ' '
 
 .PHONY: setup test test-slow test-all experiment check-experiment bench clean
 
@@ -47,28 +49,28 @@ test-all: $(STAMP)
 	XLA_FLAGS=$(TEST_XLA_FLAGS) $(WITH_ARGS) W2SG_MAKE_PYTEST_ARGS "$(PY)" -m pytest -n 2
 
 # make experiment NAME=<name> [VARIANT=<variant>] [WORKDIR=<dir>] [ARGS='--config.KEY=VALUE ...']
-# runs experiments/NAME.py[:VARIANT] into WORKDIR (default runs/NAME). A --config=... in ARGS
+# is `w2sg run NAME[:VARIANT] --workdir=WORKDIR ARGS` (w2sg_jax/cli.py): it runs experiments/NAME.py,
+# else the shipped w2sg_jax/experiments/NAME.py, into WORKDIR (default runs/NAME). A --config=... in ARGS
 # replaces the one NAME and VARIANT give (the last --config wins), so ARGS may name a variant and
 # override keys together. NAME and VARIANT are checked before anything else runs: only letters,
 # digits and '_'; a missing experiment lists the ones there are. W2SG_MAKE_EXPERIMENT tells the
 # run to print this make command (not the python one) as the way to resume it after Ctrl-C.
 experiment: check-experiment $(STAMP)
 	@workdir="$${W2SG_MAKE_WORKDIR:-runs/$$W2SG_MAKE_NAME}"; \
-	config="experiments/$$W2SG_MAKE_NAME.py$${W2SG_MAKE_VARIANT:+:$$W2SG_MAKE_VARIANT}"; \
-	W2SG_MAKE_EXPERIMENT=1 exec $(WITH_ARGS) --echo W2SG_MAKE_ARGS "$(PY)" -m w2sg_jax.main \
-	  "--config=$$config" "--workdir=$$workdir"
+	W2SG_MAKE_EXPERIMENT=1 exec $(WITH_ARGS) --echo W2SG_MAKE_ARGS "$(PY)" -m w2sg_jax.cli run \
+	  "$$W2SG_MAKE_NAME$${W2SG_MAKE_VARIANT:+:$$W2SG_MAKE_VARIANT}" "--workdir=$$workdir"
 
 check-experiment:
 	@case "$$W2SG_MAKE_NAME" in ''|*[!$(WORD_CHARS)]*) \
 	  printf "error: NAME='%s' is not an experiment's name: letters, digits and '_' only, as in NAME=tweets_minilm.\n" "$$W2SG_MAKE_NAME" >&2; \
-	  echo "The experiments are: $$(ls experiments | sed -n 's/^\([^_].*\)\.py$$/\1/p' | tr '\n' ' ')" >&2; \
+	  echo "The experiments are: $$($(LIST_EXPERIMENTS))" >&2; \
 	  exit 2;; esac; \
 	case "$$W2SG_MAKE_VARIANT" in *[!$(WORD_CHARS)]*) \
 	  printf "error: VARIANT='%s' is not a variant's name: letters, digits and '_' only, as in VARIANT=smoke.\n" "$$W2SG_MAKE_VARIANT" >&2; \
 	  exit 2;; esac; \
-	test -f "experiments/$$W2SG_MAKE_NAME.py" || { \
-	  echo "error: no experiment named '$$W2SG_MAKE_NAME' (experiments/$$W2SG_MAKE_NAME.py does not exist)." >&2; \
-	  echo "The experiments are: $$(ls experiments | sed -n 's/^\([^_].*\)\.py$$/\1/p' | tr '\n' ' ')" >&2; \
+	test -f "experiments/$$W2SG_MAKE_NAME.py" || test -f "w2sg_jax/experiments/$$W2SG_MAKE_NAME.py" || { \
+	  echo "error: no experiment named '$$W2SG_MAKE_NAME' (neither experiments/$$W2SG_MAKE_NAME.py nor w2sg_jax/experiments/$$W2SG_MAKE_NAME.py exists)." >&2; \
+	  echo "The experiments are: $$($(LIST_EXPERIMENTS))" >&2; \
 	  echo "Run one with: make experiment NAME=<name> [VARIANT=<variant>] [ARGS='--config.KEY=VALUE ...']" >&2; \
 	  exit 2; }
 

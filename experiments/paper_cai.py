@@ -1,37 +1,11 @@
-r"""Yao et al. (2025), CAI-Harmless: GPT-2 reward models, weak-to-strong with f-divergence losses.
+"""Yao et al. (2025), CAI-Harmless: GPT-2 reward models, weak-to-strong with f-divergence losses.
 
-The same protocol as ``experiments/paper_hh.py`` (read its docstring for the
-variants, the runs and the expected wall times, which are the same here up to
-the transcript lengths) on CAI-Harmless: the preference splits of the public
-release ``HuggingFaceH4/cai-conversation-harmless`` (Apache-2.0, pinned
-revision in ``w2sg_jax/data/preference.py``), whose pairs are a red-team
-prompt with the constitutionally revised response (chosen) and the initial
-one (rejected).
-
-  python -m w2sg_jax.main --config=experiments/paper_cai.py --workdir=runs/paper_cai
-  python -m w2sg_jax.main --config=experiments/paper_cai.py:xl --workdir=runs/paper_cai_xl
-  python -m w2sg_jax.main --config=experiments/paper_cai.py:smoke --workdir=/tmp/paper_cai_smoke
-
-Variants: ``large``, ``xl``, ``tpu_small``, ``smoke`` (as in paper_hh.py;
-``single_turn`` reads HH-RLHF files and is paper_hh.py's only). docs/paper.md
-says which settings come from the paper, which from the authors' code, and
-which are this project's choice.
+The shipped experiment lives in the package, `w2sg_jax/experiments/paper_cai.py`
+(its docstring gives the variants, commands and run times); this file
+re-exports it so that `--config=experiments/paper_cai.py[:variant]` and
+`make experiment NAME=paper_cai` keep working in a clone. `w2sg run paper_cai[:variant]`
+runs the same config from anywhere.
 """
 
-import importlib.util
-import os
-
-import ml_collections
-
-
-def _paper_hh():
-  # Config files are loaded by path, not as a package: load the sibling the same way.
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_hh.py")
-  spec = importlib.util.spec_from_file_location("w2sg_experiments_paper_hh", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  return _paper_hh().build_config(arg, name="paper_cai", dataset="cai_harmless", subset="", module="paper_cai.py")
+from w2sg_jax.experiments.paper_cai import *  # noqa: F401,F403 -- get_config, VARIANTS and its helpers.
+from w2sg_jax.experiments.paper_cai import VARIANTS, get_config  # noqa: F401 -- named for readers and linters.

@@ -22,7 +22,7 @@ from w2sg_jax.data import prepared, preference, tweets
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIX = REPO / "tests" / "fixtures" / "data"
-SYNTHETIC = (REPO / "experiments" / "synthetic.py").read_text()
+SYNTHETIC = (REPO / "w2sg_jax" / "experiments" / "synthetic.py").read_text()
 
 
 def _cli(capsys, *args):

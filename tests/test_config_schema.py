@@ -17,7 +17,7 @@ from tests.test_validate import SHIPPED, REPO
 
 
 def _load(name: str, variant: str | None, **overrides) -> ml_collections.ConfigDict:
-  return config_lib.load_config(os.path.join(REPO, "experiments", f"{name}.py:{variant or ''}"), overrides)
+  return config_lib.load_config(os.path.join(REPO, "w2sg_jax", "experiments", f"{name}.py:{variant or ''}"), overrides)
 
 
 def _set(config, key, value):
@@ -306,7 +306,7 @@ def test_describe_covers_every_field_of_every_block():
 
 @pytest.mark.parametrize("name,variant", [("tweets_minilm", None), ("w2s_llama", "tweets_smoke")])
 def test_describe_an_experiment_shows_its_values(name, variant):
-  text = schema.describe(os.path.join(REPO, "experiments", f"{name}.py:{variant or ''}"))
+  text = schema.describe(os.path.join(REPO, "w2sg_jax", "experiments", f"{name}.py:{variant or ''}"))
   assert "| `student.train.batch_size` | int |" in text and "| `data.max_length` |" in text
 
 

@@ -75,7 +75,7 @@ def test_args_and_workdir_are_arguments_never_commands(tmp_path, fake_py):
   args = " ".join(shlex.quote(h) for h in hostile) + " --config.student.losses=(\\\"xent\\\",\\\"tv\\\") * '--x=a b'"
   workdir = f"{tmp_path}/a b;touch {marker}"
   got = _ran(_make("experiment", "NAME=synthetic", f"PY={fake_py}", f"ARGS={args}", f"WORKDIR={workdir}"))
-  assert got["argv"] == ["-m", "w2sg_jax.main", "--config=experiments/synthetic.py", f"--workdir={workdir}",
+  assert got["argv"] == ["-m", "w2sg_jax.cli", "run", "synthetic", f"--workdir={workdir}",
                          *hostile, '--config.student.losses=("xent","tv")', "*", "--x=a b"]
   assert got["make"] == "1"  # The run prints the make form as its resume command.
   assert not marker.exists()
@@ -83,8 +83,7 @@ def test_args_and_workdir_are_arguments_never_commands(tmp_path, fake_py):
 
 def test_the_defaults_and_a_variant(fake_py):
   got = _ran(_make("experiment", "NAME=synthetic", "VARIANT=smoke", f"PY={fake_py}"))
-  assert got["argv"] == ["-m", "w2sg_jax.main", "--config=experiments/synthetic.py:smoke",
-                         "--workdir=runs/synthetic"]
+  assert got["argv"] == ["-m", "w2sg_jax.cli", "run", "synthetic:smoke", "--workdir=runs/synthetic"]
 
 
 def test_an_unclosed_quote_in_args_is_one_clear_line(fake_py):

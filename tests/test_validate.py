@@ -21,7 +21,7 @@ def _shipped() -> list[tuple[str, str | None]]:
   known = {"synthetic": ("smoke",), "tweets_minilm": ("smoke", "bow", "ternary", "finetune"),
            "tweets_theory": ("smoke", "synthetic"), "paper_cai": ("smoke",)}
   out = []
-  folder = os.path.join(REPO, "experiments")
+  folder = os.path.join(REPO, "w2sg_jax", "experiments")  # The shipped ones (experiments/ re-exports them).
   for name in sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and not f.startswith("_")):
     spec = importlib.util.spec_from_file_location(f"shipped_{name}", os.path.join(folder, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
@@ -34,7 +34,7 @@ SHIPPED = _shipped()
 
 
 def _config(name="synthetic", variant="smoke", **overrides) -> ml_collections.ConfigDict:
-  return config_lib.load_config(os.path.join(REPO, "experiments", f"{name}.py:{variant or ''}"), overrides)
+  return config_lib.load_config(os.path.join(REPO, "w2sg_jax", "experiments", f"{name}.py:{variant or ''}"), overrides)
 
 
 def _problems(config, num_devices=8) -> list[str]:

@@ -72,7 +72,7 @@ import numpy as np
 
 __all__ = [
     "CeilingConfig", "ConfigError", "DataConfig", "Experiment", "HeadModelConfig", "HeadWeakConfig", "LoraConfig",
-    "MiniLMConfig", "NoiseConfig", "OptimizerConfig", "PreferenceDataConfig", "PretrainedConfig",
+    "FilesDataConfig", "MiniLMConfig", "NoiseConfig", "OptimizerConfig", "PreferenceDataConfig", "PretrainedConfig",
     "PretrainedWeakConfig", "ReportConfig", "SelectConfig", "SizesConfig", "StudentConfig", "SyntheticDataConfig",
     "TASK_BLOCKS", "TheoryConfig", "TrainConfig", "TweetsDataConfig", "TweetsWeakConfig", "UnknownKeyError",
     "WeakConfig", "batch_divides_problem", "describe", "field_type", "parse_override", "semantic_dict",
@@ -683,6 +683,76 @@ class PreferenceDataConfig(DataConfig):
     c.integer("max_length", self.max_length, low=1)
 
 
+FILES_COLUMN_ROLES = ("id", "text", "label", "prompt", "chosen", "rejected")
+
+
+@_frozen
+class FilesDataConfig(DataConfig):
+  """Your own data (task ``files``): a CSV, JSONL or Parquet file, one per split, or a hub dataset (tasks/files.py)."""
+
+  kind: str = field("classification", help="'classification' (text + label, any number of classes) or 'preference' "
+                    "(prompt + chosen + rejected pairs, reward models).")
+  source: str = field("", semantic=False, help="A local .csv, .jsonl or .parquet file; the splitter draws the three "
+                      "splits (its content enters the keys through the task fingerprint, its path does not).")
+  split_files: dict[str, str] = field(factory=dict, semantic=False, help="One file per split: {weak_train, w2s_train, "
+                                      "test} -> path; each split is the first data.sizes[split] rows of its file.")
+  format: str = field("", help="'csv', 'jsonl' or 'parquet'; '' = from the file's extension.")
+  hf_dataset: str = field("", help="A Hugging Face dataset id (needs pip install 'w2sg-jax[hf]' and a network or the "
+                          "HF cache); its rows are hashed into the keys.")
+  hf_config: str = field("", help="The hub dataset's config name; '' = its default.")
+  revision: str = field("", help="The hub dataset's branch, tag or commit; '' = the default branch (pin a commit to "
+                        "repeat a run).")
+  hf_splits: tuple[str, ...] = field(("train",), help="Hub splits pooled before the three splits are drawn.")
+  suite: str = field("", help="A W2SG suite entry (data/w2s_suite.py: sciq, boolq, cosmos_qa, amazon_polarity, "
+                     "anthropic_hh): the hub rows go through its peer formatter; '' = data.columns.")
+  columns: dict[str, str] = field(factory=dict, help="Role -> column name; roles: id ('' = row numbers), text, "
+                                  "label, prompt ('' = none), chosen, rejected; an unnamed role reads its own name.")
+  template: str = field("", help="Classification: the text as a format string over the row's columns, e.g. "
+                        "'Q: {question} A: {answer}'; '' = the text column.")
+  label_names: tuple[str, ...] = field((), help="Label values in class order (class i = label_names[i]); () = labels "
+                                       "are the integers 0..num_classes-1.")
+  num_classes: int = field(0, help="Classes when label_names is (); ignored otherwise.")
+  pair_separator: str = field("\n", help="Preference: between the prompt and each response.")
+  order_seed: int = field(0, help="Seed of each pair's presentation order, and of a suite entry's per-row draws.")
+  max_length: int = field(128, help="Tokens per text (cut on the right) or per transcript (cut on the left).")
+
+  def _check(self, c: Checks) -> None:
+    super()._check(c)
+    from w2sg_jax.data import w2s_suite  # pylint: disable=g-import-not-at-top
+
+    kind = c.choice("kind", self.kind, ("classification", "preference"), what="kind")
+    for key in ("source", "format", "hf_dataset", "hf_config", "revision", "suite", "template", "pair_separator"):
+      c.string(key, getattr(self, key))
+    given = [k for k in ("source", "split_files", "hf_dataset") if getattr(self, k)]
+    if len(given) != 1:
+      c.fail("source", self.source, "set exactly one of data.source (a file), data.split_files (one per split) and "
+             f"data.hf_dataset (a hub dataset); got {', '.join(given) or 'none'}.")
+    if self.split_files and (not _is_mapping(self.split_files) or set(self.split_files) != set(SPLITS)):
+      c.fail("split_files", self.split_files, "must map weak_train, w2s_train and test to a file each.")
+    if self.format:
+      c.choice("format", self.format, ("csv", "jsonl", "parquet"), what="format ('' = from the extension)")
+    c.str_tuple("hf_splits", self.hf_splits, nonempty=True)
+    if self.suite and isinstance(self.suite, str):
+      c.choice("suite", self.suite, tuple(w2s_suite.SUITE), what="W2SG suite entry")
+      if not self.hf_dataset:
+        c.fail("suite", self.suite, "reads a hub dataset; set data.hf_dataset (the experiment w2s_suite sets it).")
+    if not _is_mapping(self.columns) or any(k not in FILES_COLUMN_ROLES or not isinstance(v, str)
+                                            for k, v in dict(self.columns).items()):
+      c.fail("columns", self.columns, f"must map roles ({', '.join(FILES_COLUMN_ROLES)}) to column names.")
+    names = c.str_tuple("label_names", self.label_names)
+    if names is not None and len(set(names)) != len(names):
+      c.fail("label_names", self.label_names, "names a label twice; each is one class.")
+    n = c.integer("num_classes", self.num_classes, low=0)
+    if kind == "classification" and not self.suite and names is not None and n is not None:
+      if not names and n < 2:
+        c.fail("num_classes", self.num_classes, "give data.label_names (the label values, in class order) or "
+               "data.num_classes >= 2 (labels 0..num_classes-1).")
+      elif len(names) == 1:
+        c.fail("label_names", self.label_names, "needs at least 2 classes.")
+    c.seed("order_seed", self.order_seed)
+    c.integer("max_length", self.max_length, low=1)
+
+
 # ------------------------------------------------------------------ models
 
 
@@ -734,10 +804,15 @@ class MiniLMConfig(_EncoderFields):
                           "(its content enters the keys through the task fingerprint).")
   num_layers: int = field(6, help="Depth of the features the student sees.")
   finetune: str = field("head", help="'head' (cached features), 'top' or 'full' (fine-tuning, for accelerators).")
+  feature_dtype: str = field("float32", neutral="float32", help="Matmul dtype of the frozen-encoder feature pass: "
+                             "'float32' or 'bfloat16' (bf16 matmul inputs; float32 accumulation, LayerNorm, softmax "
+                             "and residuals).")
 
   def _check(self, c: Checks) -> None:
     super()._check(c)
     c.string("checkpoint", self.checkpoint)
+    if self.feature_dtype not in ("float32", "bfloat16"):
+      c.fail("feature_dtype", self.feature_dtype, "use 'float32' or 'bfloat16'.")
 
 
 @_frozen
@@ -898,8 +973,9 @@ TASK_BLOCKS: dict[str, tuple[type, type, type]] = {
     "tweets": (TweetsDataConfig, TweetsWeakConfig, MiniLMConfig),
     "preference": (PreferenceDataConfig, PretrainedWeakConfig, PretrainedConfig),
     "text_classification": (TweetsDataConfig, PretrainedWeakConfig, PretrainedConfig),
+    "files": (FilesDataConfig, PretrainedWeakConfig, PretrainedConfig),
 }
-PRETRAINED_TASKS = ("preference", "text_classification")
+PRETRAINED_TASKS = ("preference", "text_classification", "files")
 
 
 def _task_names() -> list[str]:
@@ -908,7 +984,7 @@ def _task_names() -> list[str]:
   return sorted(tasks._TASKS)  # pylint: disable=protected-access (the registry has no public list)
 
 
-DataBlock = Union[SyntheticDataConfig, TweetsDataConfig, PreferenceDataConfig]
+DataBlock = Union[SyntheticDataConfig, TweetsDataConfig, PreferenceDataConfig, FilesDataConfig]
 WeakBlock = Union[HeadWeakConfig, TweetsWeakConfig, PretrainedWeakConfig]
 StrongBlock = Union[HeadModelConfig, MiniLMConfig, PretrainedConfig]
 

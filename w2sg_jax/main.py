@@ -134,6 +134,10 @@ def check_arguments(argv) -> None:
     names = experiment_names(folder) if os.path.isdir(folder) else []
     if not names:
       folder, names = "experiments", experiment_names("experiments")
+    if not names:  # Outside a clone: the packaged experiments (w2sg run NAME).
+      from w2sg_jax import experiments as shipped
+
+      folder, names = shipped.FOLDER, shipped.names()
     listing, folder = ", ".join(names) if names else "(none found)", os.path.normpath(folder)
     what = " (a folder, not an experiment file)" if os.path.isdir(path) else ""
     raise ExperimentNotFoundError(
@@ -256,6 +260,11 @@ def kept_summary(cache_dir: str | None) -> str:
   return text + "."
 
 
+# The command words `w2sg_jax.cli` ran (``["w2sg", "run", ...]``), printed as the resume command instead of
+# the ``python -m w2sg_jax.main`` form; set by `cli` for the length of one call.
+_resume_words: list[str] | None = None
+
+
 def resume_command(argv) -> str:
   """The command that resumes this run when pasted into a fresh shell.
 
@@ -272,6 +281,8 @@ def resume_command(argv) -> str:
       if value:
         words.append(f"{var}={value}")
     return here + shlex.join(words)
+  if _resume_words is not None:
+    return here + shlex.join(_resume_words)
   return here + shlex.join([sys.executable, "-m", "w2sg_jax.main", *argv[1:]])
 
 
@@ -333,9 +344,15 @@ def explain(exc: BaseException, argv) -> tuple[str, int] | None:
   return None
 
 
-def cli(argv=None) -> None:
-  """``python -m w2sg_jax.main``: `main` inside the error boundary."""
+def cli(argv=None, *, resume: list[str] | None = None) -> None:
+  """``python -m w2sg_jax.main``: `main` inside the error boundary.
+
+  ``resume``: the command words to print as the way to resume after Ctrl-C
+  (``w2sg run ...`` passes its own); default, this interpreter with ``-m w2sg_jax.main``.
+  """
+  global _resume_words
   argv = last_config_only(sys.argv if argv is None else argv)
+  _resume_words = resume
   try:
     check_arguments(argv)
     app.run(main, argv=argv)
@@ -351,6 +368,8 @@ def cli(argv=None) -> None:
     paragraph, status = explained
     print(paragraph, file=sys.stderr, flush=True)
     sys.exit(status)
+  finally:
+    _resume_words = None
 
 
 if __name__ == "__main__":

@@ -174,6 +174,12 @@ def _file_checks(c: schema.Checks, exp: schema.Experiment) -> dict[str, int | No
     for role in ("weak", "strong"):
       model = getattr(exp, role)
       _within_checkpoint(c, role, model, _checkpoint_config(model.checkpoint), exp.data.max_length)
+  if exp.task == "files":
+    named = {"data.source": exp.data.source} if exp.data.source else {
+        f"data.split_files.{k}": v for k, v in dict(exp.data.split_files or {}).items()}
+    for key, path in named.items():
+      if isinstance(path, str) and path and not os.path.isfile(os.path.expanduser(path)):
+        c.fail(key, path, "no such file; give a local .csv, .jsonl or .parquet file (tasks/files.py).")
   if exp.task == "text_classification":
     csv_path = exp.data.csv_path
     if csv_path and (not isinstance(csv_path, str) or not os.path.isfile(os.path.expanduser(csv_path))):

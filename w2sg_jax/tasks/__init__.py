@@ -13,6 +13,7 @@ _TASKS = {
     "tweets": "w2sg_jax.tasks.tweets:TweetsTask",
     "preference": "w2sg_jax.tasks.preference:PreferenceTask",
     "text_classification": "w2sg_jax.tasks.text_classification:TextClassificationTask",
+    "files": "w2sg_jax.tasks.files:FilesTask",
 }
 
 
