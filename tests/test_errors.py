@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import types
 import zipfile
 
 import numpy as np
@@ -69,7 +70,21 @@ CLI_ROWS = [
 
 
 @pytest.mark.parametrize("row,args,words", CLI_ROWS, ids=[r[0] for r in CLI_ROWS])
-def test_cli_row_is_one_paragraph_before_any_training(tmp_path, row, args, words):
+def test_cli_row_is_one_paragraph_before_any_training(tmp_path, monkeypatch, capsys, row, args, words):
+  # In process (main.cli is the whole boundary; each row fails before absl parses): a subprocess per
+  # row would spend seconds importing JAX. The first row also runs as a real subprocess below.
+  monkeypatch.chdir(REPO)
+  monkeypatch.delenv("W2SG_DEBUG", raising=False)
+  argv = ["w2sg_jax.main", SMOKE, f"--workdir={tmp_path / 'run'}", f"--config.cache_dir={tmp_path / 'cache'}", *args]
+  with pytest.raises(SystemExit) as exit_info:
+    main_lib.cli(argv)
+  proc = types.SimpleNamespace(returncode=exit_info.value.code, stderr=capsys.readouterr().err)
+  _assert_one_paragraph(proc, words, tmp_path)
+  assert proc.returncode == 2, (row, proc.returncode)
+
+
+def test_a_cli_row_through_a_real_process(tmp_path):
+  row, args, words = CLI_ROWS[0]
   proc = _main(tmp_path, *args)
   _assert_one_paragraph(proc, words, tmp_path)
   assert proc.returncode == 2, (row, proc.returncode)

@@ -205,6 +205,7 @@ class _PairRewardModel(RewardModel):
     return self.pair_logits(a_ids, a_mask, b_ids, b_mask)
 
 
+@pytest.mark.slow
 def test_reward_model_around_a_lora_neox(batch):
   encoder, _ = load_pretrained(FIXTURES / "tiny_neox")
   rm = _PairRewardModel(encoder, rngs=nnx.Rngs(0))

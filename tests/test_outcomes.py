@@ -54,6 +54,7 @@ def _no_training(monkeypatch):
 # ---------------------------------------------------------------- W2SG
 
 
+@pytest.mark.slow
 def test_students_beat_the_weak_model_on_the_synthetic_task(base):
   """The synthetic task is built so that W2SG appears: the students recover part of the gap."""
   _, results = base
@@ -71,6 +72,7 @@ def test_students_beat_the_weak_model_on_the_synthetic_task(base):
 # ---------------------------------------------------------------- degenerate ceiling
 
 
+@pytest.mark.slow
 def test_a_ceiling_that_does_not_beat_the_weak_model_is_flagged_and_ranks_nothing(base, monkeypatch, caplog):
   tmp, first = base
   _no_training(monkeypatch)  # Same weak model, ceiling and students: all from the cache.
@@ -103,6 +105,7 @@ def _nan_loss(**_):
   return loss_fn
 
 
+@pytest.mark.slow
 def test_a_nan_loses_only_its_group_and_the_message_names_it(base, monkeypatch):
   tmp, _ = base
   cache = str(tmp / "cache")

@@ -59,6 +59,7 @@ def per_seed_run(tmp_path_factory):
   return tmp, config, results
 
 
+@pytest.mark.slow
 def test_per_seed_noise_reaches_each_students_labels(per_seed_run):
   tmp, config, _ = per_seed_run
   cache = cache_lib.Cache(config.cache_dir)
@@ -79,6 +80,7 @@ def test_per_seed_noise_reaches_each_students_labels(per_seed_run):
   assert (a != b).any()
 
 
+@pytest.mark.slow
 def test_weak_per_seed_trains_one_weak_model_per_seed_and_a_rerun_reuses_them(per_seed_run):
   tmp, config, results = per_seed_run
   seeds = [config.seed + 1 + i for i in range(config.seeds)]
@@ -104,6 +106,7 @@ def test_weak_per_seed_trains_one_weak_model_per_seed_and_a_rerun_reuses_them(pe
   assert second["summary"] == results["summary"]
 
 
+@pytest.mark.slow
 def test_ceiling_trains_on_the_chosen_split(per_seed_run):
   tmp, config, results = per_seed_run
   entries = [d for d in os.listdir(tmp / "cache" / "ceiling") if not d.startswith(".")]

@@ -282,6 +282,7 @@ def test_a_first_run_that_stops_leaves_no_results(tmp_path, monkeypatch):
   assert "No run has finished in this workdir yet" in (workdir / workdir_lib.MARKER).read_text()
 
 
+@pytest.mark.slow
 def test_the_theory_runner_writes_its_outputs_the_same_way(tmp_path, monkeypatch):
   from w2sg_jax import stages as stages_lib
   from w2sg_jax import theory

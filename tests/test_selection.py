@@ -227,6 +227,7 @@ def test_best_checkpoints_after_the_resumed_step_are_dropped(tmp_path):
 # ------------------------------------------------------------------ pipeline
 
 
+@pytest.mark.slow
 def test_pipeline_records_selected_steps_and_keys_only_change_when_on(tmp_path):
   from w2sg_jax import pipeline, stages, tasks
 

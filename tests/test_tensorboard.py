@@ -95,6 +95,7 @@ def _assert_logged(logdir, history, final):
   return logged
 
 
+@pytest.mark.slow
 def test_every_run_has_its_curves_in_the_workdir(runs):
   root, cold, _, _ = runs
   tb = root / "cold" / metric_writers.TENSORBOARD_DIR
@@ -114,6 +115,7 @@ def test_every_run_has_its_curves_in_the_workdir(runs):
   assert len(set(losses)) == len(losses), "the runs logged one loss: the group's mean, not each its own"
 
 
+@pytest.mark.slow
 def test_the_data_parallel_weak_model_logs_lr_and_grad_norm(runs):
   root, cold, _, _ = runs
   weak_root = root / "cache" / "weak"
@@ -128,6 +130,7 @@ def test_the_data_parallel_weak_model_logs_lr_and_grad_norm(runs):
   assert metric_writers.HISTORY_FILE in manifest["files"]  # Checksummed with the entry.
 
 
+@pytest.mark.slow
 def test_a_rerun_that_trains_nothing_still_writes_the_curves(runs):
   root, cold, warm, again = runs
   assert warm["cache"]["computed"] == [] and again["cache"]["computed"] == []

@@ -130,6 +130,7 @@ def _resume_cmd(workdir, steps, sleep):
   return [sys.executable, "-m", "tests.helpers.resume_run", str(workdir), str(steps), str(sleep)], env
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
   steps = 40
   cmd, env = _resume_cmd(tmp_path / "clean", steps, 0)

@@ -20,6 +20,7 @@ def smoke_run(tmp_path_factory):
   return tmp, _run(tmp, _config("tweets_minilm"))
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_results_with_model_names_and_auroc(smoke_run):
   tmp, results = smoke_run
   on_disk = json.loads((tmp / "run" / "results.json").read_text())

@@ -74,6 +74,7 @@ def test_conf_names_are_listed_with_their_defaults():
   assert losses.get("js+conf").__name__ == "js+conf"
 
 
+@pytest.mark.slow
 def test_conf_names_exist_without_importing_any_task():
   code = textwrap.dedent("""
       import sys
