@@ -381,6 +381,7 @@ def test_damaged_labels_are_never_used_silently(base, tmp_path, damage):
   assert [r["test_accuracy"] for r in results["runs"]] == [r["test_accuracy"] for r in first["runs"]]
 
 
+@pytest.mark.slow
 def test_vmap_engine_equals_independent_single_runs():
   rng = np.random.default_rng(0)
   n, d = 256, 8

@@ -185,6 +185,7 @@ def test_a_permission_error_while_verifying_is_raised_and_deletes_nothing(tmp_pa
 # ------------------------------------------------------------ model selection
 
 
+@pytest.mark.slow
 def test_a_damaged_best_step_makes_the_run_train_again_to_the_same_selection(tmp_path, clean_selected, caplog):
   assert clean_selected.selected_step is not None
   with pytest.raises(_Stop):

@@ -255,3 +255,9 @@ def test_a_wheel_in_a_fresh_venv_lists_and_runs(tmp_path):
   report = subprocess.run([str(w2sg), "report", "runs/synthetic"], capture_output=True, text=True, cwd=work,
                           env=_env(), timeout=300)
   assert report.returncode == 0, report.stderr
+  # The road: the example CSV experiment, from the wheel alone, writes results and curves.
+  example = subprocess.run([str(w2sg), "run", "files_example", "--set", "seeds=1"], capture_output=True, text=True,
+                           cwd=work, env=_env(), timeout=600)
+  assert example.returncode == 0, example.stderr[-3000:]
+  assert (work / "runs" / "files_example" / "results.json").is_file()
+  assert list((work / "runs" / "files_example" / "tensorboard").rglob("events.out.tfevents*"))

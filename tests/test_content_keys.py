@@ -216,6 +216,7 @@ def test_pretrained_tasks_key_each_roles_checkpoint_by_content(tmp_path, cache_d
     seen.append(keys)
 
 
+@pytest.mark.slow
 def test_pretrained_tasks_key_weights_swapped_for_another_model(tmp_path, cache_dir):
   """The issue's reproduction at the key level: another model.safetensors copied over the weak one."""
   weak = _copy_checkpoint(WEAK_SPEC, tmp_path / "w")

@@ -90,6 +90,7 @@ def test_a_cli_row_through_a_real_process(tmp_path):
   assert proc.returncode == 2, (row, proc.returncode)
 
 
+@pytest.mark.slow
 def test_workdir_that_is_a_file_or_lies_under_one(tmp_path):
   afile = tmp_path / "afile"
   afile.write_text("not a folder")

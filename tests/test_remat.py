@@ -51,6 +51,7 @@ def test_remat_equals_none(kind, remat):
   assert text.count("checkpoint[") + text.count("remat") >= 3, "no rematerialisation in the traced program"
 
 
+@pytest.mark.slow
 def test_none_has_no_checkpoint():
   _, _, jaxpr = value_and_grads("gpt2", "none")
   assert "checkpoint[" not in str(jaxpr) and "remat" not in str(jaxpr)

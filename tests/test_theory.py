@@ -220,6 +220,7 @@ def synthetic_lab(tmp_path_factory):
   return tmp, config, theory.run(config, str(tmp / "run"))
 
 
+@pytest.mark.slow
 def test_theory_json_has_every_section_with_the_issue_fields(synthetic_lab):
   tmp, config, result = synthetic_lab
   saved = json.loads((tmp / "run" / "theory.json").read_text())
@@ -254,6 +255,7 @@ def test_theory_json_has_every_section_with_the_issue_fields(synthetic_lab):
     assert all(name in e for e in saved["fits"]["envelope"].values())
 
 
+@pytest.mark.slow
 def test_theory_writes_findings_and_figures(synthetic_lab):
   tmp, _, result = synthetic_lab
   md = (tmp / "run" / "theory.md").read_text()
@@ -267,6 +269,7 @@ def test_theory_writes_findings_and_figures(synthetic_lab):
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_lab_rows_match_the_pipeline_students_and_their_misfits(synthetic_lab):
   tmp, config, result = synthetic_lab
   # The theory lab went through the stages: the same cache answers the pipeline's students without training.

@@ -35,6 +35,7 @@ def test_smoke_run_writes_results_with_model_names_and_auroc(smoke_run):
   assert on_disk["ceiling"]["test_accuracy"] > on_disk["weak"]["test_accuracy"] + 0.03
 
 
+@pytest.mark.slow
 def test_rerun_embeds_nothing_and_never_runs_the_weak_model(smoke_run, monkeypatch):
   tmp, first = smoke_run
 
@@ -47,6 +48,7 @@ def test_rerun_embeds_nothing_and_never_runs_the_weak_model(smoke_run, monkeypat
   assert second["summary"] == first["summary"]
 
 
+@pytest.mark.slow
 def test_a_store_from_other_data_is_an_error_not_a_join(smoke_run):
   from w2sg_jax.labels import store as store_lib
 
@@ -57,12 +59,14 @@ def test_a_store_from_other_data_is_an_error_not_a_join(smoke_run):
     store_lib.open_store(results["weak"]["store"], expected_ids=shuffled)
 
 
+@pytest.mark.slow
 def test_split_larger_than_the_data_is_a_clear_error(tmp_path):
   config = _config("tweets_minilm", **{"data.sizes.test": 10**6})
   with pytest.raises(ValueError, match=r"(?i)lower"):
     _run(tmp_path, config)
 
 
+@pytest.mark.slow
 def test_checkpoint_folder_without_weights_names_the_missing_files(tmp_path):
   empty = tmp_path / "ckpt"
   empty.mkdir()
