@@ -250,17 +250,13 @@ class Cache:
   @staticmethod
   def _check_files(directory: str, manifest: Mapping[str, Any]) -> str | None:
     """What is wrong with the entry's files: each must be listed, present and match its sha256."""
-    listed = manifest["files"]
-    on_disk = hashing.tree_files(directory, skip=(MANIFEST,))
-    missing, unlisted = sorted(set(listed) - set(on_disk)), sorted(set(on_disk) - set(listed))
-    if missing:
-      return f"{os.path.join(directory, missing[0])} is missing"
-    if unlisted:
-      return f"{on_disk[unlisted[0]]} is not listed in its manifest (only listed files are used)"
-    for rel in sorted(listed):
-      if hashing.read_sha256(on_disk[rel]) != listed[rel]:  # Read now: a stat cannot vouch for the bytes.
-        return f"{on_disk[rel]} does not match the sha256 in its manifest (swapped, truncated or corrupted)"
-    return None
+    mismatch = hashing.tree_mismatch(directory, manifest["files"], skip=(MANIFEST,))
+    if mismatch is None:
+      return None
+    kind, path = mismatch
+    return {"missing": f"{path} is missing",
+            "unlisted": f"{path} is not listed in its manifest (only listed files are used)",
+            "changed": f"{path} does not match the sha256 in its manifest (swapped, truncated or corrupted)"}[kind]
 
   # -- writing
   def get_or_create(

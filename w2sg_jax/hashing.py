@@ -184,6 +184,24 @@ def tree_files(directory: str, *, skip: tuple[str, ...] = ()) -> dict[str, str]:
   return files
 
 
+def tree_mismatch(directory: str, listed: dict[str, str], *, skip: tuple[str, ...] = ()) -> tuple[str, str] | None:
+  """The first way the files under ``directory`` differ from ``listed`` (``{relative path: sha256}``), or None.
+
+  Returns ``("missing" | "unlisted" | "changed", path)``: a listed file that is
+  absent, a file that is not listed, or one whose bytes (read now) do not match.
+  """
+  on_disk = tree_files(directory, skip=skip)
+  missing, unlisted = sorted(set(listed) - set(on_disk)), sorted(set(on_disk) - set(listed))
+  if missing:
+    return "missing", os.path.join(directory, missing[0])
+  if unlisted:
+    return "unlisted", on_disk[unlisted[0]]
+  for rel in sorted(listed):
+    if read_sha256(on_disk[rel]) != listed[rel]:  # Read now: a stat cannot vouch for the bytes.
+      return "changed", on_disk[rel]
+  return None
+
+
 def _relative_name(name: str | os.PathLike) -> str:
   rel = PurePosixPath(Path(name).as_posix())
   if rel.is_absolute() or ".." in rel.parts or not rel.parts:

@@ -439,16 +439,13 @@ class Checkpointer:
     files = record.get("files") if isinstance(record, dict) else None
     if not isinstance(files, dict) or record.get("step") != step:
       return f"{where}: its checksum record {record_path} is malformed"
-    actual = hashing.tree_files(self.step_dir(step))
-    missing, unlisted = sorted(set(files) - set(actual)), sorted(set(actual) - set(files))
-    if missing:
-      return f"{where}: {os.path.join(self.step_dir(step), missing[0])} is missing"
-    if unlisted:
-      return f"{where}: {actual[unlisted[0]]} is not in its checksum record"
-    for rel in sorted(files):
-      if hashing.read_sha256(actual[rel]) != files[rel]:
-        return f"{where}: {actual[rel]} does not match the sha256 recorded when it was saved"
-    return None
+    mismatch = hashing.tree_mismatch(self.step_dir(step), files)
+    if mismatch is None:
+      return None
+    kind, path = mismatch
+    return {"missing": f"{where}: {path} is missing",
+            "unlisted": f"{where}: {path} is not in its checksum record",
+            "changed": f"{where}: {path} does not match the sha256 recorded when it was saved"}[kind]
 
   def discard(self, step: int) -> None:
     """Deletes step ``step`` and its record."""
