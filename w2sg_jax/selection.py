@@ -121,4 +121,6 @@ def store_rows(store: WeakLabelStore, start: int, stop: int) -> WeakLabelStore:
   """Rows ``[start, stop)`` of ``store`` as a store of its own (an in-memory view, new hash)."""
   meta = dict(store.meta)
   meta["hash"] = hashing.content_hash({"rows_of": store.hash, "rows": [int(start), int(stop)]})
-  return dataclasses.replace(store, ids=tuple(store.ids[start:stop]), probs=store.probs[start:stop], meta=meta)
+  weights = None if store.weights is None else store.weights[start:stop]
+  return dataclasses.replace(store, ids=tuple(store.ids[start:stop]), probs=store.probs[start:stop], meta=meta,
+                             weights=weights)

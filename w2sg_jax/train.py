@@ -3,7 +3,9 @@
 Written in phases, each usable on its own:
 
 * optimizer: ``make_optimizer`` builds an Optax chain (clip, AdamW with a
-  schedule, optional gradient accumulation) from a config;
+  schedule, optional gradient accumulation) from a config; with
+  ``inject=True`` the peak learning rate, weight decay and warm-up live in the
+  optimizer state (``optax.inject_hyperparams``), one per vmapped run;
 * state: ``TrainState`` holds the trainable parameters, the frozen rest of the
   model, the optimizer state, the step and the run's base RNG key;
 * step: ``train_step`` is a pure ``(state, batch, ...) -> (state, metrics)``;
@@ -79,10 +81,51 @@ def make_schedule(opt: Mapping[str, Any], num_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
+# The numeric hyperparameters that `make_optimizer(..., inject=True)` keeps in the optimizer state, one value
+# per run of a vmapped group: a grid of them trains as one compiled program (`engines.train_vmap`).
+INJECTED_HPARAMS = ("learning_rate", "weight_decay", "warmup_steps")
+
+
+def _traced_schedule(opt: Mapping[str, Any], num_steps: int) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+  """``make_schedule``'s shape as ``rate(count, peak, warmup)``, the peak and the warm-up traced.
+
+  The operations of the optax schedules ``make_schedule`` joins, divisions
+  and products grouped as XLA folds them where those schedules' values are
+  constants, so a run at the config's values gets the same rate to the bit
+  (`tests/test_grid_engine.py` checks it).
+  """
+  kind = opt.get("schedule", "cosine")
+  if kind not in ("constant", "cosine", "linear"):
+    raise ValueError(f"unknown schedule {kind!r}; use one of: constant, cosine, linear.")
+  factor = float(opt.get("end_lr_factor", 0.0))
+
+  def rate(count, peak, warmup):
+    decay_steps = jnp.maximum(num_steps - warmup, 1)
+    t = count - warmup
+    if kind == "constant":
+      main = peak
+    elif kind == "cosine":  # optax.cosine_decay_schedule with alpha = end / peak = factor.
+      d = decay_steps.astype(jnp.float32)
+      c = jnp.minimum(t.astype(jnp.float32), d)
+      # Grouped as XLA folds the constants of optax's `init * ((1 - a) * 0.5 * (1 + cos(pi * c / T)) + a)`
+      # when T, a and init are constants (so a run at the config's values matches make_schedule's bits).
+      cosine = 1 + jnp.cos(c * (jnp.pi * (1 / d)))
+      main = cosine * (0.5 * peak) if factor == 0 else peak * ((1 - factor) * (0.5 * cosine) + factor)
+    else:  # optax.linear_schedule(peak, peak * factor, decay_steps).
+      end = peak * factor
+      frac = 1 - jnp.clip(t, 0, decay_steps) * (1 / decay_steps)
+      main = (peak - end) * frac + end
+    # optax.linear_schedule(0, peak, warmup), joined at the warm-up's end (no warm-up: main throughout).
+    up = (0.0 - peak) * (1 - jnp.clip(count, 0, warmup) * (1 / jnp.maximum(warmup, 1))) + peak
+    return jnp.where(count < warmup, up, main)
+
+  return rate
+
+
 def make_optimizer(
-    opt: Mapping[str, Any], num_steps: int
-) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Clip by global norm, then AdamW (or Adam/SGD) on ``make_schedule``.
+    opt: Mapping[str, Any], num_steps: int, *, inject: bool = False
+) -> tuple[optax.GradientTransformation, Callable[..., jax.Array]]:
+  """Clip by global norm, then AdamW (or Adam/SGD) on ``make_schedule``: ``(tx, schedule)``.
 
   ``opt.accum_steps > 1`` wraps the chain in ``optax.MultiSteps``: the update
   is applied every k micro-batches with their mean gradient, so an effective
@@ -90,34 +133,86 @@ def make_optimizer(
   micro-batches; the schedule advances once per real update, so it is built
   over ``num_steps // k`` updates, and the returned schedule (used to report
   the learning rate) maps a micro-step to the rate of its update.
+
+  ``inject=True``: the peak learning rate, the weight decay and the warm-up
+  steps (`INJECTED_HPARAMS`) are not baked into the program but live in the
+  optimizer state as arrays (``optax.inject_hyperparams``), read with
+  `injected_hyperparams` and set per run with `with_hyperparams`; the rate of
+  a step is the schedule's shape at the state's peak and warm-up. Then
+  ``schedule(step, opt_state)`` gives the rate of ``step`` at the
+  hyperparameters in ``opt_state``. At the config's own values the updates
+  equal those of ``inject=False`` (adam and sgd have no weight decay to set).
   """
   accum = int(opt.get("accum_steps", 1))
   if accum < 1:
     raise ValueError(f"optimizer.accum_steps={accum}; it must be at least 1.")
-  schedule = make_schedule(opt, max(num_steps // accum, 1))
+  updates = max(num_steps // accum, 1)
+  schedule = _traced_schedule(opt, updates) if inject else make_schedule(opt, updates)
   name = opt.get("name", "adamw")
-  if name == "adamw":
-    base = optax.adamw(
-        schedule,
-        b1=float(opt.get("b1", 0.9)),
-        b2=float(opt.get("b2", 0.999)),
-        eps=float(opt.get("eps", 1e-8)),
-        weight_decay=float(opt.get("weight_decay", 0.0)),
-    )
-  elif name == "adam":
-    base = optax.adam(schedule, b1=float(opt.get("b1", 0.9)), b2=float(opt.get("b2", 0.999)))
-  elif name == "sgd":
-    base = optax.sgd(schedule, momentum=opt.get("momentum", None))
-  else:
+  if name not in ("adamw", "adam", "sgd"):
     raise ValueError(f"unknown optimizer {name!r}; use one of: adam, adamw, sgd.")
-  parts = []
-  if opt.get("grad_clip", 0.0):
-    parts.append(optax.clip_by_global_norm(float(opt["grad_clip"])))
-  tx = optax.chain(*parts, base)
+
+  def chain(learning_rate, weight_decay):
+    if name == "adamw":
+      base = optax.adamw(learning_rate, b1=float(opt.get("b1", 0.9)), b2=float(opt.get("b2", 0.999)),
+                         eps=float(opt.get("eps", 1e-8)), weight_decay=weight_decay)
+    elif name == "adam":
+      base = optax.adam(learning_rate, b1=float(opt.get("b1", 0.9)), b2=float(opt.get("b2", 0.999)))
+    else:
+      base = optax.sgd(learning_rate, momentum=opt.get("momentum", None))
+    parts = []
+    if opt.get("grad_clip", 0.0):
+      parts.append(optax.clip_by_global_norm(float(opt["grad_clip"])))
+    return optax.chain(*parts, base)
+
+  if inject:
+    shape = schedule
+
+    def factory(learning_rate, weight_decay, warmup_steps):
+      return chain(lambda count: shape(count, learning_rate, warmup_steps), weight_decay)
+
+    tx = optax.inject_hyperparams(factory)(
+        learning_rate=float(opt["learning_rate"]), weight_decay=float(opt.get("weight_decay", 0.0)),
+        warmup_steps=int(opt.get("warmup_steps", 0)))
+
+    def schedule(step, opt_state):
+      hp = injected_hyperparams(opt_state)
+      return shape(step // accum, hp["learning_rate"], hp["warmup_steps"])
+  else:
+    tx = chain(schedule, float(opt.get("weight_decay", 0.0)))
   if accum > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=accum)
-    return tx, lambda step: schedule(step // accum)
+    if not inject:
+      return tx, lambda step, f=schedule: f(step // accum)
   return tx, schedule
+
+
+def _injected_state(opt_state: Any) -> Any:
+  """The ``inject_hyperparams`` state of an ``inject=True`` optimizer (inside ``MultiSteps`` or not)."""
+  if isinstance(opt_state, optax.MultiStepsState):
+    opt_state = opt_state.inner_opt_state
+  if not hasattr(opt_state, "hyperparams"):
+    raise TypeError("not the state of make_optimizer(..., inject=True): it has no hyperparameters.")
+  return opt_state
+
+
+def injected_hyperparams(opt_state: Any) -> dict[str, jax.Array]:
+  """``{name: array}`` of `INJECTED_HPARAMS` in an ``inject=True`` optimizer state."""
+  return dict(_injected_state(opt_state).hyperparams)
+
+
+def with_hyperparams(opt_state: Any, values: Mapping[str, Any]) -> Any:
+  """``opt_state`` with some `INJECTED_HPARAMS` replaced (each value cast to the dtype it had)."""
+  unknown = sorted(set(values) - set(INJECTED_HPARAMS))
+  if unknown:
+    raise ValueError(f"{', '.join(unknown)} cannot be set per run; these can: {', '.join(INJECTED_HPARAMS)}.")
+  inner = _injected_state(opt_state)
+  hp = dict(inner.hyperparams)
+  hp.update({k: jnp.asarray(v, hp[k].dtype) for k, v in values.items()})
+  inner = inner._replace(hyperparams=hp)
+  if isinstance(opt_state, optax.MultiStepsState):
+    return opt_state._replace(inner_opt_state=inner)
+  return inner
 
 
 # ---------------------------------------------------------------------- state
@@ -332,6 +427,25 @@ class Trainer:
   def lower_predict(self, abstract_state: PyTree, abstract_inputs: PyTree) -> jax.stages.Lowered:
     return self._predict.lower(abstract_state.params, abstract_state.frozen, abstract_inputs)
 
+  def global_shapes(self, host_batch: PyTree) -> PyTree:
+    """``jax.ShapeDtypeStruct``s of the global arrays `step` and `predict` make of ``host_batch`` (as
+    ``parallel.to_global`` does): lowering with them compiles the program those calls then reuse.
+
+    ``host_batch``: this process's rows, as arrays or as shapes (anything with ``shape`` and ``dtype``).
+    """
+    sharding = parallel.batch_sharding(self.mesh)
+
+    def shape(x):
+      x = x if hasattr(x, "dtype") else np.asarray(x)
+      return jax.ShapeDtypeStruct((x.shape[0] * jax.process_count(), *x.shape[1:]), x.dtype, sharding=sharding)
+
+    return jax.tree.map(shape, host_batch)
+
+  def eval_rows(self, batch_size: int) -> int:
+    """The rows of every `predict` call: ``batch_size`` rounded down to a multiple of the devices (>= one each)."""
+    ndev = self.mesh.devices.size
+    return max(ndev, batch_size - batch_size % ndev)
+
   def step(self, state: TrainState, host_batch: Mapping[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
     parallel.check_batch_size(len(host_batch["mask"]) * jax.process_count(), self.mesh)
     return self._step(state, parallel.to_global(host_batch, self.mesh))
@@ -343,8 +457,7 @@ class Trainer:
     With ``desc``, a progress bar over the examples leaves one line when done.
     """
     n = len(next(iter(inputs.values())))
-    ndev = self.mesh.devices.size
-    batch_size = max(ndev, batch_size - batch_size % ndev)
+    batch_size = self.eval_rows(batch_size)
     out = []
     with progress_lib.Progress(n, desc or "predict", unit="example", enabled=desc is not None) as bar:
       for start in range(0, n, batch_size):

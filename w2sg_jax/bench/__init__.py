@@ -5,7 +5,8 @@ Sections (select with ``--only a,c``):
 a. training step vs PyTorch (eager and ``torch.compile``), MiniLM-L6 and GPT-2 small;
 b. arithmetic efficiency: FLOPs per step (XLA cost analysis, analytic, torch
    counter) and achieved FLOP/s against the machine's measured matmul peak;
-c. vectorised sweeps: K seeds as one ``sweep.train_group`` vs K calls;
+c. vectorised sweeps: K seeds as one ``engines.train_vmap`` vs K calls; a grid of 4 learning rates x
+   4 weight decays x 5 seeds as one ``engines.train_runs`` call vs its 80 runs one call at a time;
 d. loss overhead: the MiniLM step with every f-divergence, relative to ``xent``;
 e. weak-label streaming: Grain stream from the on-disk store vs memory;
 f. device scaling: 1, 2, 4, 8 simulated CPU devices (correctness and overhead);

@@ -101,6 +101,12 @@ def headline(results: dict[str, Any]) -> list[list[str]]:
     last = c["rows"][-1]
     rows.append([f"sweep of K={last['k']} heads: one vmapped group vs {last['k']} separate runs (speed-up per round)",
                  f"{_rounds(last['speedup'])}x (worst {last['worst_speedup']:.1f}x)", NA, NA, NA])
+  grid = c.get("grid")
+  if isinstance(grid, dict) and "speedup" in grid:
+    rows.append([f"grid of {grid['runs']} heads ({len(grid['learning_rates'])} lr x {len(grid['weight_decays'])} wd x "
+                 f"{grid['seeds']} seeds): one program vs {grid['runs']} separate runs (speed-up per round)",
+                 f"{_rounds(grid['speedup'])}x (worst {grid['worst_speedup']:.1f}x); compile "
+                 f"{grid['compile_ratio']:.2f}x one run's", NA, NA, NA])
   d = sec.get("d", {})
   if d.get("rows"):
     worst = max(d["rows"], key=lambda r: max(r["loss_alone_us"]))
@@ -242,6 +248,32 @@ def _section_c(c: dict[str, Any]) -> list[str]:
                 [[r["k"], _rounds(r["group_s"], ".2f"), _rounds(r["one_run_s"], ".2f"), _rounds(r["sequential_s"], ".1f"),
                   _rounds(r["speedup"], ".1f", suffix="x"), f"{r['worst_speedup']:.1f}x",
                   _rounds(r["per_run_vmapped_s"], ".3f")] for r in c["rows"]])
+  g = c.get("grid")
+  if isinstance(g, dict) and "speedup" in g:
+    load = lambda v: "/".join(f"{x:.1f}" for x in v) if v else NA
+    cold = g["cold"]
+    out += ["", f"**A grid as one program.** {len(g['learning_rates'])} learning rates x {len(g['weight_decays'])} "
+            f"weight decays x {g['seeds']} seeds = {g['runs']} runs of a {g['model']} ({g['dim']} -> "
+            f"{g['classes']}) on {g['examples']} cached feature vectors, batch {g['batch']}, {g['epochs']} epochs "
+            f"({g['steps']} steps), loss {g['loss']}: one `engines.train_runs` call (one vmapped program; each "
+            f"run's learning rate and weight decay live in its optimizer state) against {g['runs']} calls of one "
+            f"run each. Warm (every program compiled), one call of each side per round, {g['rounds']} rounds; "
+            f"load average {load(g.get('loadavg_start'))} at the start, {load(g.get('loadavg_end'))} at the end.",
+            ""]
+    out += _table(["", "one program (s)", f"{g['runs']} separate runs (s)", "one run (s)", "speed-up per round",
+                   "worst"],
+                  [["warm", _rounds(g["grid_s"], ".2f"), _rounds(g["separate_s"], ".1f"),
+                    _rounds(g["one_run_s"], ".3f"), _rounds(g["speedup"], ".1f", suffix="x"),
+                    f"{g['worst_speedup']:.1f}x"],
+                   ["cold (first call)", f"{cold['grid']['wall_s']:.2f}", NA, f"{cold['one run']['wall_s']:.2f}",
+                    f"{g['cold_speedup']:.1f}x (1 cold + {g['runs'] - 1} warm runs)", NA]])
+    out += ["", f"XLA compile of the training loop (`jit(run_steps)`): {cold['grid']['compile_s']:.2f} s for the "
+            f"grid's program, {cold['one run']['compile_s']:.2f} s for one run's ({g['compile_ratio']:.2f}x); every "
+            f"compilation of the cold call {cold['grid']['all_compile_s']:.2f} s vs "
+            f"{cold['one run']['all_compile_s']:.2f} s. The rounds compiled "
+            f"{'nothing' if not g.get('compiled_in_rounds_s') else g['compiled_in_rounds_s']}: the {g['runs']} "
+            f"separate runs, at {len(g['learning_rates']) * len(g['weight_decays'])} settings, share one program "
+            "too."]
   return out
 
 

@@ -9,6 +9,10 @@ a directory::
                           msgpack {"id": str, "probs": float32[C] little-endian bytes}
     meta.json             hash, components, num_examples, num_classes,
                           ids_sha256, probs_sha256, created, noise, num_corrupted
+                          (and weights_sha256 when there are weights)
+    weights.npy           optional float32 [N] >= 0: how much each row counts in the
+                          student's loss (0 drops it). A filter's mask, or a bagged
+                          member's resample counts; absent means every row counts 1.
 
 ``probs_sha256`` is the sha256 of the float32 probabilities, checked every
 time the store is opened: a labels file copied in from another store, cut
@@ -55,6 +59,7 @@ __all__ = [
     "store_meta",
     "validate_ids",
     "validate_probs",
+    "validate_weights",
     "write_store",
     "write_store_files",
 ]
@@ -63,6 +68,7 @@ log = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.array_record"
 META_FILE = "meta.json"
+WEIGHTS_FILE = "weights.npy"
 FORMAT_VERSION = 2  # 2: meta.json records probs_sha256, checked on open.
 # Rows of a probability matrix must sum to one within this tolerance.
 SUM_TOL = 1e-4
@@ -168,12 +174,14 @@ class WeakLabelStore:
     meta: the parsed meta.json.
     ids: example ids in split order, N strings.
     probs: float32 [N, C] weak label distributions (read-only array).
+    weights: float32 [N] row weights in the loss (read-only), or None: every row counts 1.
   """
 
   directory: str
   meta: dict[str, Any]
   ids: tuple[str, ...]
   probs: np.ndarray
+  weights: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.ids)
@@ -330,8 +338,22 @@ def write_store(
   return open_store(directory, expected_hash=digest)
 
 
-def store_meta(ids: Sequence[str], probs32: np.ndarray, components: Mapping[str, Any]) -> dict[str, Any]:
-  """meta.json of a store of ``ids`` and ``probs32`` produced by ``components``."""
+def validate_weights(weights_N: Any, num_ids: int) -> np.ndarray:
+  """float32 ``[N]`` row weights: finite, >= 0, not all 0."""
+  w = np.asarray(weights_N)
+  if w.shape != (num_ids,):
+    raise ValueError(f"row weights of shape {w.shape}; a store of {num_ids} rows needs shape ({num_ids},).")
+  w = w.astype(np.float32)
+  if not np.all(np.isfinite(w)) or np.any(w < 0):
+    raise ValueError("row weights must be finite and >= 0 (0 drops a row from the loss).")
+  if not np.any(w > 0):
+    raise ValueError("every row weight is 0: the student would learn from no example; keep at least one row.")
+  return w
+
+
+def store_meta(ids: Sequence[str], probs32: np.ndarray, components: Mapping[str, Any],
+               weights32: np.ndarray | None = None) -> dict[str, Any]:
+  """meta.json of a store of ``ids`` and ``probs32`` (and row weights) produced by ``components``."""
   canon = hashing.canonical_components(components)
   spec = None
   if canon.get("noise") is not None:
@@ -347,12 +369,17 @@ def store_meta(ids: Sequence[str], probs32: np.ndarray, components: Mapping[str,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
       "noise": None if spec is None else spec.as_dict(),
       "num_corrupted": 0 if spec is None else noise_lib.num_corrupted(len(ids), spec),
+      **({} if weights32 is None else {"weights_sha256": hashlib.sha256(weights32.tobytes()).hexdigest(),
+                                       "num_weighted_out": int(np.sum(weights32 == 0))}),
   }
 
 
-def write_store_files(directory: str, ids: Sequence[str], probs32: np.ndarray, meta: Mapping[str, Any]) -> None:
-  """The store's two files in an existing folder (the caller makes it atomic)."""
+def write_store_files(directory: str, ids: Sequence[str], probs32: np.ndarray, meta: Mapping[str, Any],
+                      weights32: np.ndarray | None = None) -> None:
+  """The store's files in an existing folder (the caller makes it atomic)."""
   _write_records(os.path.join(directory, LABELS_FILE), ids, probs32)
+  if weights32 is not None:
+    np.save(os.path.join(directory, WEIGHTS_FILE), np.asarray(weights32, np.float32))
   with open(os.path.join(directory, META_FILE), "w") as f:
     json.dump(dict(meta), f, indent=1, sort_keys=True)
     f.flush()
@@ -443,10 +470,21 @@ def open_store(
         f"{labels_path}: the weak probabilities do not match meta.json's probs_sha256; "
         f"the labels file was swapped with another store's, or corrupted. {recovery}"
     )
+  weights = None
+  if meta.get("weights_sha256") is not None:
+    weights_path = os.path.join(directory, WEIGHTS_FILE)
+    if not os.path.isfile(weights_path):
+      raise FileNotFoundError(f"{weights_path} is missing, but meta.json records row weights; {recovery}")
+    weights = np.load(weights_path)
+    if weights.dtype != np.float32 or weights.shape != (len(ids),) or \
+        hashlib.sha256(weights.tobytes()).hexdigest() != meta["weights_sha256"]:
+      raise StoreMismatchError(f"{weights_path}: the row weights do not match meta.json's weights_sha256; "
+                               f"the file was replaced or corrupted. {recovery}")
+    weights.setflags(write=False)
   if expected_ids is not None:
     check_ids(ids, expected_ids, what=f"weak-label store {directory}")
   probs.setflags(write=False)
-  return WeakLabelStore(directory=directory, meta=meta, ids=tuple(ids), probs=probs)
+  return WeakLabelStore(directory=directory, meta=meta, ids=tuple(ids), probs=probs, weights=weights)
 
 
 def check_ids(stored: Sequence[str], expected: Sequence[Any], *, what: str) -> None:

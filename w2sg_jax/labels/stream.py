@@ -127,13 +127,23 @@ class LabelStream:
     """float32 ``[N, C]``: the store's label distributions, in split order."""
     return self.store.probs
 
+  @property
+  def weights(self) -> np.ndarray:
+    """float32 ``[N]``: each row's weight in the loss (the store's, or 1 for every row)."""
+    if self.store.weights is None:
+      return np.ones(len(self.store), np.float32)
+    return self.store.weights
+
   def batch(self, step: int, rows: slice = slice(None)) -> dict[str, Any]:
-    """Batch ``step`` in the trainer's layout ``{"inputs", "targets", "mask"}`` (``rows`` of it)."""
+    """Batch ``step`` in the trainer's layout ``{"inputs", "targets", "mask"}`` (``rows`` of it).
+
+    ``mask`` is each row's weight in the loss's weighted mean: 1, or the store's row weights.
+    """
     idx = self.order[step][rows]
     return {
         "inputs": {k: v[idx] for k, v in self.inputs.items()},
         "targets": self.store.probs[idx],
-        "mask": np.ones(len(idx), np.float32),
+        "mask": np.ones(len(idx), np.float32) if self.store.weights is None else self.store.weights[idx],
     }
 
   def host_batches(
@@ -174,6 +184,7 @@ class StackedStreams:
   targets_RxNxC: np.ndarray
   order_SxRxB: np.ndarray
   seeds: tuple[int, ...]
+  weights_RxN: np.ndarray | None = None  # Row weights in the loss; None: every row of every run counts 1.
 
 
 def stack(streams: Sequence[LabelStream]) -> StackedStreams:
@@ -191,4 +202,6 @@ def stack(streams: Sequence[LabelStream]) -> StackedStreams:
       targets_RxNxC=np.stack([s.targets for s in streams]),
       order_SxRxB=np.stack([s.order for s in streams], 1),
       seeds=tuple(s.seed for s in streams),
+      weights_RxN=(None if all(s.store.weights is None for s in streams)
+                   else np.stack([s.weights for s in streams])),
   )

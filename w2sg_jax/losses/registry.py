@@ -199,6 +199,22 @@ def get(name: str, *, check: bool = True, **hparams: Any) -> LossFn:
     ValueError: unknown name (listing the known ones), unknown hparam (naming
       it and the accepted ones), or an out-of-range value.
   """
+  base, _ = resolve(name)
+  try:  # One object per (name, check, hparams, factory): jit caches compiled programs on it.
+    key = (name, bool(check), tuple(sorted(hparams.items())), id(_REGISTRY[base]))
+    hash(key)
+  except TypeError:  # An unhashable hparam value: build afresh.
+    return _build(name, check=check, **hparams)
+  if key not in _BUILT:
+    _BUILT[key] = _build(name, check=check, **hparams)
+  return _BUILT[key]
+
+
+_BUILT: dict[tuple[Any, ...], LossFn] = {}
+
+
+def _build(name: str, *, check: bool = True, **hparams: Any) -> LossFn:
+  """`get` without the memo."""
   base, defaults = resolve(name)
   factory = _REGISTRY[base]
   params = inspect.signature(factory).parameters
