@@ -34,6 +34,13 @@ bit-flipped file) is never used: with ``on_corrupt="replace"`` (the default)
 the entry is deleted with a logged warning and recomputed, with ``"raise"`` a
 `CorruptEntryError` names the file. A permission error is not corruption: it
 is raised as a `PermissionError` naming the file, and nothing is deleted.
+
+Many workers on one cache (`w2sg_jax.workers`): a `Cache` with a ``worker``
+produces, of the training runs (the stages in `SPLIT_STAGES`), only the missing
+entries that worker owns, and then raises `RunsOfOtherWorkers` naming the
+entries it left to the others; the upstream stages are produced by whichever
+process takes the lock first. With ``report_only`` it produces no run at all:
+a missing one raises `RunsOfOtherWorkers` at once.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from typing import Any
 import filelock
 
 from w2sg_jax import hashing
+from w2sg_jax import workers as workers_lib
 from w2sg_jax.log import log
 
 __all__ = [
@@ -60,6 +68,8 @@ __all__ = [
     "CorruptEntryError",
     "Entry",
     "FORMAT_VERSION",
+    "RunsOfOtherWorkers",
+    "SPLIT_STAGES",
     "atomic_directory",
     "stage_key",
 ]
@@ -71,10 +81,33 @@ KEY_CHARS = 20  # 80 bits of the sha256 name a folder; the full key is in the ma
 PARTIAL_SUFFIX = ".partial"
 _TMP_MARK = ".tmp-"
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
+# The stages whose entries are training runs, split among workers by key; every other stage is
+# produced by whichever process gets there first.
+SPLIT_STAGES = ("ceiling", "student")
 
 
 class CorruptEntryError(RuntimeError):
   """A cache entry's file does not match the sha256 its manifest records."""
+
+
+class RunsOfOtherWorkers(Exception):
+  """Entries of ``stage`` that this process left to other workers (or, report-only, found missing).
+
+  Raised by `Cache.get_or_create_group` after this worker's own entries of the
+  group are written; ``keys`` are the full keys of the entries left out.
+  """
+
+  def __init__(self, stage: str, keys: list[str], *, report_only: bool = False):
+    self.stage = stage
+    self.keys = list(keys)
+    self.report_only = report_only
+    n = len(self.keys)
+    runs = f"{n} {stage} run{'s' if n != 1 else ''}"
+    if report_only:
+      text = f"{runs} {'is' if n == 1 else 'are'} not in the cache yet (report-only trains nothing)"
+    else:
+      text = f"{runs} belong{'s' if n == 1 else ''} to other workers and {'is' if n == 1 else 'are'} not finished yet"
+    super().__init__(f"{text}: {', '.join(k[:KEY_CHARS] for k in self.keys[:3])}{' ...' if n > 3 else ''}")
 
 
 def stage_key(stage: str, components: Mapping[str, Any]) -> str:
@@ -187,12 +220,15 @@ class Event:
 class Cache:
   """Stage artifacts under ``root``; see the module docstring."""
 
-  def __init__(self, root: str, *, on_corrupt: str = "replace", lock_timeout_s: float = -1):
+  def __init__(self, root: str, *, on_corrupt: str = "replace", lock_timeout_s: float = -1,
+               worker: workers_lib.Worker | None = None, report_only: bool = False):
     if on_corrupt not in ("replace", "raise"):
       raise ValueError(f"on_corrupt={on_corrupt!r}; use 'replace' or 'raise'.")
     self.root = os.path.abspath(root)
     self.on_corrupt = on_corrupt
     self.lock_timeout_s = lock_timeout_s
+    self.worker = worker  # None: this process produces every entry (`w2sg_jax.workers`).
+    self.report_only = report_only  # True: no entry of SPLIT_STAGES is produced; a missing one raises.
     self.events: list[Event] = []  # What this process reused or computed, in order.
     if os.path.exists(self.root) and not os.path.isdir(self.root):
       raise NotADirectoryError(f"the cache directory {self.root} is a file; point cache_dir at a folder.")
@@ -275,6 +311,8 @@ class Cache:
     """
     key = stage_key(stage, components)
     entry = self.open(stage, key)
+    if entry is None and self._left_to_others(stage, [key]):
+      raise RunsOfOtherWorkers(stage, [key], report_only=self.report_only)
     if entry is None:
       with self._lock(stage, key):
         entry = self.open(stage, key)  # Another process may have finished it meanwhile.
@@ -297,16 +335,26 @@ class Cache:
     of the missing entries are taken in key order, so two processes asking for
     overlapping groups cannot deadlock; what the other process finished
     meanwhile is reused, not recomputed.
+
+    With a ``worker``, for a stage in `SPLIT_STAGES`, only the missing entries
+    it owns are produced (``todo`` holds only their positions); if others are
+    still missing after that, `RunsOfOtherWorkers` names them. With
+    ``report_only`` nothing of such a stage is produced: a missing entry
+    raises `RunsOfOtherWorkers` at once.
     """
     keys = [stage_key(stage, c) for c in components_list]
     entries: list[Entry | None] = [self.open(stage, k) for k in keys]
     missing = sorted({keys[i] for i, e in enumerate(entries) if e is None})
-    if missing:
+    others = self._left_to_others(stage, missing)
+    if others and self.report_only:
+      raise RunsOfOtherWorkers(stage, others, report_only=True)
+    mine = [k for k in missing if k not in set(others)]  # In key order: the order the locks are taken.
+    if mine:
       with contextlib.ExitStack() as stack:
-        for key in missing:
+        for key in mine:
           stack.enter_context(self._lock(stage, key))
-        entries = [e if e is not None else self.open(stage, k) for e, k in zip(entries, keys)]
-        todo = [i for i, e in enumerate(entries) if e is None]
+        entries = [e if e is not None or k not in mine else self.open(stage, k) for e, k in zip(entries, keys)]
+        todo = [i for i, (e, k) in enumerate(zip(entries, keys)) if e is None and k in mine]
         if todo:
           work_dirs = []
           for i in todo:
@@ -316,9 +364,25 @@ class Cache:
           writers = produce_group(todo, work_dirs)
           for i, work_dir, write in zip(todo, work_dirs, writers):
             entries[i] = self._produce(stage, keys[i], components_list[i], lambda out, _w, write=write: write(out))
+    if others:  # Another worker may have finished them meanwhile: then the group is whole.
+      entries = [e if e is not None else self.open(stage, k) for e, k in zip(entries, keys)]
     for e in entries:
-      self.events.append(Event(stage, e.key, e.computed))
+      if e is not None:
+        self.events.append(Event(stage, e.key, e.computed))
+    still = sorted({k for e, k in zip(entries, keys) if e is None})
+    if still:
+      raise RunsOfOtherWorkers(stage, still)
     return entries
+
+  def _left_to_others(self, stage: str, missing: list[str]) -> list[str]:
+    """Which of the ``missing`` keys this process must not produce: another worker's, or all in report-only."""
+    if stage not in SPLIT_STAGES:
+      return []
+    if self.report_only:
+      return list(missing)
+    if self.worker is None:
+      return []
+    return [k for k in missing if not self.worker.owns(k)]
 
   def _produce(self, stage, key, components, produce) -> Entry:
     final = self.directory(stage, key)

@@ -1,6 +1,7 @@
 """The ``w2sg`` command: run, list, plan, report, bench and describe experiments.
 
   w2sg run NAME_OR_PATH[:variant] [--workdir DIR] [--set KEY=VALUE ...] [--config.KEY=VALUE ...]
+           [--worker i/N | --report-only]
   w2sg list
   w2sg plan NAME_OR_PATH[:variant] [--devices N] [--device-memory GIB] [--config.KEY=VALUE ...]
   w2sg report WORKDIR
@@ -124,15 +125,25 @@ def _run(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(
       prog=_prog("run"), allow_abbrev=False,
       description="Run one experiment: data, weak model, weak labels, ceiling, students, report. Rerunning the "
-      "same command resumes it (finished stages and runs are reused). Exit status: 0 done, 2 usage or config "
-      "error, 1 failure while running, 130 after Ctrl-C.",
+      "same command resumes it (finished stages and runs are reused). Over many hosts: --worker=i/N on each, "
+      "one shared cache_dir, then --report-only. Exit status: 0 done (also a worker whose report waits for "
+      "--report-only), 2 usage or config error, 1 failure while running, 130 after Ctrl-C.",
       epilog="Examples: w2sg run synthetic:smoke | w2sg run tweets_minilm --set seeds=3 | "
-      "w2sg run my_exp.py --workdir runs/mine --config.student.losses='(\"xent\",\"js\")'")
+      "w2sg run my_exp.py --workdir runs/mine --config.student.losses='(\"xent\",\"js\")' | "
+      "w2sg run synthetic --worker 0/2 (and --worker 1/2 on another host), then w2sg run synthetic --report-only")
   parser.add_argument("experiment", metavar="NAME_OR_PATH[:variant]",
                       help="a shipped experiment (w2sg list), ./experiments/NAME.py, or a config file's path")
   parser.add_argument("--workdir", help="results.json, the report and TensorBoard curves go here (default runs/NAME)")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config key (repeatable); same as --config.KEY=VALUE")
+  parser.add_argument("--worker", metavar="i/N",
+                      help="train only the ceiling and student runs whose cache key falls to worker i of N (from 0), "
+                      "on a cache_dir shared by all N workers; no report while other workers' runs are missing "
+                      "(then run --report-only). Default: W2SG_WORKER=i/N, else a Slurm job array's "
+                      "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, else this process trains every run")
+  parser.add_argument("--report-only", "--report_only", dest="report_only", action="store_true",
+                      help="train no run: write the report once every run is in the cache (after the --worker "
+                      "processes), else fail naming the runs still missing")
   parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also W2SG_DEBUG=1)")
   args, rest = parser.parse_known_args(argv)
   for arg in rest:
@@ -153,6 +164,10 @@ def _run(argv: list[str]) -> int:
   spec = path + (f":{variant}" if variant else "")
   # A --config=... among the rest replaces this one (main.last_config_only: the last wins).
   main_argv = ["w2sg", f"--config={spec}", f"--workdir={workdir}", *overrides, *rest]
+  if args.worker is not None:
+    main_argv.append(f"--worker={args.worker}")
+  if args.report_only:
+    main_argv.append("--report_only")
   if args.debug:
     main_argv.append("--debug")
   from w2sg_jax import main as main_lib

@@ -5,6 +5,13 @@
 Rerunning the same command resumes: finished stages and runs are skipped and
 an interrupted training run continues from its last checkpoint.
 
+Many hosts on one shared cache_dir (`w2sg_jax.workers`): ``--worker=i/N`` (or
+``W2SG_WORKER=i/N``, or a Slurm job array's ``SLURM_ARRAY_TASK_ID`` and
+``SLURM_ARRAY_TASK_COUNT``; the flag wins) trains only the runs whose cache key
+falls to worker i of N and exits 0 without a report while other workers' runs
+are missing; then ``--report_only`` trains nothing and writes the report, or
+fails naming the runs still missing.
+
 Every expected failure (a config mistake, a missing file or permission, a
 corrupt cache entry, a diverged run, Ctrl-C) ends in one short paragraph on
 stderr, saying what happened, which key or file, and what to do, and a
@@ -29,6 +36,14 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, results.json and the report.")
 _DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of an error instead of its one-paragraph summary "
                            "(also W2SG_DEBUG=1).")
+_WORKER = flags.DEFINE_string(
+    "worker", "", "i/N: train only the ceiling and student runs whose cache key falls to worker i of N (from 0), "
+    "on a cache_dir shared by all N workers; no report is written while other workers' runs are missing (run "
+    "--report_only when all are done). Default: W2SG_WORKER=i/N, else a Slurm job array's SLURM_ARRAY_TASK_ID "
+    "and SLURM_ARRAY_TASK_COUNT, else one process trains every run (as does --worker=0/1).")
+_REPORT_ONLY = flags.DEFINE_bool(
+    "report_only", False, "Train no run: write the report if every ceiling and student run is in the cache "
+    "(after the --worker=i/N processes), else fail naming the runs still missing (exit status 1).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -46,7 +61,8 @@ def _use_compilation_cache(path: str) -> None:
     compilation_cache.reset_cache()
 
 
-def run(config, workdir: str) -> dict:
+def run(config, workdir: str, *, worker=None, report_only: bool = False) -> dict:
+  """Runs ``config`` into ``workdir``; ``worker`` (a `workers.Worker`) and ``report_only`` as the flags."""
   from w2sg_jax import distributed, tasks
   from w2sg_jax.pipeline import Pipeline
 
@@ -58,12 +74,19 @@ def run(config, workdir: str) -> dict:
   # theory lab (experiments/tweets_theory.py), which reuses the pipeline's stages.
   runner = str(config.get("runner", "pipeline"))
   if runner == "theory":
+    if report_only or (worker is not None and worker.source == "--worker"):
+      raise ValueError("--worker and --report_only split the training runs of the pipeline among processes; the "
+                       "theory lab (config.runner='theory') runs in one process: drop them.")
+    if worker is not None:
+      from w2sg_jax.log import log
+
+      log.warning("worker %s (from %s) is ignored: the theory lab runs in one process.", worker, worker.source)
     from w2sg_jax import theory
 
     return theory.run(config, workdir)
   if runner != "pipeline":
     raise ValueError(f"config.runner={runner!r}; use 'pipeline' or 'theory'.")
-  return Pipeline(config, workdir, tasks.get(config.task)).run()
+  return Pipeline(config, workdir, tasks.get(config.task), worker=worker, report_only=report_only).run()
 
 
 def main(argv):
@@ -73,13 +96,16 @@ def main(argv):
   warnings.filterwarnings("default", category=DeprecationWarning, module=r"w2sg_jax(\.|$)")
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from w2sg_jax import distributed, validate
+  from w2sg_jax import distributed, validate, workers
 
   config, workdir = _CONFIG.value, _WORKDIR.value
+  worker = workers.from_environment(_WORKER.value)  # A bad --worker fails before any compute.
   distributed.maybe_initialize()  # Before the first JAX call: check_config counts the devices.
   validate.check_paths(workdir=workdir, cache_dir=str(config.get("cache_dir", "")))
   validate.check_config(config)  # Every runner reads the pipeline's config blocks.
-  run(config, workdir)
+  # Only when set: `run(config, workdir)` stays the call of a plain run (tests and callers wrap it).
+  split = {"worker": worker} if worker is not None else {}
+  run(config, workdir, **split, **({"report_only": True} if _REPORT_ONLY.value else {}))
 
 
 # ------------------------------------------------------------ error boundary
@@ -309,6 +335,12 @@ def explain(exc: BaseException, argv) -> tuple[str, int] | None:
   if isinstance(exc, validate.ConfigError):
     where = "in the experiment file or on the command line (--config.KEY=VALUE)"
     return f"error: invalid config: {exc}\nFix it {where}; nothing was trained.\n{debug}", 2
+  pipeline_lib = sys.modules.get("w2sg_jax.pipeline")  # Not imported: none of its errors was raised.
+  if pipeline_lib is not None and isinstance(exc, pipeline_lib.MissingRunsError):
+    return f"error: {exc}\n{debug}", 1
+  if isinstance(exc, cache_lib.RunsOfOtherWorkers):  # Only from a stage that does not collect them itself.
+    return (f"error: {exc}. Run every worker (--worker=i/N) on this cache_dir, then --report_only to write the "
+            f"report.\n{debug}"), 1
   if isinstance(exc, cache_lib.CorruptEntryError):
     return f"error: a cached artifact is corrupt: {exc}\n{debug}", 1
   if isinstance(exc, prepared_lib.PreparedDataError):
