@@ -169,3 +169,11 @@ def test_paper_xl_does_not_fit_eight_v5e_chips_replicated():
              "--config.student.train.sharding=replicated")
   assert out.returncode == 1, out.stdout + out.stderr
   assert "does NOT fit" in out.stdout
+
+
+@pytest.mark.slow
+def test_the_files_task_is_planned_too(tmp_path):
+  """`w2sg plan files_example`: the files task's classifiers built from the config alone."""
+  path = os.path.join(os.path.dirname(plan.__file__), "experiments", "files_example.py")
+  code, p = run_main(tmp_path, f"--config={path}", "--devices=8", "--device-memory=1")
+  assert code == 0 and p["fits"] and p["roles"]["strong"]["flops_per_step"] > 0

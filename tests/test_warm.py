@@ -76,7 +76,9 @@ def test_the_profile_names_each_stage_and_its_parts(two_runs):
   assert set(saved["profile"]) >= {"data", "weak", "ceiling", "students"}
   students = cold["profile"]["students"]
   assert {"total_s", "labels_s", "runs_s", "train_s", "metrics_s", "compile_s"} <= set(students)
-  assert students["programs_compiled"] >= 1  # The cold run trained the students.
+  # The cold run trained the students; its programs may come from an earlier run in this process
+  # (`engines._vmap_program` is built once per graph, loss, optimizer, steps and runs), so 0 is possible.
+  assert students["train_s"] > 0 and isinstance(students["programs_compiled"], int)
   assert students["train_s"] <= students["runs_s"] <= students["total_s"] + 1e-6
 
 

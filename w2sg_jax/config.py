@@ -74,7 +74,7 @@ __all__ = [
     "CeilingConfig", "ConfigError", "DataConfig", "Experiment", "HeadModelConfig", "HeadWeakConfig", "LoraConfig",
     "FilesDataConfig", "MiniLMConfig", "NoiseConfig", "OptimizerConfig", "PreferenceDataConfig", "PretrainedConfig",
     "PretrainedWeakConfig", "ReportConfig", "SelectConfig", "SizesConfig", "StudentConfig", "SyntheticDataConfig",
-    "TASK_BLOCKS", "TheoryConfig", "TrainConfig", "TweetsDataConfig", "TweetsWeakConfig", "UnknownKeyError",
+    "METHODS", "MethodsConfig", "TASK_BLOCKS", "TheoryConfig", "TrainConfig", "TweetsDataConfig", "TweetsWeakConfig", "UnknownKeyError",
     "WeakConfig", "batch_divides_problem", "describe", "field_type", "parse_override", "semantic_dict",
     "suggest_key", "to_dict",
 ]
@@ -481,7 +481,7 @@ class NoiseConfig(Block):
   scale: float = field(-1.0, help="q -> 1/C + scale (q - 1/C) on the corrupted labels: -1 flips (binary), 0 makes "
                        "them uniform.")
   seed: int = field(0, help="Picks the corrupted examples; the same for every student unless per_seed.")
-  per_seed: bool = field(False, help="Draw each student's corrupted subset with its own seed (Yao et al.'s code).")
+  per_seed: bool = field(False, help="Draw each student's corrupted subset with its own seed (the co-authors' code, Gengze/W2SG-Bregman).")
 
   def _check(self, c: Checks) -> None:
     super()._check(c)
@@ -489,6 +489,54 @@ class NoiseConfig(Block):
     c.number("scale", self.scale, low=-1, high=1)
     c.seed("seed", self.seed)
     c.boolean("per_seed", self.per_seed)
+
+
+METHODS = ("single", "ensemble", "disagreement_filter", "probe_relabel", "probe_filter", "bootstrap", "s2s")
+PROBES = ("knn", "logistic")
+
+
+@_frozen
+class MethodsConfig(Block):
+  """Settings of the methods between the weak model(s) and the student (`w2sg_jax/methods`, docs/methods.md).
+
+  Each field is read only by the methods that name it, and enters only those
+  methods' cache keys: changing ``probe_k`` retrains the probe methods' students, nothing else.
+  """
+
+  ensemble_size: int = field(3, help="ensemble, disagreement_filter: K weak models; member 0 is the single weak "
+                             "model, member k >= 1 has seed weak.seed + k.")
+  combiner: str = field("mean", help="ensemble: 'mean' of the members' probabilities or 'product' (normalised "
+                        "product of experts).")
+  bagging: bool = field(True, help="ensemble: members k >= 1 train on their own bootstrap resample of weak_train "
+                        "(row weights = resample counts); False: on all of it, differing by seed only.")
+  filter_threshold: float = field(1.0, help="disagreement_filter: keep a row when at least this fraction of the "
+                                  "members votes for the ensemble's class (1 = unanimity, RAVEN's mask).")
+  probe: str = field("knn", help="probe_relabel, probe_filter: 'knn' (mean weak label of the k nearest rows by "
+                     "cosine of the strong features) or 'logistic' (a logistic regression on them).")
+  probe_k: int = field(20, help="probe_*: neighbours of the kNN probe.")
+  probe_drop_fraction: float = field(0.2, help="probe_filter: the fraction of rows dropped, those whose weak label "
+                                     "disagrees most with the probe.")
+  relabel_mode: str = field("hard", help="probe_relabel: a disputed row gets the probe's class one-hot ('hard') or "
+                            "its probabilities ('soft').")
+  bootstrap_layer: int = field(3, help="bootstrap: the intermediate model's depth (tweets: a head on MiniLM layer k); "
+                               "it learns the weak labels and labels the strong student.")
+  s2s_rounds: int = field(2, help="s2s: rounds after the first student, each student's predictions on w2s_train "
+                          "becoming the next one's labels.")
+  s2s_harden: bool = field(False, help="s2s: pass on the argmax one-hot instead of the softmax.")
+
+  def _check(self, c: Checks) -> None:
+    super()._check(c)
+    c.integer("ensemble_size", self.ensemble_size, low=1, high=64)
+    c.choice("combiner", self.combiner, ("mean", "product"), what="combiner")
+    c.boolean("bagging", self.bagging)
+    c.number("filter_threshold", self.filter_threshold, low=0, high=1)
+    c.choice("probe", self.probe, PROBES, what="probe")
+    c.integer("probe_k", self.probe_k, low=1)
+    c.number("probe_drop_fraction", self.probe_drop_fraction, low=0, high=1, high_open=True)
+    c.choice("relabel_mode", self.relabel_mode, ("hard", "soft"), what="relabel mode")
+    c.integer("bootstrap_layer", self.bootstrap_layer, low=0)
+    c.integer("s2s_rounds", self.s2s_rounds, low=1, high=16)
+    c.boolean("s2s_harden", self.s2s_harden)
 
 
 @_frozen
@@ -502,6 +550,13 @@ class StudentConfig(Block):
                                                   "{'alpha': {'alpha': 0.5}}.")
   noise: NoiseConfig = field(help="Label noise on the weak labels.")
   train: TrainConfig = field(help="Training of every student and of the ceiling.")
+  methods: tuple[str, ...] = field(("single",), help="How the weak labels reach the student: " + ", ".join(METHODS) +
+                                   " (docs/methods.md); every (method, loss, noise, seed) is one run.")
+  method: MethodsConfig = field(factory=MethodsConfig, help="The methods' settings.")
+  grid: dict[str, tuple[float, ...]] = field(factory=dict, help="Settings to tune (w2sg_jax/grid.py), expanded as a "
+                                             "product: learning_rate, weight_decay (one vmapped program per loss) or "
+                                             "loss_<hparam>; each point is a run, picked per (loss, noise) on the "
+                                             "weak-labelled holdout (train.select).")
 
   def _check(self, c: Checks) -> None:
     super()._check(c)
@@ -534,6 +589,36 @@ class StudentConfig(Block):
         losses_lib.get(name, **dict(kwargs))
       except (ValueError, TypeError) as e:
         c.fail(where, name, str(e).rstrip("."))  # The registry's message lists the known names and hparams.
+    methods = self.methods
+    if isinstance(methods, str) or not isinstance(methods, (list, tuple)) or not methods:
+      c.fail("methods", methods, f"must be a non-empty tuple of method names, e.g. ('single', 'ensemble'); known: "
+             f"{', '.join(METHODS)}.")
+      return
+    for i, name in enumerate(methods):
+      c.choice(f"methods[{i}]", name, METHODS, what="method")
+    if len(set(methods)) != len(methods):
+      c.fail("methods", methods, "lists a method twice.")
+    self._check_grid(c)
+
+  def _check_grid(self, c: Checks) -> None:
+    from w2sg_jax import grid as grid_lib  # pylint: disable=g-import-not-at-top
+
+    grid = self.grid
+    if not _is_mapping(grid):
+      c.fail("grid", grid, "must map a setting to a tuple of values, e.g. {'learning_rate': (1e-3, 3e-3, 1e-2)}.")
+      return
+    for key, values in _items(grid):
+      problem = grid_lib.key_problem(str(key))
+      if problem:
+        c.fail(f"grid[{key!r}]", values, problem)
+      elif isinstance(values, str) or not isinstance(values, (list, tuple)) or not values or \
+          not all(_is_number(v) and math.isfinite(float(v)) for v in values):
+        c.fail(f"grid[{key!r}]", values, "must be a non-empty tuple of numbers.")
+      elif len(set(float(v) for v in values)) != len(values):
+        c.fail(f"grid[{key!r}]", values, "lists a value twice.")
+    if grid and _is_mapping(grid) and getattr(getattr(self.train, "select", None), "metric", "last") == "last":
+      c.fail("grid", dict(grid), "picking a grid point without gold labels needs the weak-labelled holdout: set "
+             "student.train.select.metric='accuracy' (or 'auroc') and student.train.select.holdout (e.g. 500).")
 
 
 def _check_engine(c: Checks, key: str, value: Any) -> None:
@@ -1173,6 +1258,20 @@ def resolve(config: Any, *, where: str = "") -> tuple[Experiment | None, list[st
     return experiment, col.problems
   finally:
     _COLLECT.reset(token)
+
+
+def resolve_block(cls: type, raw: Any, prefix: str = "") -> Any:
+  """One block (e.g. `StudentConfig`) from its raw mapping at dotted ``prefix``, defaults filled; `ConfigError`
+  lists every problem. For code that holds one subtree of an already validated config."""
+  col = _Collector()
+  token = _COLLECT.set(col)
+  try:
+    block = _build(cls, raw, prefix, col, raw, "")
+  finally:
+    _COLLECT.reset(token)
+  if col.problems or block is None:
+    raise ConfigError(col.problems or [f"{prefix or cls.__name__}: cannot be read."])
+  return block
 
 
 def _default_of(cls: type, name: str, fallback: Any = None) -> Any:

@@ -83,8 +83,15 @@ def student_config(
     train: ml_collections.ConfigDict,
     noise: ml_collections.ConfigDict,
     loss_hparams: Mapping[str, Mapping[str, Any]] | None = None,
+    methods: tuple[str, ...] = ("single",),
+    method: Mapping[str, Any] | None = None,
+    grid: Mapping[str, tuple[float, ...]] | None = None,
 ) -> ml_collections.ConfigDict:
-  """The students (and the strong ceiling, which shares ``train``)."""
+  """The students (and the strong ceiling, which shares ``train``).
+
+  ``methods``: how the weak labels reach the students (`w2sg_jax.config.METHODS`);
+  ``method``: their settings, over the schema's defaults (`w2sg_jax.config.MethodsConfig`).
+  """
   return ml_collections.ConfigDict({
       # 'vmap': the seeds x noise rates of a loss as one vectorised program (heads on features);
       # 'data_parallel': one run at a time over every device, streamed and checkpointed (any model).
@@ -94,7 +101,22 @@ def student_config(
       "loss_hparams": ml_collections.ConfigDict(dict(loss_hparams or {})),
       "noise": noise,
       "train": train,
+      "methods": tuple(methods),
+      "method": methods_config(**dict(method or {})),
+      # Settings to tune, e.g. {"learning_rate": (1e-3, 3e-3, 1e-2)} (w2sg_jax/grid.py); {} = none.
+      "grid": ml_collections.ConfigDict(dict(grid or {})),
   })
+
+
+# The methods a paper config's ``methods`` variant compares with `single` (they need no cached features).
+PAPER_METHODS = ("single", "ensemble", "disagreement_filter", "s2s")
+
+
+def methods_config(**overrides: Any) -> ml_collections.ConfigDict:
+  """``student.method``: the methods' settings, the schema's defaults (`w2sg_jax.config.MethodsConfig`) with ``overrides``."""
+  from w2sg_jax import config as schema  # pylint: disable=g-import-not-at-top
+
+  return ml_collections.ConfigDict(schema.to_dict(schema.MethodsConfig(**overrides)))
 
 
 def pretrained_model(

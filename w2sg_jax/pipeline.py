@@ -10,11 +10,20 @@ loses at most the group it was training. The workdir gets ``config.json``,
 ``results.json`` (with the config's ``config_hash``) and the report, together
 at the end; an unfinished run leaves an ``INCOMPLETE`` file instead of
 outputs that disagree with their config (`w2sg_jax.workdir`).
+
+Many workers (`w2sg_jax.workers`): with ``worker=i/N`` the pipeline trains only
+the ceiling and student runs whose key falls to that worker; when runs of
+other workers are still missing afterwards it writes no report, logs what it
+trained and leaves ``INCOMPLETE`` saying which runs are missing; the worker
+that finds every run there at its end writes the report. ``report_only``
+trains no run: it writes the report when every run is in the cache, else
+raises `MissingRunsError` naming the missing runs.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -26,27 +35,54 @@ import ml_collections
 from w2sg_jax import cache as cache_lib
 from w2sg_jax import metric_writers
 from w2sg_jax import metrics as metrics_lib
+from w2sg_jax import grid as grid_lib
+from w2sg_jax import methods_report
 from w2sg_jax import report as report_lib
 from w2sg_jax import stages as stages_lib
 from w2sg_jax import validate as validate_lib
 from w2sg_jax import workdir as workdir_lib
+from w2sg_jax import workers as workers_lib
 from w2sg_jax.data.task import Task
 from w2sg_jax.log import log
 
 write_json = workdir_lib.write_json  # Its old home; callers may still import it from here.
+_KEYS_SHOWN = 3  # Keys of missing runs named per stage in a message.
+
+
+class MissingRunsError(RuntimeError):
+  """Report-only: some training runs are not in the cache yet; the message says how many per stage and which."""
+
+  def __init__(self, message: str, missing: list[tuple[str, str]]):
+    super().__init__(message)
+    self.missing = missing
+
+
+def _per_stage(missing: list[tuple[str, str]]) -> dict[str, list[str]]:
+  out: dict[str, list[str]] = {}
+  for stage, key in missing:
+    out.setdefault(stage, []).append(key)
+  return out
+
+
+def _runs(n: int) -> str:
+  return f"{n} run{'s' if n != 1 else ''}"
 
 
 class Pipeline:
   """Runs an experiment config end to end in ``workdir``; see the module docstring."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, task: Task):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, task: Task, *,
+               worker: workers_lib.Worker | None = workers_lib.ALL, report_only: bool = False):
     self.config = config
     self.workdir = os.path.abspath(workdir)
     self.task = task
-    self.cache = cache_lib.Cache(os.path.abspath(config.cache_dir))
+    self.worker = worker
+    self.report_only = bool(report_only)
+    self.cache = cache_lib.Cache(os.path.abspath(config.cache_dir), worker=worker, report_only=self.report_only)
     self.stages = stages_lib.Stages(config, task, self.cache)
     self.timings: dict[str, float] = {}
     self.outputs = workdir_lib.Outputs(self.workdir, config)
+    self._escaped: list[tuple[str, str]] = []  # Runs of other workers the stages did not catch themselves.
 
   def validate(self) -> None:
     """Checks the whole config and the workdir before any compute (`validate.ConfigError` lists each problem)."""
@@ -54,15 +90,33 @@ class Pipeline:
     validate_lib.check_config(self.config, self.task)
 
   def run(self) -> dict[str, Any]:
+    """Results (as written to results.json); a worker that leaves runs to others returns `worker_summary`."""
     t_start = time.perf_counter()
     self.validate()
     self.outputs = workdir_lib.Outputs(self.workdir, self.config)  # Started now; one per run.
     with self.outputs:  # config.json, results.json and the report are written together, at the end.
       self.cache.clean_orphans()
-      data = self._stage("data", self.stages.data)
-      weak = self._stage("weak", lambda: self.stages.weak(data))
-      ceiling = self._stage("ceiling", lambda: self.stages.ceiling(data))
-      students = self._stage("students", lambda: self.stages.students(data, weak))
+      if self.report_only:
+        log.info("report-only: no run trains; the report is written if every run is in the cache.")
+      elif self.worker is not None:
+        log.info("worker %s (from %s): trains the ceiling and student runs whose cache key falls to it.",
+                 self.worker, self.worker.source)
+      for attempt in range(2):
+        if attempt:  # Every other worker finished meanwhile: this one writes the report, from the cache.
+          log.info("worker %s: every run is in the cache now; writing the report.", self.worker)
+          self.stages = stages_lib.Stages(self.config, self.task, self.cache)
+          self._escaped = []
+        data = self._stage("data", self.stages.data)
+        weak = self._stage("weak", lambda: self.stages.weak(data))
+        ceiling = self._stage("ceiling", lambda: self._own_runs(lambda: self.stages.ceiling(data)))
+        students = self._stage("students", lambda: self._own_runs(lambda: self.stages.students(data, weak)))
+        missing = self.missing_runs()
+        if not missing:
+          break
+        if self.report_only:
+          raise MissingRunsError(self._missing_message(missing), missing)
+        if attempt or not all(self.cache.open(stage, key) is not None for stage, key in missing):
+          return self._leave_to_other_workers(missing)
       results = self._stage("report", lambda: self.report(weak, ceiling, students))
       results["data"] = data.fingerprint
       results["cache"] = {"computed": [f"{e.stage}/{e.key[:cache_lib.KEY_CHARS]}" for e in self.cache.computed()]}
@@ -70,6 +124,61 @@ class Pipeline:
       results["profile"] = self.stages.profile.as_dict()  # The parts of each stage (stages.Profile).
       log.info("profile: %s", self.stages.profile.line())
       return self.outputs.commit("results.json", results)
+
+  # ------------------------------------------------------------- many workers
+
+  def _own_runs(self, fn: Callable[[], Any]) -> Any:
+    """``fn()``; runs of other workers that escape it (stages that do not collect them) are noted, not fatal."""
+    try:
+      return fn()
+    except cache_lib.RunsOfOtherWorkers as e:
+      self._escaped.extend((e.stage, k) for k in e.keys)
+      return None
+
+  def missing_runs(self) -> list[tuple[str, str]]:
+    """``[(stage, key)]`` of the training runs this process left to other workers (or found missing)."""
+    seen: dict[tuple[str, str], None] = {}
+    for stage, key in [*getattr(self.stages, "missing_runs", []), *self._escaped]:
+      seen[(str(stage), str(key))] = None
+    return list(seen)
+
+  def trained_runs(self) -> int:
+    """How many ceiling and student runs this process trained."""
+    return sum(1 for e in self.cache.computed() if e.stage in cache_lib.SPLIT_STAGES)
+
+  def _missing_message(self, missing: list[tuple[str, str]]) -> str:
+    per_stage = _per_stage(missing)
+    parts = []
+    for stage, keys in per_stage.items():
+      shown = ", ".join(k[:cache_lib.KEY_CHARS] for k in keys[:_KEYS_SHOWN])
+      parts.append(f"{stage} {len(keys)} ({shown}{' ...' if len(keys) > _KEYS_SHOWN else ''})")
+    return (f"report-only: {_runs(len(missing))} of this experiment {'is' if len(missing) == 1 else 'are'} not in "
+            f"the cache {self.cache.root} yet: {'; '.join(parts)}. No report was written and nothing was trained. "
+            "Run the remaining workers first (the same command with --worker=i/N for each i that has not finished, "
+            "on this cache_dir; each trains only its own runs), then run --report_only again.")
+
+  def worker_summary(self, missing: list[tuple[str, str]]) -> dict[str, Any]:
+    """What a worker that wrote no report returns: what it trained and which runs it left to others."""
+    return {"worker": str(self.worker) if self.worker is not None else None, "report": False,
+            "trained_runs": self.trained_runs(),
+            "missing_runs": [{"stage": stage, "key": key} for stage, key in missing]}
+
+  def _leave_to_other_workers(self, missing: list[tuple[str, str]]) -> dict[str, Any]:
+    """No report: log what this worker did, and say in ``INCOMPLETE`` which runs are missing."""
+    trained = self.trained_runs()
+    counts = ", ".join(f"{stage} {len(keys)}" for stage, keys in _per_stage(missing).items())
+    log.info("worker %s: trained %s, %s belong to other workers (or are not finished); run with --report-only "
+             "when every worker is done.", self.worker, _runs(trained), f"{_runs(len(missing))} ({counts})")
+    if jax.process_index() == 0:  # One process writes the shared workdir (as `workdir.Outputs` does).
+      what = (f"ran as worker {self.worker} and trained {_runs(trained)}; {_runs(len(missing))} ({counts}) belong "
+              "to other workers or are not finished, so it wrote no report. Once every worker is done, run the "
+              "same command with --report_only (w2sg run: --report-only) to write the report")
+      self.outputs._mark(what)  # pylint: disable=protected-access  (the INCOMPLETE file, with this reason)
+      shutil.rmtree(self.outputs.staging, ignore_errors=True)
+    self.outputs.committed = True  # Nothing more to write: leaving the block must not call this a failure.
+    return self.worker_summary(missing)
+
+  # ------------------------------------------------------------------ stages
 
   def _stage(self, name: str, fn: Callable[[], Any]) -> Any:
     t0 = time.perf_counter()
@@ -96,14 +205,21 @@ class Pipeline:
                     if pgr_status["defined"] else None)
       runs.append(row)
     profile = self.stages.profile
+    # The headline summary is one method's (single, when it runs): the table compares losses. Every
+    # method's runs are in `runs`, and methods.md compares them (`methods_report`).
+    methods = list(dict.fromkeys(r.method for r in students.runs))
+    headline = "single" if "single" in methods else methods[0]
+    with_correct = [{**row, "test_correct": r.test_correct} for row, r in zip(runs, students.runs)]
+    refs = ({"test_accuracy": weak.test_accuracy, "test_correct": weak.test_correct},
+            {"test_accuracy": ceiling.test_accuracy, "test_correct": ceiling.test_correct})
+    untuned = [row for row in with_correct if not row["grid_point"]]  # The config's own setting.
     with warnings.catch_warnings(), profile.stage("report"), profile.part("summary"):  # The bootstraps.
       warnings.filterwarnings("ignore", message="PGR is undefined", category=RuntimeWarning)  # Logged below.
-      summary = metrics_lib.summarize_runs(
-          [{**row, "test_correct": r.test_correct} for row, r in zip(runs, students.runs)],
-          {"test_accuracy": weak.test_accuracy, "test_correct": weak.test_correct},
-          {"test_accuracy": ceiling.test_accuracy, "test_correct": ceiling.test_correct},
-          min_gap=pgr_status["min_gap"], progress=True,
-      )
+      summary = metrics_lib.summarize_runs([row for row in untuned if row["method"] == headline], *refs,
+                                           min_gap=pgr_status["min_gap"], progress=True)
+      summary = [{**row, "selection": "default", "grid_point": {}} for row in summary]
+      tuned = grid_lib.tuned_summary([row for row in with_correct if row["method"] == "single"], *refs,
+                                     min_gap=pgr_status["min_gap"]) if self.stages.grid_active else []
     results = {
         "experiment": self.config.name,
         "task": self.task.name,
@@ -112,12 +228,25 @@ class Pipeline:
         "students": {"params": students.params, "trainable_params": students.trainable_params},
         "pgr_status": pgr_status,
         "runs": runs,
-        "summary": summary,
+        "summary": summary + [row for row in tuned if row["selection"] != "default"],
     }
+    if methods != ["single"]:
+      results["summary_method"] = headline
+    if tuned:
+      results["grid"] = {"points": len({grid_lib.point_name(r["grid_point"]) for r in runs if r["grid_point"]}),
+                         "spread": grid_lib.spread([r for r in runs if r["method"] == "single"])}
     paths = {}
     if jax.process_index() == 0:  # One process writes the shared workdir.
       with profile.stage("report"), profile.part("tables_and_plots"):
-        staged = report_lib.write_report(results, self.outputs.staging, title=self.config.name)
+        # The tables and plots of the config's own setting; tuning.md puts the picks beside it.
+        staged = report_lib.write_report({**results, "summary": summary}, self.outputs.staging,
+                                         title=self.config.name)
+        if methods != ["single"]:
+          staged.update(methods_report.write([r for r in runs if not r["grid_point"]], self.outputs.staging,
+                                             title=self.config.name))
+        if tuned:
+          staged.update(grid_lib.write_report(tuned, results["grid"]["spread"], runs, self.outputs.staging,
+                                              title=self.config.name))
       with profile.stage("report"), profile.part("curves"):  # From the runs' cache entries: cached runs too.
         staged["tensorboard"] = os.path.join(self.outputs.staging, metric_writers.TENSORBOARD_DIR)
         metric_writers.write_run_curves(staged["tensorboard"], self.stages.curves,

@@ -52,6 +52,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from w2sg_jax import cost as cost_lib
+
 GIB = 2**30
 DEFAULT_MFU = 0.35
 CONFIGS_DIR = Path(__file__).resolve().parent / "models" / "configs"
@@ -310,7 +312,7 @@ def model_spec(config, role: str) -> ModelSpec:
     return make
 
   trainable = _task_trainable(config, role)
-  if task in ("preference", "text_classification"):  # The tasks of tasks/pretrained_roles.py.
+  if task in ("preference", "text_classification", "files"):  # The tasks of tasks/pretrained_roles.py.
     from w2sg_jax.tasks import pretrained_roles  # pylint: disable=g-import-not-at-top
 
     hf = hf_config(str(cfg.checkpoint))
@@ -322,7 +324,8 @@ def model_spec(config, role: str) -> ModelSpec:
     make_encoder = encoder_factory(hf)
     lora = pretrained_roles.lora_spec(cfg)
     tokens = ((max_len,), "int32")
-    if task == "preference":
+    pairs = task == "preference" or (task == "files" and str(config.data.kind) == "preference")
+    if pairs:
       from w2sg_jax.tasks import preference  # pylint: disable=g-import-not-at-top
 
       num_classes, kind, inputs = 2, "reward model", {"a_ids": tokens, "a_mask": tokens, "b_ids": tokens,
@@ -331,8 +334,12 @@ def model_spec(config, role: str) -> ModelSpec:
     else:
       from w2sg_jax.tasks import text_classification  # pylint: disable=g-import-not-at-top
 
-      num_classes, kind, inputs = (text_classification.num_classes(config), "classifier",
-                                   {"input_ids": tokens, "attention_mask": tokens})
+      if task == "files":  # Classes from label_names or num_classes; else the data decides (2 assumed: the
+        # head is a negligible share of the memory and FLOPs).
+        count = len(tuple(config.data.label_names)) or int(config.data.num_classes) or 2
+      else:
+        count = text_classification.num_classes(config)
+      num_classes, kind, inputs = count, "classifier", {"input_ids": tokens, "attention_mask": tokens}
       head_model = functools.partial(text_classification.TextClassifier, num_classes=num_classes, pooling=pooling,
                                      hidden_sizes=hidden)
 
@@ -373,7 +380,7 @@ def model_spec(config, role: str) -> ModelSpec:
     return ModelSpec(role, "head on cached encoder features", make, nnx.Param,
                      {"features": ((width,), "float32")}, num_classes)
 
-  raise PlanError(f"the plan builds the models of the 'preference', 'text_classification' and 'tweets' tasks; this"
+  raise PlanError(f"the plan builds the models of the 'preference', 'text_classification', 'files' and 'tweets' tasks; this"
                   f" config's task is {task!r}.")
 
 
@@ -495,26 +502,9 @@ def build_steps(config, role: str, mesh, device_memory_bytes: int | None) -> Ste
                accum_steps=int(train_cfg.optimizer.get("accum_steps", 1)))
 
 
-def memory_of(compiled) -> dict[str, int]:
-  """Bytes per device from ``compiled.memory_analysis()``; ``peak`` = arguments + outputs - aliased + temporaries."""
-  m = compiled.memory_analysis()
-  out = {
-      "arguments": int(m.argument_size_in_bytes),
-      "outputs": int(m.output_size_in_bytes),
-      "aliased": int(m.alias_size_in_bytes),
-      "temporaries": int(m.temp_size_in_bytes),
-      "code": int(m.generated_code_size_in_bytes),
-  }
-  out["peak"] = out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"]
-  return out
-
-
-def flops_of(compiled) -> float:
-  """FLOPs of the compiled (per-device) program from ``compiled.cost_analysis()``; 0 when unavailable."""
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  return float((cost or {}).get("flops", 0.0))
+# The shared readers of a compiled program (``w2sg_jax.cost``); named here too, for ``plan.memory_of``'s users.
+memory_of = cost_lib.memory_of
+flops_of = cost_lib.flops_of
 
 
 def plan_role(config, role: str, mesh, device_memory_bytes: int) -> dict[str, Any]:
@@ -592,22 +582,32 @@ def _loss(losses_lib, config, name: str):
 
 def whole_config_counts(config, plans: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
   """Training and evaluation steps of the whole config, per role."""
+  from w2sg_jax import config as schema  # pylint: disable=g-import-not-at-top
+
   sizes = _sizes(config)
+  student = schema.resolve_block(schema.StudentConfig, config.student, "student.")
+  methods, settings = student.methods, student.method
   out = {}
   if "weak" in plans:
     p = plans["weak"]
     labelled = sizes.get("w2s_train", 0) + sizes.get("test", 0)
     runs = int(config.get("seeds", 1)) if config.weak.get("per_seed", False) else 1  # One weak model per seed?
+    if {"ensemble", "disagreement_filter"} & set(methods):  # K - 1 more weak models per weak model.
+      runs *= settings.ensemble_size
     out["weak"] = {"runs": runs, "train_steps": runs * p["num_steps"],
                    "eval_steps": runs * math.ceil(labelled / p["eval_batch_size"])}
   if "strong" in plans:
     p = plans["strong"]
     seeds = int(config.get("seeds", 1))
-    losses = len(tuple(config.student.get("losses", ()))) or 1
-    rates = len(tuple(config.student.noise.get("rates", (0.0,)))) if "noise" in config.student else 1
-    runs = losses * rates * seeds + seeds  # Students, plus the strong ceiling per seed.
+    cells = seeds * len(student.noise.rates)
+    # Students per method (an s2s chain trains its rounds, bootstrap an intermediate model per cell, a
+    # strong-sized upper bound on the head it is); plus the strong ceiling per seed.
+    by_method = {m: cells * len(student.losses) * (settings.s2s_rounds + 1 if m == "s2s" else 1)
+                 + (cells if m == "bootstrap" else 0) for m in methods}
+    runs = sum(by_method.values()) + seeds
     out["strong"] = {"runs": runs, "train_steps": runs * p["num_steps"],
-                     "eval_steps": runs * math.ceil(sizes.get("test", 0) / p["eval_batch_size"])}
+                     "eval_steps": runs * math.ceil(sizes.get("test", 0) / p["eval_batch_size"]),
+                     **({"runs_by_method": by_method} if list(methods) != ["single"] else {})}
   return out
 
 

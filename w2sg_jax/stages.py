@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import dataclasses
 import functools
 import os
@@ -32,9 +33,13 @@ import numpy as np
 from flax import nnx
 
 from w2sg_jax import cache as cache_lib
+from w2sg_jax import config as schema
 from w2sg_jax import engines
+from w2sg_jax import grid as grid_lib
 from w2sg_jax import losses as losses_lib
+from w2sg_jax import method_stages
 from w2sg_jax import metric_writers
+from w2sg_jax import methods as methods_lib
 from w2sg_jax import metrics as metrics_lib
 from w2sg_jax import profiling
 from w2sg_jax.data.task import Split, Task
@@ -52,6 +57,10 @@ TEST_LOGITS = "test_logits.npy"
 # The key of a strong run's metrics in its cache entry's info: computed once, when the run is
 # produced, so a rerun that trains nothing reads them instead of recomputing (and compiling).
 METRICS_INFO = "metrics"
+COST_INFO = "cost"  # The key of a trained model's cost (`w2sg_jax.cost`) in its cache entry's info.
+# In the key of every weak and strong run: 2 = the entry records its cost, so that no run made before
+# cost accounting (which has none to report) is reused.
+RUN_ENTRY_FORMAT = 2
 
 
 def semantic(tree: Any) -> Any:
@@ -173,6 +182,7 @@ class Profile:
       _ACTIVE_PROFILES.append(self)
     try:
       # Code the stage calls (a task's splits) reports its parts through `profiling.part`.
+      self.add("programs_compiled", 0)  # Recorded even when the stage compiled nothing (a warm or reused program).
       with self.part("total"), profiling.reporting_to(self):
         yield
     finally:
@@ -268,6 +278,12 @@ class WeakResult:
   # above are then means over the seeds, `stores` the first seed's).
   seed_stores: dict[int, dict[str, store_lib.WeakLabelStore]] = dataclasses.field(default_factory=dict)
   selected_step: int | None = None  # Under weak.train.select: the step whose model labels (else the last).
+  cost: dict[str, Any] | None = None  # Training and labelling (`w2sg_jax.cost`); None if only its stores are kept.
+  seed_results: dict[int, "WeakResult"] = dataclasses.field(default_factory=dict)  # weak.per_seed: each seed's.
+
+  def result_for(self, seed: int) -> "WeakResult":
+    """The weak model a student of ``seed`` learns from (its own under weak.per_seed)."""
+    return self.seed_results.get(int(seed), self)
 
   def stores_for(self, seed: int) -> dict[str, store_lib.WeakLabelStore]:
     """The weak labels a student of ``seed`` learns from: its own weak model's under weak.per_seed."""
@@ -316,6 +332,13 @@ class StudentRun:
   test_correct: np.ndarray
   cache_entry: str
   selected_step: int | None = None  # Under student.train.select: the step evaluated on test (else the last).
+  method: str = "single"  # student.methods: how its labels were made (w2sg_jax/method_stages.py).
+  grid_point: dict[str, float] = dataclasses.field(default_factory=dict)  # student.grid's point; {} = the config's.
+  holdout_score: float | None = None  # Its score on the weak-labelled holdout (train.select), at its chosen step.
+  weak_models: int = 1  # Weak models trained to make its labels.
+  # What it took to make this student from scratch: its own training plus every model and probe that made
+  # its labels (`method_stages.Labels.upstream`), as `w2sg_jax.cost.total`; None where an entry predates it.
+  cost: dict[str, Any] | None = None
 
   def public(self) -> dict[str, Any]:
     out = dataclasses.asdict(self)
@@ -336,12 +359,16 @@ class StudentRuns:
 class Stages:
   """Shared context of the stages of one experiment: config, task, cache and data."""
 
+  RUN_ENTRY_FORMAT = RUN_ENTRY_FORMAT
+
   def __init__(self, config: ml_collections.ConfigDict, task: Task, cache: cache_lib.Cache):
     self.config = config
     self.task = task
     self.cache = cache
     self.profile = Profile()
     self.curves: list[metric_writers.RunCurves] = []  # Every training run asked for; the report writes them.
+    # (stage, key) of the runs left to other workers (`cache.RunsOfOtherWorkers`), or missing under report-only.
+    self.missing_runs: list[tuple[str, str]] = []
     self._param_counts: dict[str, tuple[int, int]] = {}
 
   def param_counts(self, role: str) -> tuple[int, int]:
@@ -372,15 +399,26 @@ class Stages:
     return self._store_entry(components, lambda: (s.ids, one_hot(s.labels, self.task.num_classes)))
 
   def _store_entry(self, components: Mapping[str, Any], compute) -> store_lib.WeakLabelStore:
+    return self.derived_store(components, compute)[0]
+
+  def derived_store(self, components: Mapping[str, Any], compute) -> tuple[store_lib.WeakLabelStore, dict[str, Any]]:
+    """``(store, info)``: the label store ``components`` name, made once by ``compute``.
+
+    ``compute() -> (ids, probs)``, or ``(ids, probs, weights, info)`` for a
+    store with row weights (a filter's mask) whose making had a cost worth
+    keeping (``info["cost"]``, see `w2sg_jax.cost`); ``info`` is the entry's.
+    """
     def produce(out_dir, _work_dir):
-      ids, probs = compute()
+      ids, probs, *rest = compute()
+      weights, info = (rest + [None, None])[:2]
       ids = store_lib.validate_ids(ids)
       probs = store_lib.validate_probs(probs, len(ids))
-      store_lib.write_store_files(out_dir, ids, probs, store_lib.store_meta(ids, probs, components))
-      return {"num_examples": len(ids)}
+      weights = None if weights is None else store_lib.validate_weights(weights, len(ids))
+      store_lib.write_store_files(out_dir, ids, probs, store_lib.store_meta(ids, probs, components, weights), weights)
+      return {"num_examples": len(ids), **(info or {})}
 
     entry = self.cache.get_or_create("labels", components, produce)
-    return store_lib.open_store(entry.directory)
+    return store_lib.open_store(entry.directory), dict(entry.info)
 
   # -- weak model and its labels
   def weak_components(self, data: DataResult, seed: int | None = None) -> dict[str, Any]:
@@ -392,6 +430,7 @@ class Stages:
     }
     if per_seed:  # In the key only when on, so that entries made without the option stay valid.
       components["per_seed"] = True
+    components["entry_format"] = RUN_ENTRY_FORMAT
     return components
 
   @property
@@ -411,23 +450,49 @@ class Stages:
         runs[0], test_accuracy=mean("test_accuracy"), test_auroc=mean("test_auroc"),
         w2s_label_accuracy=mean("w2s_label_accuracy"), weak_model_runs=sum(r.weak_model_runs for r in runs),
         test_correct=np.mean([r.test_correct for r in runs], 0).astype(np.float32),
-        seed_stores={seed: r.stores for seed, r in results.items()},
+        seed_stores={seed: r.stores for seed, r in results.items()}, seed_results=dict(results),
     )
 
-  def _weak_model(self, data: DataResult, seed: int) -> WeakResult:
+  def weak_member(self, data: DataResult, seed: int, member: int, bagging: bool) -> WeakResult:
+    """Member ``member`` of an ensemble around the weak model of ``seed``: member 0 is that model
+    itself; member k >= 1 has seed ``seed + k`` and, with ``bagging``, learns from its own bootstrap
+    resample of weak_train (`methods.bootstrap_indices`), as row weights equal to the resample counts."""
+    if member == 0:
+      return self._weak_model(data, seed)
+    return self._weak_model(data, seed + member, member={"index": int(member), "of_seed": int(seed),
+                                                         "bagging": bool(bagging)})
+
+  def _bagged_truth(self, data: DataResult, seed: int, member: int) -> store_lib.WeakLabelStore:
+    """weak_train's ground truth weighted by member ``member``'s bootstrap resample counts."""
+    truth = self.truth_store(data, "weak_train")
+    n = len(truth)
+    components = {**truth.components, "bootstrap": {"seed": int(seed), "member": int(member)}, "of": truth.hash}
+
+    def compute():
+      rows = methods_lib.bootstrap_indices(int(seed), n, k=int(member) + 1)[int(member)]
+      return truth.ids, truth.probs, np.bincount(rows, minlength=n).astype(np.float32), None
+
+    return self.derived_store(components, compute)[0]
+
+  def _weak_model(self, data: DataResult, seed: int, member: Mapping[str, Any] | None = None) -> WeakResult:
     """One weak model, trained on weak_train's ground truth only if one of its stores is missing."""
     cfg = self.config.weak
     make_model = self.task.make_model("weak", self.config)
     trainable = self.task.trainable("weak", self.config)
     weak_components = self.weak_components(data, seed)
+    truth = self.truth_store(data, "weak_train")
+    if member is not None:  # An ensemble member (`weak_member`); the single weak model's key is unchanged.
+      weak_components["member"] = dict(member)
+      if member["bagging"]:
+        truth = self._bagged_truth(data, member["of_seed"], member["index"])
+        weak_components["truth"] = truth.hash
     runs_before = len(self.cache.computed("weak"))
 
     def weak_entry() -> cache_lib.Entry:
       def produce(out_dir, work_dir):
         train = data.splits["weak_train"]
         trained = engines.train_runs(
-            [engines.RunSpec(seed=int(seed), store=self.truth_store(data, "weak_train"),
-                             work_dir=work_dir)],
+            [engines.RunSpec(seed=int(seed), store=truth, work_dir=work_dir)],
             engine=str(cfg.get("engine", "data_parallel")), make_model=make_model, train_ids=train.ids,
             train_inputs=train.inputs["weak"],
             eval_inputs={s: data.splits[s].inputs["weak"] for s in ("w2s_train", "test")},
@@ -436,7 +501,8 @@ class Stages:
         for split in ("w2s_train", "test"):
           np.save(os.path.join(out_dir, f"probs_{split}.npy"), softmax(trained.logits[split][0]))
         metric_writers.save_history(out_dir, trained.history[0], trained.validation[0] if trained.validation else ())
-        return {"history": trained.history[0][-1:] if trained.history[0] else [], **_selection_info(trained, 0)}
+        return {"history": trained.history[0][-1:] if trained.history[0] else [], **_selection_info(trained, 0),
+                **_cost_info(trained, 0)}
 
       return self.cache.get_or_create("weak", weak_components, produce)
 
@@ -455,7 +521,8 @@ class Stages:
         labelled_examples=len(data.splits["weak_train"]), stores=stores,
         w2s_label_accuracy=float(np.mean(np.argmax(stores["w2s_train"].probs, -1) == data.splits["w2s_train"].labels)),
         weak_model_runs=len(self.cache.computed("weak")) - runs_before,
-        selected_step=_weak_selected_step(self.cache, weak_key) if _selects(cfg.train) else None, **test,
+        selected_step=_weak_selected_step(self.cache, weak_key) if _selects(cfg.train) else None,
+        cost=_weak_cost(self.cache, weak_key), **test,
     )
     self.curves.append(metric_writers.RunCurves("weak", {"seed": int(seed)}, self.cache.directory("weak", weak_key),
                                                 {k: v for k, v in test.items() if k != "test_correct"}))
@@ -484,24 +551,41 @@ class Stages:
     return {
         "task": self.task.name, "data": data.fingerprint, "strong": semantic(self.config.strong),
         "train": semantic(self.config.student.train), "engine": engines.resolve_engine(str(self.config.student.engine)),
+        "entry_format": RUN_ENTRY_FORMAT,
     }
 
   def _train_strong(self, data: DataResult, stage: str, loss: str, hparams: Mapping[str, Any],
                     runs: Sequence[tuple[int, store_lib.WeakLabelStore]], desc: str,
                     train_split: str = "w2s_train",
-                    weak_tests: Sequence[store_lib.WeakLabelStore | None] | None = None) -> list[cache_lib.Entry]:
+                    weak_tests: Sequence[store_lib.WeakLabelStore | None] | None = None,
+                    method: Mapping[str, Any] | None = None, predict: Sequence[str] = (),
+                    overrides: Sequence[Mapping[str, float]] | None = None) -> list[cache_lib.Entry]:
     """Entries (test logits) of strong runs ``[(seed, store), ...]`` on ``train_split``, trained together
     where missing.
 
     A run's entry keeps its `run_metrics` in ``info["metrics"]`` (its misfit to
-    ``weak_tests[i]``, the weak labels on test, where given), computed once here.
+    ``weak_tests[i]``, the weak labels on test, where given) and its cost
+    (``info["cost"]``), computed once here. ``method``: the method's settings
+    (`method_stages`), in the key; ``predict``: more splits whose logits the
+    entry keeps (``<split>_logits.npy``), e.g. w2s_train for a strong-to-strong round.
+    ``overrides[i]``: run i's optimizer settings off the config (a grid point, `w2sg_jax.grid`), in its
+    key as the settings it trains with, so the point equal to the config's own is that run.
     """
     base = self._strong_components(data)
     if train_split != "w2s_train":  # In the key only when not the default, so older entries stay valid.
       base["train_split"] = train_split
+    if method is not None:
+      base["method"] = dict(method)
+    if predict:
+      base["predict"] = sorted(predict)
     resolved = _resolved_hparams(loss, hparams)
     components = [{**base, "loss": loss, "loss_hparams": resolved, "seed": seed, "labels": store.hash}
                   for seed, store in runs]
+    for i, point in enumerate(overrides or ()):
+      if point:  # The run's optimizer settings as if the config said them.
+        train_key = copy.deepcopy(base["train"])
+        train_key.setdefault("optimizer", {}).update({k: float(v) for k, v in point.items()})
+        components[i] = {**components[i], "train": train_key}
     train = data.splits[train_split]
     cfg = self.config.student
 
@@ -513,11 +597,13 @@ class Stages:
       with self.profile.part("metrics"):
         for j, (i, logits) in enumerate(zip(todo, trained.logits["test"])):
           metrics = run_metrics(np.asarray(logits, np.float32), labels, weak_tests[i] if weak_tests else None)
-          infos.append({**_selection_info(trained, j), METRICS_INFO: metrics})
+          infos.append({**_selection_info(trained, j), **_cost_info(trained, j), METRICS_INFO: metrics})
 
       def writer(logits, info, j):
         def write(out_dir):
           np.save(os.path.join(out_dir, TEST_LOGITS), np.asarray(logits, np.float32))
+          for split in predict:
+            np.save(os.path.join(out_dir, f"{split}_logits.npy"), np.asarray(trained.logits[split][j], np.float32))
           metric_writers.save_history(out_dir, trained.history[j], trained.validation[j] if trained.validation else ())
           return info
         return write
@@ -526,9 +612,12 @@ class Stages:
 
     def train_group(todo: list[int], work_dirs: list[str]) -> engines.TrainedRuns:
       return engines.train_runs(
-          [engines.RunSpec(seed=runs[i][0], store=runs[i][1], work_dir=w) for i, w in zip(todo, work_dirs)],
+          [engines.RunSpec(seed=runs[i][0], store=runs[i][1], work_dir=w,
+                           optimizer=dict(overrides[i]) if overrides and overrides[i] else None)
+           for i, w in zip(todo, work_dirs)],
           engine=str(cfg.engine), make_model=self.task.make_model("strong", self.config), train_ids=train.ids,
-          train_inputs=train.inputs["strong"], eval_inputs={"test": data.splits["test"].inputs["strong"]},
+          train_inputs=train.inputs["strong"],
+          eval_inputs={s: data.splits[s].inputs["strong"] for s in ("test", *predict)},
           loss_fn=losses_lib.get(loss, **dict(hparams)), train_cfg=cfg.train,
           trainable=self.task.trainable("strong", self.config), desc=f"{desc} ({len(todo)} runs)",
       )
@@ -551,8 +640,12 @@ class Stages:
     split = self.ceiling_split
     truth = self.truth_store(data, split)
     with self.profile.part("runs"):
-      entries = self._train_strong(data, "ceiling", "xent", {}, [(s, truth) for s in seeds], "ceiling",
-                                   train_split=split)
+      try:
+        entries = self._train_strong(data, "ceiling", "xent", {}, [(s, truth) for s in seeds], "ceiling",
+                                     train_split=split)
+      except cache_lib.RunsOfOtherWorkers as e:  # --worker: the other seeds' ceilings are another's.
+        self.missing_runs.extend((e.stage, k) for k in e.keys)
+        return None
     labels = data.splits["test"].labels
     per_seed = []
     with self.profile.part("metrics"):
@@ -593,38 +686,129 @@ class Stages:
 
   @_profiled("students")
   def students(self, data: DataResult, weak: WeakResult) -> StudentRuns:
-    """Every (loss, noise, seed) student; the runs of one loss train together."""
-    cfg = self.config.student
+    """Every (method, loss, noise, seed) student; the runs of one (method, loss) train together."""
+    student = schema.resolve_block(schema.StudentConfig, self.config.student, "student.")
     seeds = self.student_seeds
     rates = [spec.rate for spec in self.noise_specs()]
-    # (rate, seed) -> the labels that student learns from (its weak model's under weak.per_seed).
-    with self.profile.part("labels"):
-      stores = {(rate, seed): self.noisy_store(weak.stores_for(seed)["w2s_train"], self.noise_spec(rate, seed))
-                for rate in rates for seed in seeds}
-    labels = data.splits["test"].labels
+    cells = [(rate, seed) for rate in rates for seed in seeds]
+    makers = method_stages.MethodLabels(self, data, weak, student.method)
     runs = []
-    for loss in cfg.losses:
-      hparams = dict(cfg.loss_hparams.get(loss, {}))
-      cells = [(rate, seed) for rate in rates for seed in seeds]
-      with self.profile.part("runs"):
-        entries = self._train_strong(data, "student", loss, hparams, [(s, stores[(r, s)]) for r, s in cells],
-                                     f"students {loss}", weak_tests=[weak.stores_for(s)["test"] for _, s in cells])
-      with self.profile.part("metrics"):
-        for (rate, seed), entry in zip(cells, entries):
-          logits = np.load(entry.path(TEST_LOGITS))
-          m, from_cache = cached_run_metrics(entry, logits, labels, weak.stores_for(seed)["test"])
-          self.profile.add("metrics_computed", 0 if from_cache else 1)
-          runs.append(StudentRun(
-              loss=loss, noise=float(rate), seed=int(seed), test_accuracy=m["test_accuracy"],
-              test_auroc=m["test_auroc"], misfit_kl=float(m["misfit"]["kl"]), misfit_tv=float(m["misfit"]["tv"]),
-              test_correct=correctness(logits, labels), cache_entry=entry.directory,
-              selected_step=entry.info.get("selected_step"),
-          ))
-          self.curves.append(metric_writers.RunCurves(
-              "students", {"loss": loss, "noise": float(rate), "seed": int(seed)}, entry.directory,
-              {k: getattr(runs[-1], k) for k in ("test_accuracy", "test_auroc", "misfit_kl", "misfit_tv")}))
+    for method in student.methods:
+      problem = self.task.method_problem(method, self.config)
+      if problem:
+        raise ValueError(f"student.methods has {method!r}, but {problem}")
+      # (rate, seed) -> the labels that student learns from.
+      with self.profile.part("labels"):
+        if method == "bootstrap":
+          labels = makers.bootstrap_labels(cells)
+        else:
+          labels = {cell: makers.labels(method, *cell) for cell in cells}
+      for loss in student.losses:
+        hparams = dict(student.loss_hparams.get(loss, {}))
+        with self.profile.part("runs"):
+          try:
+            entries, upstream = self._method_runs(data, method, loss, hparams, cells, labels, makers)
+          except cache_lib.RunsOfOtherWorkers as e:  # --worker: this group's other runs are another's.
+            self.missing_runs.extend((e.stage, k) for k in e.keys)
+            continue
+        with self.profile.part("metrics"):
+          for cell, entry in zip(cells, entries):
+            runs.append(self._student_run(data, method, loss, cell, entry, labels[cell], upstream[cell]))
+    if student.grid:
+      runs += self._grid_runs(data, weak, student, cells)
     params, trainable_params = self.param_counts("strong")
     return StudentRuns(runs=runs, params=params, trainable_params=trainable_params)
+
+  def _grid_runs(self, data, weak, student, cells) -> list[StudentRun]:
+    """Every point of ``student.grid`` for every (loss, noise, seed), with the single method's labels.
+
+    The points of one loss that differ only in optimizer settings train as one group (one vmapped
+    program: `engines.RunSpec.optimizer`); each value of a loss hyperparameter is a group of its own.
+    """
+    makers = method_stages.MethodLabels(self, data, weak, student.method)
+    labels = {cell: makers.labels("single", *cell) for cell in cells}
+    out = []
+    for loss in student.losses:
+      base_hparams = dict(student.loss_hparams.get(loss, {}))
+      points = grid_lib.points_for(student.grid, lambda hp, loss=loss: _accepts(loss, base_hparams, hp))
+      groups: dict[str, list[dict[str, float]]] = {}
+      for point in points:
+        groups.setdefault(repr(sorted(grid_lib.loss_part(point).items())), []).append(point)
+      for group in groups.values():
+        hparams = {**base_hparams, **grid_lib.loss_part(group[0])}
+        todo = [(point, cell) for point in group for cell in cells]
+        with self.profile.part("runs"):
+          try:
+            entries = self._train_strong(
+                data, "student", loss, hparams, [(cell[1], labels[cell].train) for _, cell in todo],
+                f"students {loss} [grid, {len(group)} points]", weak_tests=[labels[cell].test for _, cell in todo],
+                overrides=[grid_lib.optimizer_part(point) for point, _ in todo])
+          except cache_lib.RunsOfOtherWorkers as e:
+            self.missing_runs.extend((e.stage, k) for k in e.keys)
+            continue
+        with self.profile.part("metrics"):
+          for (point, cell), entry in zip(todo, entries):
+            run = self._student_run(data, "single", loss, cell, entry, labels[cell], labels[cell].upstream)
+            run.grid_point = dict(point)
+            run.holdout_score = _holdout_score(entry)
+            out.append(run)
+    return out
+
+  def _method_runs(self, data, method, loss, hparams, cells, labels, makers):
+    """``(entries, upstream)``: the students of one (method, loss), one per cell, and per cell the costs of
+    the models before them (for s2s, the earlier rounds' students too)."""
+    stores = {cell: labels[cell].train for cell in cells}
+    upstream = {cell: list(labels[cell].upstream) for cell in cells}
+    weak_tests = [labels[cell].test for cell in cells]
+    rounds = makers.settings.s2s_rounds if method == "s2s" else 0
+    key = labels[cells[0]].method
+    for r in range(rounds + 1):
+      last = r == rounds
+      desc = f"students {loss}" + ("" if method == "single" else f" [{method}" + (f" round {r}]" if rounds else "]"))
+      entries = self._train_strong(
+          data, "student", loss, hparams, [(seed, stores[(rate, seed)]) for rate, seed in cells], desc,
+          weak_tests=weak_tests, method=None if key is None else ({**key, "round": r} if rounds else key),
+          predict=() if last else ("w2s_train",))
+      if not last:  # This round's students label the next round's w2s_train.
+        for cell, entry in zip(cells, entries):
+          upstream[cell].append(entry.info.get(COST_INFO))
+          stores[cell] = makers.s2s_store(entry, stores[cell])
+          labels[cell].stores.append(stores[cell])
+    return entries, upstream
+
+  def _student_run(self, data, method, loss, cell, entry, labels, upstream) -> StudentRun:
+    rate, seed = cell
+    test_labels = data.splits["test"].labels
+    logits = np.load(entry.path(TEST_LOGITS))
+    m, from_cache = cached_run_metrics(entry, logits, test_labels, labels.test)
+    self.profile.add("metrics_computed", 0 if from_cache else 1)
+    stored = sum(method_stages.directory_bytes(s.directory) for s in labels.stores)
+    run = StudentRun(
+        loss=loss, noise=float(rate), seed=int(seed), test_accuracy=m["test_accuracy"],
+        test_auroc=m["test_auroc"], misfit_kl=float(m["misfit"]["kl"]), misfit_tv=float(m["misfit"]["tv"]),
+        test_correct=correctness(logits, test_labels), cache_entry=entry.directory,
+        selected_step=entry.info.get("selected_step"), method=method, weak_models=labels.weak_models,
+        cost=method_stages.total_cost([entry.info.get(COST_INFO), *upstream],
+                            stored_bytes=stored + method_stages.directory_bytes(entry.directory)),
+    )
+    tags = {"loss": loss, "noise": float(rate), "seed": int(seed), **({"method": method} if method != "single" else {})}
+    self.curves.append(metric_writers.RunCurves(
+        "students", tags, entry.directory,
+        {k: getattr(run, k) for k in ("test_accuracy", "test_auroc", "misfit_kl", "misfit_tv")}))
+    return run
+
+  @property
+  def grid_active(self) -> bool:
+    """Whether ``student.grid`` lists settings to tune."""
+    return bool(schema.resolve_block(schema.StudentConfig, self.config.student, "student.").grid)
+
+  def strong_semantic(self) -> Any:
+    """The strong model's settings as they enter keys."""
+    return semantic(self.config.strong)
+
+  def train_semantic(self) -> Any:
+    """The students' training settings as they enter keys."""
+    return semantic(self.config.student.train)
 
 
 def _selection_info(trained: engines.TrainedRuns, run: int) -> dict[str, Any]:
@@ -632,6 +816,33 @@ def _selection_info(trained: engines.TrainedRuns, run: int) -> dict[str, Any]:
   if not trained.selected_steps:
     return {}
   return {"selected_step": trained.selected_steps[run], "validation": trained.validation[run]}
+
+
+def _accepts(loss: str, hparams: Mapping[str, Any], hparam: str) -> bool:
+  """Whether ``loss`` takes the hyperparameter ``hparam`` (a ``loss_<hparam>`` grid axis)."""
+  try:
+    losses_lib.get(loss, **{**hparams, hparam: losses_lib.get(loss, **hparams).hparams.get(hparam, 0.5)})
+  except (ValueError, TypeError):
+    return False
+  return True
+
+
+def _holdout_score(entry: cache_lib.Entry) -> float | None:
+  """The run's best score on its weak-labelled holdout (the step it returns), or None without one."""
+  rows = entry.info.get("validation") or []
+  scores = [v for row in rows for k, v in row.items() if k != "step" and isinstance(v, (int, float))]
+  return float(max(scores)) if scores else None
+
+
+def _cost_info(trained: engines.TrainedRuns, run: int) -> dict[str, Any]:
+  """What a run's cache entry keeps of its cost (`engines.TrainedRuns.cost`)."""
+  costs = getattr(trained, "cost", None)
+  return {COST_INFO: dict(costs[run])} if costs else {}
+
+
+def _weak_cost(cache: cache_lib.Cache, weak_key: str) -> dict[str, Any] | None:
+  entry = cache.open("weak", weak_key)  # None if only its stores are kept.
+  return entry.info.get(COST_INFO) if entry is not None else None
 
 
 def _selects(train_cfg: Any) -> bool:

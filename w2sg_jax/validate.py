@@ -293,6 +293,14 @@ def check_config(config: Any, task: Any = None, *, num_devices: int | None = Non
       num_classes = exp.num_classes_hint() or int(getattr(task, "num_classes", 2))
       _trainable_checks(c, task, config, engines)
       _noise_scale(c, exp.student.noise.scale, num_classes)
+      for i, method in enumerate(exp.student.methods):  # Before any compute: a method the task cannot run.
+        problem = task.method_problem(method, config) if hasattr(task, "method_problem") else None
+        if problem:
+          c.fail(f"student.methods[{i}]", method, problem)
+      if exp.student.method.probe_k >= exp.data.sizes.w2s_train and any(
+          m.startswith("probe_") for m in exp.student.methods) and exp.student.method.probe == "knn":
+        c.fail("student.method.probe_k", exp.student.method.probe_k,
+               f"the kNN probe needs fewer neighbours than w2s_train's {exp.data.sizes.w2s_train} rows.")
   if c.problems:
     raise ConfigError(c.problems)
   return {"task": experiment.task, "runner": experiment.runner, "engines": engines,

@@ -46,6 +46,26 @@ class Task:
     """A factory for the ``weak`` or ``strong`` model, taking its ``nnx.Rngs``."""
     raise NotImplementedError
 
+  def method_problem(self, method: str, config: ml_collections.ConfigDict) -> str | None:
+    """Why ``method`` (`w2sg_jax.config.METHODS`) cannot run on this task with ``config``, or None.
+
+    The probes read the strong model's cached features (``inputs["strong"]["features"]``);
+    bootstrapping needs an ``intermediate`` model (``inputs["intermediate"]`` and
+    ``make_model("intermediate", ...)``), which a task provides by overriding this.
+    """
+    if method == "bootstrap":
+      return (f"the {self.name} task has no intermediate model to bootstrap through (the tweets task has one: a "
+              "head on MiniLM layer student.method.bootstrap_layer); drop 'bootstrap' from student.methods.")
+    if method in ("probe_relabel", "probe_filter") and not self.strong_features(config):
+      return (f"{method} fits a probe on the strong model's features, and this {self.name} config fine-tunes the "
+              "strong model on tokens (no cached features); use a head on cached features, or drop the method.")
+    return None
+
+  def strong_features(self, config: ml_collections.ConfigDict) -> bool:
+    """Whether the strong model's inputs are cached features (``inputs["strong"]["features"]``)."""
+    del config
+    return False
+
   def trainable(self, role: str, config: ml_collections.ConfigDict) -> Any:
     """The NNX filter of the parameters that train (default: all of them)."""
     return nnx.Param

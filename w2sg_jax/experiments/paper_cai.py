@@ -14,8 +14,8 @@ one (rejected).
 
 Variants: ``large``, ``xl``, ``tpu_small``, ``smoke`` (as in paper_hh.py;
 ``single_turn`` reads HH-RLHF files and is paper_hh.py's only). docs/paper.md
-says which settings come from the paper, which from the authors' code, and
-which are this project's choice.
+says which settings come from the paper, which from public code by its
+co-authors (not this paper's own release), and which are this project's choice.
 """
 
 import ml_collections

@@ -1,8 +1,10 @@
 r"""Yao et al. (2025), HH-RLHF: GPT-2 reward models, weak-to-strong with f-divergence losses.
 
 The reward-modelling setting of arXiv:2506.03109. docs/paper.md says, for every
-setting below, whether it comes from the paper's text, from the authors'
-released code, or is this project's own choice. In short: a GPT-2 Base reward
+setting below, whether it comes from the paper's text, from public code by its
+co-authors (Gengze/W2SG-Bregman, a follow-up paper's code, and
+keven980716/weak-to-strong-deception; not this paper's own release), or is
+this project's own choice. In short: a GPT-2 Base reward
 model is trained on 4000 pairs of Anthropic HH-RLHF (harmless-base) with
 ground truth, labels 4000 more pairs once (soft labels sigmoid(r(a) - r(b))),
 and GPT-2 Medium learns from those labels with each loss, and is tested on
@@ -13,11 +15,11 @@ plus ``tv``, which is beyond the paper; each also with the Burns et al.
 confidence term (``+conf``, the Burns et al. release's schedule: see below).
 Noise: on a fraction 0, 0.1, 0.2, 0.3, 0.4 of the w2s pairs the weak label is
 flipped, q -> 0.5 + a (q - 0.5) with a = -1, the subset drawn with each
-student's seed as in the authors' code (``student.noise.per_seed``). Seeds:
+student's seed as in the co-authors' code (``student.noise.per_seed``). Seeds:
 3; each seed retrains the weak model (``weak.per_seed``), so the seed
-intervals include the weak model's variance, as a rerun of the authors'
+intervals include the weak model's variance, as a rerun of the co-authors'
 scripts would. The strong ceiling is trained on the weak model's split
-(``ceiling.split='weak_train'``), as in Burns et al. and the authors' code.
+(``ceiling.split='weak_train'``), as in Burns et al. and the co-authors' code.
 Output: ``results.json``, ``summary.md``/``.csv`` and the plots (test accuracy
 vs noise rate, one line per loss) in the workdir.
 
@@ -31,23 +33,27 @@ Variants (after the colon):
 * (none): GPT-2 Base (124M, hub id ``gpt2``) supervises GPT-2 Medium (355M).
   273 strong runs (18 losses x 5 noise rates x 3 seeds + 3 ceiling seeds) of
   250 steps of 32 pairs at up to 512 tokens, ~5.2e18 FLOPs in all, plus 3
-  weak models (<0.1%). Estimated wall time in bf16 at 35% of peak
-  (docs/paper.md gives the arithmetic): H100 ~4.2 h,
-  A100 ~13.5 h, TPU v4-8 ~3.7 h, TPU v5e-8 ~2.6 h. Add compile time, about
+  weak models (<0.1%). Estimated wall time from the memory plan (compiled
+  FLOPs at 35% of peak bf16; docs/paper.md has the table for every variant):
+  H100 ~4.2 h, A100 80GB ~13.2 h, TPU v4-8 ~3.7 h, TPU v5e-8 ~2.6 h. As
+  configured its step fits neither a v5e chip's 16 GiB nor, by the plan's
+  upper bound, one 80 GB GPU; with ``--config.strong.remat=full`` it fits
+  both (~3.1 h on a v5e-8, ~5.0 h on one H100). Add compile time, about
   1 min per run unless the XLA compilation cache is on.
-* ``single_turn``: the default on the authors' own pre-split single-turn
+* ``single_turn``: the default on the co-authors' pre-split single-turn
   files (``harmless_train_gt.jsonl``, ``harmless_train_w2s.jsonl``,
   ``harmless_test.jsonl``, 4000 pairs each), their split kept; pass the
   folder with ``--config.data.manual_dir=DIR`` (paper_hh.py only).
 * ``large``: strong = GPT-2 Large (774M), ~2.3x the default; 2 micro-batches
   of 16 pairs. Where it fits, and with which ``strong.remat``, is what
   ``python -m w2sg_jax.plan`` reports (README, "Hardware and expected wall time").
-* ``xl``: strong = GPT-2 XL (1.5B), ~4.7x the default; 4 micro-batches of
-  8 pairs and full rematerialisation (``strong.remat='full'``). Its float32
-  Adam state is ~25 GB per replica, so on 8 chips of 16 GiB (v5e-8) the
-  ``auto`` sharding shards it (fsdp); the memory plan
-  (``python -m w2sg_jax.plan --config=experiments/paper_hh.py:xl --devices=8
-  --device-memory=16``) compiles the step and reports the peak per device.
+* ``xl``: strong = GPT-2 XL (1.5B), ~5.7x the default's FLOPs; 4
+  micro-batches of 8 pairs and full rematerialisation
+  (``strong.remat='full'``). Its float32 Adam state is ~25 GB per replica, so
+  on 8 chips of 16 GiB (v5e-8) the ``auto`` sharding shards it (fsdp); the
+  memory plan (``python -m w2sg_jax.plan --config=experiments/paper_hh.py:xl
+  --devices=8 --device-memory=16``) compiles the step: 7.4 GiB a chip, so it
+  fits a v5e-8, and 62.5 GiB on one 80 GB GPU.
 * ``tpu_small``: a real but small run to check a TPU/GPU set-up: gpt2 ->
   gpt2-medium, 1000/1000/1000 pairs at 256 tokens, 4 losses x noise {0, 0.2}
   x 1 seed (9 strong runs, ~2e16 FLOPs). About 10 min on a v4-8 or an A100,
@@ -69,7 +75,7 @@ import os
 
 import ml_collections
 
-from w2sg_jax.config_lib import ceiling_config, train_config
+from w2sg_jax.config_lib import PAPER_METHODS, ceiling_config, methods_config, train_config
 
 # The paper's losses (CE, KL, reverse KL, JS, squared Hellinger, Pearson chi2, Jeffreys).
 # Its text does not settle the direction of Pearson chi2, so both run: `pearson` is
@@ -91,10 +97,11 @@ FIXTURE_DATA = {
 }
 TINY_GPT2 = os.path.join(_REPO, "tests", "fixtures", "models", "tiny_gpt2")
 SINGLE_TURN_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "data", "hh-single-turn")
-# The preference builder's config that reads Yao et al.'s pre-split files and keeps their split.
+# The preference builder's config that reads the co-authors' pre-split files
+# (keven980716/weak-to-strong-deception) and keeps their split.
 SINGLE_TURN = "harmless-single-turn"
 
-VARIANTS = ("smoke", "tpu_small", "large", "xl", "single_turn", "single_turn_smoke")
+VARIANTS = ("smoke", "tpu_small", "large", "xl", "single_turn", "single_turn_smoke", "methods")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -126,14 +133,14 @@ def build_config(
   c.data.max_length = 512  # Tokens per transcript, truncated from the LEFT (keeps the final response).
 
   c.weak = _model("gpt2")
-  # One weak model per student seed (the authors rerun the whole pipeline per seed),
+  # One weak model per student seed (the co-authors' code reruns the whole pipeline per seed),
   # so seed intervals include the weak model's variance; its stores are keyed by it.
   c.weak.per_seed = True
   c.weak.train = _train(epochs=1)
 
   c.strong = _model("gpt2-medium")
 
-  # The ceiling learns the weak model's split (Burns et al. and the authors' code);
+  # The ceiling learns the weak model's split (Burns et al. and the co-authors' code);
   # 'w2s_train' trains it on the students' pairs instead.
   c.ceiling = ceiling_config("weak_train")
 
@@ -146,10 +153,19 @@ def build_config(
   c.student.noise.rates = (0.0, 0.1, 0.2, 0.3, 0.4)  # Fraction of w2s pairs whose weak label is corrupted.
   c.student.noise.scale = -1.0  # q -> 0.5 + scale (q - 0.5): -1 flips the preference, 0 makes it 0.5.
   c.student.noise.seed = 0  # Picks the corrupted pairs when per_seed is False (then the same for every student).
-  c.student.noise.per_seed = True  # Each student's corrupted subset drawn with its own seed, as in the authors' code.
+  c.student.noise.per_seed = True  # Each student's corrupted subset drawn with its own seed (co-authors' code).
   c.student.train = _train(epochs=2)  # Also trains the strong ceiling.
+  # How the weak labels reach the students (docs/methods.md); the `methods` variant adds the
+  # methods that need more weak models or rounds: K = 3 weak models, two strong-to-strong rounds.
+  c.student.methods = ("single",)
+  c.student.method = methods_config()
+  c.student.grid = ml_collections.ConfigDict()  # Settings to tune (w2sg_jax/grid.py); {} = none.
 
-  if arg == "large":
+  if arg == "methods":
+    c.name = f"{name}_methods"
+    c.student.methods = PAPER_METHODS
+    c.student.losses = ("xent", "kl", "reverse_kl", "js", "tv", "pearson")
+  elif arg == "large":
     c.name = f"{name}_large"
     c.strong.checkpoint = "gpt2-large"
     # 2 micro-batches of 16 pairs = the paper's batch of 32, in half the activation memory.
@@ -208,7 +224,7 @@ def build_config(
 
 
 def _single_turn(c: ml_collections.ConfigDict, *, manual_dir: str) -> None:
-  """Yao et al.'s pre-split single-turn files: each split is its own file, in file order."""
+  """The co-authors' pre-split single-turn files: each split is its own file, in file order."""
   c.data.subset = SINGLE_TURN
   c.data.source_splits = ("weak_train", "w2s_train", "test")  # The builder's splits: kept, not redrawn.
   c.data.manual_dir = manual_dir
@@ -231,7 +247,7 @@ def _model(checkpoint: str) -> ml_collections.ConfigDict:
 
 
 def _train(epochs: float) -> ml_collections.ConfigDict:
-  # From the authors' released code (the paper's text does not give them): Adam, lr 1e-5,
-  # cosine decay to 0, no warm-up, batches of 32 pairs. No clipping: this project's reading of that code.
+  # From the co-authors' code, Gengze/W2SG-Bregman (the paper's text does not give them): Adam, lr 1e-5,
+  # cosine decay to 0, no warm-up, batches of 32 pairs. No clipping: that code clips nothing.
   return train_config(batch_size=32, epochs=epochs, learning_rate=1e-5, optimizer="adam", eval_batch_size=64,
                       save_every=1000, log_every=25, grad_clip=0.0)

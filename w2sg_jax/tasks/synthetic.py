@@ -67,6 +67,9 @@ class SyntheticTask(Task):
         for name, idx in parts.items()
     }
 
+  def strong_features(self, config: ml_collections.ConfigDict) -> bool:
+    return True
+
   def make_model(self, role: str, config: ml_collections.ConfigDict):
     cfg = config.data
     in_dim = int(cfg.weak_dim if role == "weak" else cfg.dim)

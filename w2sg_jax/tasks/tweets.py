@@ -48,6 +48,7 @@ from w2sg_jax import cache as cache_lib
 from w2sg_jax import hashing
 from w2sg_jax import cpu as cpu_lib
 from w2sg_jax import models
+from w2sg_jax import config as schema
 from w2sg_jax import profiling
 from w2sg_jax.data import splits as splits_lib
 from w2sg_jax.labels import store as store_lib
@@ -373,6 +374,9 @@ class TweetsTask(Task):
     if weak_kind not in ("minilm", "bow"):
       raise ValueError(f"weak.model={weak_kind!r}; use 'minilm' (first k layers) or 'bow' (bag of words).")
     depths = {int(config.strong.num_layers)} | ({int(config.weak.num_layers)} if weak_kind == "minilm" else set())
+    layer = _bootstrap_layer(config)  # The intermediate model's features (bootstrap), from the same pass.
+    if layer is not None:
+      depths.add(layer)
     features = self._features(config, cache_dir, ckpt, texts, data["id"][order], tuple(sorted(depths)))
     tokens = None
     if weak_kind == "bow" or config.strong.finetune != "head":
@@ -399,10 +403,13 @@ class TweetsTask(Task):
           if config.strong.finetune == "head"
           else {k: v[rows] for k, v in tokens.items()}
       )
+      inputs = {"weak": weak_in, "strong": strong_in}
+      if layer is not None:
+        inputs["intermediate"] = {"features": features[layer][rows]}
       out[name] = Split(
           ids=np.asarray(data["id"][idx]).astype(str),
           labels=data["label"][idx].astype(np.int32),
-          inputs={"weak": weak_in, "strong": strong_in},
+          inputs=inputs,
       )
     return out
 
@@ -436,8 +443,24 @@ class TweetsTask(Task):
     with profiling.part("features_read"):
       return {k: np.load(entry.path(f"layer{k}.npy")) for k in depths}
 
+  def strong_features(self, config: ml_collections.ConfigDict) -> bool:
+    return config.strong.finetune == "head"
+
+  def method_problem(self, method: str, config: ml_collections.ConfigDict) -> str | None:
+    if method == "bootstrap":
+      if config.strong.finetune != "head":
+        return "bootstrap's intermediate model is a head on cached features; use strong.finetune='head'."
+      if _bootstrap_layer(config) is None:
+        return (f"student.method.bootstrap_layer={config.student.method.bootstrap_layer} is deeper than the strong "
+                f"model's features (strong.num_layers={config.strong.num_layers}); pick a layer in between.")
+      return None
+    return super().method_problem(method, config)
+
   def make_model(self, role: str, config: ml_collections.ConfigDict):
     num_classes = self.num_classes
+    if role == "intermediate":  # Bootstrapping's middle model: a head like the student's, on a shallower layer.
+      width = _hf_config(checkpoint_path(config))["hidden_size"]
+      return lambda rngs: models.FeatureHead(width, tuple(config.strong.head_hidden), num_classes, rngs=rngs)
     if role == "weak":
       if config.weak.model == "bow":
         vocab = _hf_config(checkpoint_path(config))["vocab_size"]
@@ -460,12 +483,26 @@ class TweetsTask(Task):
     return nnx.Param
 
   def model_name(self, role: str, config: ml_collections.ConfigDict) -> str:
+    if role == "intermediate":
+      return f"MiniLM-L{_bootstrap_layer(config)} + {_head_name(config.strong.head_hidden)}"
     if role == "weak":
       labels = f"{config.weak.train_subset or 'all'} labels"
       if config.weak.model == "bow":
         return f"bag-of-words linear ({labels})"
       return f"MiniLM-L{config.weak.num_layers} + {_head_name(config.weak.head_hidden)} ({labels})"
     return f"MiniLM-L{config.strong.num_layers} ({config.strong.finetune}) + {_head_name(config.strong.head_hidden)}"
+
+
+def _bootstrap_layer(config: ml_collections.ConfigDict) -> int | None:
+  """The intermediate model's MiniLM layer (``student.method.bootstrap_layer``), or None past the strong depth.
+
+  Its features come out of the same encoder pass whether or not ``bootstrap``
+  runs (pooling one more layer costs next to nothing), so every tweets
+  experiment shares one features entry and adding the method recomputes none.
+  """
+  student = schema.resolve_block(schema.StudentConfig, config.student, "student.")
+  layer = student.method.bootstrap_layer
+  return layer if layer <= int(config.strong.num_layers) else None
 
 
 def _head_name(hidden) -> str:

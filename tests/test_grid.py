@@ -1,0 +1,102 @@
+"""Hyperparameter grids: expansion, keys, selection without gold labels, and the report."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from w2sg_jax import config as schema
+from w2sg_jax import config_lib, grid, pipeline, tasks
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_the_grid_expands_to_the_product_in_order():
+  points = grid.expand({"learning_rate": (1e-3, 1e-2), "weight_decay": (0.0, 0.1), "loss_alpha": (0.5,)})
+  assert points == [{"learning_rate": a, "weight_decay": b, "loss_alpha": 0.5} for a in (1e-3, 1e-2) for b in (0.0, 0.1)]
+  # A loss that does not take alpha drops that axis (and its duplicates).
+  assert grid.points_for({"learning_rate": (1e-3,), "loss_alpha": (0.25, 0.5)}, lambda hp: False) == [
+      {"learning_rate": 1e-3}]
+  assert grid.optimizer_part({"learning_rate": 1e-3, "loss_alpha": 0.5}) == {"learning_rate": 1e-3}
+  assert grid.loss_part({"learning_rate": 1e-3, "loss_alpha": 0.5}) == {"alpha": 0.5}
+
+
+def _run(loss, noise, seed, point, holdout, test):
+  return {"loss": loss, "noise": noise, "seed": seed, "grid_point": point, "holdout_score": holdout,
+          "test_accuracy": test}
+
+
+def test_the_weak_holdout_pick_reads_no_gold_label():
+  """Poisoning every test accuracy (what gold labels decide) moves the oracle's pick, never the weak one's."""
+  rng = np.random.default_rng(0)
+  points = [{}, {"learning_rate": 1e-3}, {"learning_rate": 1e-2}, {"learning_rate": 1e-1}]
+  runs = [_run("js", 0.2, s, p, float(rng.random()), float(rng.random())) for p in points for s in (1, 2, 3)]
+  weak = grid.pick(runs, "holdout_score")[("js", 0.2)]["grid_point"]
+  best_holdout = max(points, key=lambda p: np.mean([r["holdout_score"] for r in runs if r["grid_point"] == p]))
+  assert weak == best_holdout
+  poisoned = [{**r, "test_accuracy": 1.0 - r["test_accuracy"]} for r in runs]
+  assert grid.pick(poisoned, "holdout_score")[("js", 0.2)]["grid_point"] == weak
+  oracle = grid.pick(runs, "test_accuracy")[("js", 0.2)]["grid_point"]
+  assert oracle == max(points, key=lambda p: np.mean([r["test_accuracy"] for r in runs if r["grid_point"] == p]))
+  assert grid.pick(poisoned, "test_accuracy")[("js", 0.2)]["grid_point"] != oracle or len(points) == 1
+
+
+def test_bad_grids_are_refused_with_the_fix():
+  def student(**overrides):
+    c = config_lib.load_config(os.path.join(REPO, "experiments", "synthetic.py:smoke"))
+    with c.unlocked():
+      for k, v in overrides.items():
+        c.student[k] = v
+    return schema.Experiment.from_configdict(c)
+
+  with pytest.raises(schema.ConfigError, match="weak-labelled holdout"):
+    student(grid={"learning_rate": (1e-3, 1e-2)})
+  with pytest.raises(schema.ConfigError, match="not a grid axis"):
+    student(grid={"momentum": (0.9,)})
+  with pytest.raises(schema.ConfigError, match="lists a value twice"):
+    student(grid={"learning_rate": (1e-3, 1e-3)})
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("grid")
+  c = config_lib.load_config(os.path.join(REPO, "experiments", "synthetic.py:smoke"), {
+      "seeds": 2, "data.sizes.weak_train": 256, "data.sizes.w2s_train": 512, "data.sizes.test": 256,
+      "student.losses": ("xent", "js"), "student.noise.rates": (0.0, 0.4), "student.train.epochs": 2,
+      "student.train.select.metric": "accuracy", "student.train.select.holdout": 64,
+      "cache_dir": str(tmp / "cache")})
+  default_lr = float(c.student.train.optimizer.learning_rate)
+  with c.unlocked():
+    c.student.grid = {"learning_rate": (default_lr, default_lr * 10)}
+  p = pipeline.Pipeline(c, str(tmp / "run"), tasks.get(c.task))
+  return tmp, p.run(), p.cache, default_lr
+
+
+@pytest.mark.slow
+def test_a_grid_reports_default_weak_holdout_and_oracle_side_by_side(grid_run):
+  tmp, results, cache, default_lr = grid_run
+  selections = {}
+  for row in results["summary"]:
+    selections.setdefault(row["selection"], []).append(row)
+  assert set(selections) == {"default", "weak_holdout", "oracle"}
+  assert all(len(rows) == 4 for rows in selections.values())  # 2 losses x 2 noise rates
+  assert all(row["grid_point"] == {} for row in selections["default"])
+  # The oracle is the best test accuracy among the points: never below the default or the weak pick.
+  by = {(r["selection"], r["loss"], r["noise"]): r["accuracy_mean"] for r in results["summary"]}
+  for loss in ("xent", "js"):
+    for noise in (0.0, 0.4):
+      assert by[("oracle", loss, noise)] >= max(by[("default", loss, noise)], by[("weak_holdout", loss, noise)])
+  # The point equal to the config's own learning rate IS the default run: trained once, one entry.
+  runs = results["runs"]
+  same = [r for r in runs if r["grid_point"].get("learning_rate") == default_lr]
+  default = {(r["loss"], r["noise"], r["seed"]): r for r in runs if not r["grid_point"]}
+  assert same and all(r["cache_entry"] == default[(r["loss"], r["noise"], r["seed"])]["cache_entry"] for r in same)
+  assert len({r["cache_entry"] for r in runs}) == 2 * 2 * 2 * 2  # losses x noise x seeds x distinct lrs
+  assert all(r["holdout_score"] is not None for r in runs if r["grid_point"])
+  assert {"points", "spread"} <= set(results["grid"])
+  text = (tmp / "run" / "tuning.md").read_text()
+  assert "weak_holdout" in text and "oracle (bound)" in text
+  assert (tmp / "run" / "accuracy_vs_learning_rate.png").stat().st_size > 1000
+  written = json.loads((tmp / "run" / "results.json").read_text())
+  assert {r["selection"] for r in written["summary"]} == {"default", "weak_holdout", "oracle"}
