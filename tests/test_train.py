@@ -138,18 +138,11 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
   clean = json.loads((tmp_path / "clean" / "final.json").read_text())
 
   killed_dir = tmp_path / "killed"
-  cmd, env = _resume_cmd(killed_dir, steps, 0.1)
-  proc = subprocess.Popen(cmd, env=env, cwd=REPO)
-  # Kill once at least two checkpoints (steps 5 and 10) exist, well before the end
-  # (no wall-clock limit: a run that ends first fails the assertion below).
-  while proc.poll() is None:
-    ckpts = [p for p in (killed_dir / "ckpt").glob("*") if p.name.isdigit()] if (killed_dir / "ckpt").exists() else []
-    if any(int(p.name) >= 10 for p in ckpts):
-      break
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not (killed_dir / "final.json").exists(), "the run finished before it could be killed"
+  # Kill once at least two checkpoints (steps 5 and 10) are complete, i.e. have their checksum
+  # records, well before the end (no wall-clock limit: a run that ends first fails the assertion).
+  # A step folder without its record is unfinished and rightly dropped on resume, so waiting only
+  # for the folder made the resumed step depend on when the kill landed.
+  _kill_once_recorded(killed_dir, steps, 10)
 
   cmd, env = _resume_cmd(killed_dir, steps, 0)
   subprocess.run(cmd, env=env, check=True, cwd=REPO)

@@ -19,6 +19,7 @@ import sys
 import numpy as np
 import pytest
 
+from w2sg_jax import hashing
 from w2sg_jax import cache as cache_lib
 from w2sg_jax import cli, config_lib, pipeline, workers
 from w2sg_jax import main as main_lib
@@ -112,33 +113,54 @@ def _producer(calls):
   return produce_group
 
 
+def _group_owner(keys):
+  """The key that decides a group's worker, as `Cache.get_or_create_group` computes it."""
+  return hashing.content_hash({"group": sorted(set(keys))})
+
+
 @pytest.mark.parametrize("order", [(0, 1), (1, 0)])
-def test_workers_produce_only_their_own_runs_of_a_group(tmp_path, order):
+def test_a_group_belongs_to_one_worker_whole(tmp_path, order):
+  """The owner trains the whole group (the same program one process would run); the other trains none of it."""
   components, keys = _group()
-  owners = [[i for i, k in enumerate(keys) if workers.Worker(w, 2).owns(k)] for w in range(2)]
-  assert owners[0] and owners[1]  # The fixed components split between both workers.
+  owner = next(w for w in range(2) if workers.Worker(w, 2).owns(_group_owner(keys)))
   first, last = order
-  # The first worker produces its own runs in one call, then names the others'.
   cache, calls = cache_lib.Cache(str(tmp_path), worker=workers.Worker(first, 2)), []
-  with pytest.raises(cache_lib.RunsOfOtherWorkers) as info:
-    cache.get_or_create_group("student", components, _producer(calls))
-  assert calls == [owners[first]]
-  assert info.value.stage == "student" and info.value.keys == sorted(keys[i] for i in owners[last])
-  assert f"{len(owners[last])} student run" in str(info.value) and "other workers" in str(info.value)
-  assert [cache.open("student", keys[i]).info for i in owners[first]] == [{"run": i} for i in owners[first]]
-  assert all(cache.open("student", keys[i]) is None for i in owners[last])
-  assert sorted(e.key for e in cache.computed("student")) == sorted(keys[i] for i in owners[first])
-  # The last one produces only its own and finds the group whole: no error.
+  if first == owner:
+    entries = cache.get_or_create_group("student", components, _producer(calls))
+    assert calls == [list(range(6))] and [e.info["run"] for e in entries] == list(range(6))
+  else:
+    with pytest.raises(cache_lib.RunsOfOtherWorkers) as info:
+      cache.get_or_create_group("student", components, _producer(calls))
+    assert calls == [] and info.value.stage == "student" and info.value.keys == sorted(keys)
+    assert "6 student runs" in str(info.value) and "other workers" in str(info.value)
+    assert all(cache.open("student", k) is None for k in keys)
   cache, calls = cache_lib.Cache(str(tmp_path), worker=workers.Worker(last, 2)), []
-  entries = cache.get_or_create_group("student", components, _producer(calls))
-  assert calls == [owners[last]]
-  assert [e.info["run"] for e in entries] == list(range(6))
-  assert [e.computed for e in entries] == [i in owners[last] for i in range(6)]
+  if last == owner:
+    entries = cache.get_or_create_group("student", components, _producer(calls))
+    assert calls == [list(range(6))]
+  else:  # The owner went first: the group is whole, nothing to do.
+    entries = cache.get_or_create_group("student", components, _producer(calls))
+    assert calls == [] and not any(e.computed for e in entries)
   # A plain cache finds all six.
   plain, calls = cache_lib.Cache(str(tmp_path)), []
   entries = plain.get_or_create_group("student", components, _producer(calls))
   assert calls == [] and [e.info["run"] for e in entries] == list(range(6))
-  assert not any(e.computed for e in entries)
+
+
+def test_an_explicit_owner_keeps_a_chain_of_groups_with_one_worker(tmp_path):
+  """Two groups with one ``owner`` (an s2s chain's rounds) go to the same worker."""
+  first, second = [{"round": 0, "seed": s} for s in range(3)], [{"round": 1, "seed": s} for s in range(3)]
+  chain = hashing.content_hash({"chain": "s2s"})
+  for w in range(3):
+    cache = cache_lib.Cache(str(tmp_path / str(w)), worker=workers.Worker(w, 3))
+    done = []
+    for group in (first, second):
+      try:
+        cache.get_or_create_group("student", group, _producer([]), owner=chain)
+        done.append(True)
+      except cache_lib.RunsOfOtherWorkers:
+        done.append(False)
+    assert done[0] == done[1] == workers.Worker(w, 3).owns(chain)
 
 
 def test_a_worker_produces_the_upstream_stages_whole(tmp_path):
@@ -243,7 +265,14 @@ def _all_keys():
 
 
 def _owned(w, n=2):
-  return {(stage, key) for stage, key in _all_keys() if workers.Worker(w, n).owns(key)}
+  """The runs worker ``w`` of ``n`` trains: every run of each group it owns (groups go whole to one worker)."""
+  out = set()
+  for stage, groups in _StubStages.GROUPS.items():
+    for group in groups:
+      keys = [cache_lib.stage_key(stage, c) for c in group]
+      if workers.Worker(w, n).owns(_group_owner(keys)):
+        out |= {(stage, k) for k in keys}
+  return out
 
 
 @pytest.mark.parametrize("collects", [True, False])

@@ -36,9 +36,9 @@ the entry is deleted with a logged warning and recomputed, with ``"raise"`` a
 is raised as a `PermissionError` naming the file, and nothing is deleted.
 
 Many workers on one cache (`w2sg_jax.workers`): a `Cache` with a ``worker``
-produces, of the training runs (the stages in `SPLIT_STAGES`), only the missing
-entries that worker owns, and then raises `RunsOfOtherWorkers` naming the
-entries it left to the others; the upstream stages are produced by whichever
+produces, of the training runs (the stages in `SPLIT_STAGES`), only the groups
+that worker owns (a group goes whole to one worker), and raises
+`RunsOfOtherWorkers` naming the entries it left to the others; the upstream stages are produced by whichever
 process takes the lock first. With ``report_only`` it produces no run at all:
 a missing one raises `RunsOfOtherWorkers` at once.
 """
@@ -326,6 +326,7 @@ class Cache:
       stage: str,
       components_list: list[Mapping[str, Any]],
       produce_group: Callable[[list[int], list[str]], list[Callable[[str], Mapping[str, Any] | None]]],
+      owner: str | None = None,
   ) -> list[Entry]:
     """Entries made together (the runs of a vmapped group): one lock each, one producer call.
 
@@ -336,16 +337,22 @@ class Cache:
     overlapping groups cannot deadlock; what the other process finished
     meanwhile is reused, not recomputed.
 
-    With a ``worker``, for a stage in `SPLIT_STAGES`, only the missing entries
-    it owns are produced (``todo`` holds only their positions); if others are
-    still missing after that, `RunsOfOtherWorkers` names them. With
-    ``report_only`` nothing of such a stage is produced: a missing entry
-    raises `RunsOfOtherWorkers` at once.
+    With a ``worker``, for a stage in `SPLIT_STAGES`, a whole group belongs to
+    one worker: the one that owns ``owner`` (default: the hash of the group's
+    sorted keys), so a worker trains the same groups, as the same programs, as
+    one process would, and its numbers are that process's bit for bit (a
+    vmapped program's float rounding can depend on which runs it holds).
+    ``owner`` lets a caller keep a chain of groups together (the rounds of
+    strong-to-strong). Another worker's missing entries are left, and
+    `RunsOfOtherWorkers` names them. With ``report_only`` nothing of such a
+    stage is produced: a missing entry raises `RunsOfOtherWorkers` at once.
     """
     keys = [stage_key(stage, c) for c in components_list]
     entries: list[Entry | None] = [self.open(stage, k) for k in keys]
     missing = sorted({keys[i] for i, e in enumerate(entries) if e is None})
-    others = self._left_to_others(stage, missing)
+    if owner is None:
+      owner = hashing.content_hash({"group": sorted(set(keys))})
+    others = self._left_to_others(stage, missing, owner)
     if others and self.report_only:
       raise RunsOfOtherWorkers(stage, others, report_only=True)
     mine = [k for k in missing if k not in set(others)]  # In key order: the order the locks are taken.
@@ -374,14 +381,18 @@ class Cache:
       raise RunsOfOtherWorkers(stage, still)
     return entries
 
-  def _left_to_others(self, stage: str, missing: list[str]) -> list[str]:
-    """Which of the ``missing`` keys this process must not produce: another worker's, or all in report-only."""
+  def _left_to_others(self, stage: str, missing: list[str], owner: str | None = None) -> list[str]:
+    """Which of the ``missing`` keys this process must not produce: another worker's, or all in report-only.
+
+    ``owner``: the key that decides a group's worker (`get_or_create_group`); None: each key its own."""
     if stage not in SPLIT_STAGES:
       return []
     if self.report_only:
       return list(missing)
     if self.worker is None:
       return []
+    if owner is not None:
+      return [] if self.worker.owns(owner) else list(missing)
     return [k for k in missing if not self.worker.owns(k)]
 
   def _produce(self, stage, key, components, produce) -> Entry:

@@ -137,8 +137,8 @@ def _run(argv: list[str]) -> int:
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config key (repeatable); same as --config.KEY=VALUE")
   parser.add_argument("--worker", metavar="i/N",
-                      help="train only the ceiling and student runs whose cache key falls to worker i of N (from 0), "
-                      "on a cache_dir shared by all N workers; no report while other workers' runs are missing "
+                      help="train only the groups of ceiling and student runs whose key falls to worker i of N "
+                      "(from 0), on a cache_dir shared by all N workers; no report while other workers' runs are missing "
                       "(then run --report-only). Default: W2SG_WORKER=i/N, else a Slurm job array's "
                       "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, else this process trains every run")
   parser.add_argument("--report-only", "--report_only", dest="report_only", action="store_true",

@@ -7,7 +7,7 @@ an interrupted training run continues from its last checkpoint.
 
 Many hosts on one shared cache_dir (`w2sg_jax.workers`): ``--worker=i/N`` (or
 ``W2SG_WORKER=i/N``, or a Slurm job array's ``SLURM_ARRAY_TASK_ID`` and
-``SLURM_ARRAY_TASK_COUNT``; the flag wins) trains only the runs whose cache key
+``SLURM_ARRAY_TASK_COUNT``; the flag wins) trains only the groups of runs whose key
 falls to worker i of N and exits 0 without a report while other workers' runs
 are missing; then ``--report_only`` trains nothing and writes the report, or
 fails naming the runs still missing.
@@ -37,7 +37,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, resu
 _DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of an error instead of its one-paragraph summary "
                            "(also W2SG_DEBUG=1).")
 _WORKER = flags.DEFINE_string(
-    "worker", "", "i/N: train only the ceiling and student runs whose cache key falls to worker i of N (from 0), "
+    "worker", "", "i/N: train only the groups of ceiling and student runs whose key falls to worker i of N (from 0), "
     "on a cache_dir shared by all N workers; no report is written while other workers' runs are missing (run "
     "--report_only when all are done). Default: W2SG_WORKER=i/N, else a Slurm job array's SLURM_ARRAY_TASK_ID "
     "and SLURM_ARRAY_TASK_COUNT, else one process trains every run (as does --worker=0/1).")

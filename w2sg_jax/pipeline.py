@@ -99,7 +99,7 @@ class Pipeline:
       if self.report_only:
         log.info("report-only: no run trains; the report is written if every run is in the cache.")
       elif self.worker is not None:
-        log.info("worker %s (from %s): trains the ceiling and student runs whose cache key falls to it.",
+        log.info("worker %s (from %s): trains the groups of ceiling and student runs whose key falls to it.",
                  self.worker, self.worker.source)
       for attempt in range(2):
         if attempt:  # Every other worker finished meanwhile: this one writes the report, from the cache.

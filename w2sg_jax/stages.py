@@ -36,6 +36,7 @@ from w2sg_jax import cache as cache_lib
 from w2sg_jax import config as schema
 from w2sg_jax import engines
 from w2sg_jax import grid as grid_lib
+from w2sg_jax import hashing
 from w2sg_jax import losses as losses_lib
 from w2sg_jax import method_stages
 from w2sg_jax import metric_writers
@@ -559,7 +560,8 @@ class Stages:
                     train_split: str = "w2s_train",
                     weak_tests: Sequence[store_lib.WeakLabelStore | None] | None = None,
                     method: Mapping[str, Any] | None = None, predict: Sequence[str] = (),
-                    overrides: Sequence[Mapping[str, float]] | None = None) -> list[cache_lib.Entry]:
+                    overrides: Sequence[Mapping[str, float]] | None = None,
+                    owner: str | None = None) -> list[cache_lib.Entry]:
     """Entries (test logits) of strong runs ``[(seed, store), ...]`` on ``train_split``, trained together
     where missing.
 
@@ -570,6 +572,8 @@ class Stages:
     entry keeps (``<split>_logits.npy``), e.g. w2s_train for a strong-to-strong round.
     ``overrides[i]``: run i's optimizer settings off the config (a grid point, `w2sg_jax.grid`), in its
     key as the settings it trains with, so the point equal to the config's own is that run.
+    ``owner``: under ``--worker``, the key that decides which worker trains the group
+    (`cache.Cache.get_or_create_group`); the rounds of an s2s chain share one.
     """
     base = self._strong_components(data)
     if train_split != "w2s_train":  # In the key only when not the default, so older entries stay valid.
@@ -622,7 +626,7 @@ class Stages:
           trainable=self.task.trainable("strong", self.config), desc=f"{desc} ({len(todo)} runs)",
       )
 
-    return self.cache.get_or_create_group(stage, components, produce_group)
+    return self.cache.get_or_create_group(stage, components, produce_group, owner=owner)
 
   @property
   def ceiling_split(self) -> str:
@@ -762,13 +766,16 @@ class Stages:
     weak_tests = [labels[cell].test for cell in cells]
     rounds = makers.settings.s2s_rounds if method == "s2s" else 0
     key = labels[cells[0]].method
+    # Under --worker, one worker trains a whole s2s chain (a round needs the one before it).
+    owner = hashing.content_hash({"s2s": key, "loss": loss, "hparams": dict(hparams),
+                                  "labels": [labels[c].train.hash for c in cells]}) if rounds else None
     for r in range(rounds + 1):
       last = r == rounds
       desc = f"students {loss}" + ("" if method == "single" else f" [{method}" + (f" round {r}]" if rounds else "]"))
       entries = self._train_strong(
           data, "student", loss, hparams, [(seed, stores[(rate, seed)]) for rate, seed in cells], desc,
           weak_tests=weak_tests, method=None if key is None else ({**key, "round": r} if rounds else key),
-          predict=() if last else ("w2s_train",))
+          predict=() if last else ("w2s_train",), owner=owner)
       if not last:  # This round's students label the next round's w2s_train.
         for cell, entry in zip(cells, entries):
           upstream[cell].append(entry.info.get(COST_INFO))

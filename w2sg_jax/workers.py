@@ -1,4 +1,4 @@
-"""Many runs over many hosts: worker ``i`` of ``N`` trains the runs whose cache key falls to it.
+"""Many runs over many hosts: worker ``i`` of ``N`` trains the groups of runs whose key falls to it.
 
 Every training run (a ceiling seed, a student) is a cache entry named by its
 key, a sha256 hex digest (`w2sg_jax.cache.stage_key`). Worker ``i/N`` owns the
