@@ -1,7 +1,5 @@
 """What a run costs, read from the compiled programs (`w2sg_jax.cost`, `engines.TrainedRuns.cost`)."""
 
-import collections
-import contextlib
 import math
 import types
 
@@ -14,6 +12,7 @@ from flax import nnx
 from w2sg_jax import cost, engines, losses, plan, train
 from w2sg_jax.labels import store as store_lib
 from w2sg_jax.models import FeatureHead
+from tests.helpers.compiles import count_compilations
 
 # A linear head big enough that its two matmuls dominate the step. B = 512 also keeps the data_parallel
 # engine's repeated work small: on 8 devices every device applies the replicated AdamW update (~15 FLOPs a
@@ -22,23 +21,7 @@ N, D, C, B = 512, 512, 64, 512
 N_EVAL, EVAL_BATCH = 300, 128
 NUM_STEPS = 2
 OPT = {"name": "adamw", "learning_rate": 1e-3}
-BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
-
-@contextlib.contextmanager
-def count_compilations():
-  """The programs XLA compiles in the block, by name (``jax.monitoring``)."""
-  compiled = collections.Counter()
-
-  def listener(event, _seconds, **kwargs):
-    if event == BACKEND_COMPILE:
-      compiled[kwargs.get("fun_name", "?")] += 1
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    yield compiled
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def _make_model(rngs):

@@ -8,8 +8,6 @@ two groups at different learning rates compile what one group compiles.
 No wall-clock assertions: the speed-up is a figure of ``make bench`` (section c).
 """
 
-import collections
-import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -20,12 +18,12 @@ from flax import nnx
 from w2sg_jax import engines, losses, train
 from w2sg_jax.labels import store as store_lib
 from w2sg_jax.labels import stream as stream_lib
+from tests.helpers.compiles import count_compilations
 
 N, D, C, B, STEPS = 64, 8, 3, 8, 12
 OPT = {"name": "adamw", "learning_rate": 1e-2, "schedule": "cosine", "warmup_steps": 2, "weight_decay": 1e-4,
        "grad_clip": 1.0}
 LRS, WDS = [1e-3, 3e-3, 1e-2, 3e-2], [0.0, 0.01, 0.0, 0.01]
-BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"  # As w2sg_jax/stages.py counts them.
 
 
 def _init(key, shape, dtype=jnp.float32):
@@ -44,21 +42,6 @@ class Head(nnx.Module):
   def __call__(self, features):
     return self.fc2(jnp.tanh(self.fc1(features)))
 
-
-@contextlib.contextmanager
-def count_compilations():
-  """The programs XLA compiles in the block, by name (``jax.monitoring``)."""
-  compiled = collections.Counter()
-
-  def listener(event, _seconds, **kwargs):
-    if event == BACKEND_COMPILE:
-      compiled[kwargs.get("fun_name", "?")] += 1
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    yield compiled
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,5 @@
 """Warm is free: a rerun that trains nothing compiles nothing, and reads each run's metrics from its entry."""
 
-import collections
-import contextlib
 import json
 import os
 
@@ -11,25 +9,10 @@ import pytest
 
 from w2sg_jax import cache as cache_lib
 from w2sg_jax import config_lib, engines, losses, pipeline, stages, tasks
+from tests.helpers.compiles import count_compilations
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"  # jax/_src/dispatch.py BACKEND_COMPILE_EVENT
 
-
-@contextlib.contextmanager
-def count_compilations():
-  """Counts the programs XLA compiles in the block, by name (``jax.monitoring``)."""
-  compiled = collections.Counter()
-
-  def listener(event, _seconds, **kwargs):
-    if event == BACKEND_COMPILE:
-      compiled[kwargs.get("fun_name", "?")] += 1
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    yield compiled
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def _run(root, workdir="run"):

@@ -210,7 +210,7 @@ class MethodLabels:
       def writer(j):
         def write(out_dir):
           for split in ("w2s_train", "test"):
-            np.save(os.path.join(out_dir, f"probs_{split}.npy"), _softmax(trained.logits[split][j]))
+            np.save(os.path.join(out_dir, f"probs_{split}.npy"), methods_lib.student_store_probs(trained.logits[split][j]))
           return {"cost": costs[j]} if costs[j] else {}
         return write
 
@@ -281,13 +281,6 @@ def probe_cost(probe: str, *, n: int, d: int, c: int, k: int, wall_s: float) -> 
     peak = 4 * (n * d + 3 * n * c)
   return {"train_flops": flops, "eval_flops": 0.0, "wall_s": float(wall_s), "peak_bytes": int(peak),
           "models_trained": 0, "flops_counted": "analytic", "k": int(k) if probe == "knn" else None}
-
-
-def _softmax(logits: Any) -> np.ndarray:
-  z = np.asarray(logits, np.float64)
-  z = z - z.max(-1, keepdims=True)
-  e = np.exp(z)
-  return (e / e.sum(-1, keepdims=True)).astype(np.float32)
 
 
 def directory_bytes(path: str) -> int:

@@ -691,7 +691,7 @@ class Stages:
   @_profiled("students")
   def students(self, data: DataResult, weak: WeakResult) -> StudentRuns:
     """Every (method, loss, noise, seed) student; the runs of one (method, loss) train together."""
-    student = schema.resolve_block(schema.StudentConfig, self.config.student, "student.")
+    student = self.student_settings
     seeds = self.student_seeds
     rates = [spec.rate for spec in self.noise_specs()]
     cells = [(rate, seed) for rate in rates for seed in seeds]
@@ -804,10 +804,15 @@ class Stages:
         {k: getattr(run, k) for k in ("test_accuracy", "test_auroc", "misfit_kl", "misfit_tv")}))
     return run
 
+  @functools.cached_property
+  def student_settings(self) -> schema.StudentConfig:
+    """``config.student`` resolved through the schema once (defaults filled, checked)."""
+    return schema.resolve_block(schema.StudentConfig, self.config.student, "student.")
+
   @property
   def grid_active(self) -> bool:
     """Whether ``student.grid`` lists settings to tune."""
-    return bool(schema.resolve_block(schema.StudentConfig, self.config.student, "student.").grid)
+    return bool(self.student_settings.grid)
 
   def strong_semantic(self) -> Any:
     """The strong model's settings as they enter keys."""
