@@ -10,7 +10,9 @@ c. vectorised sweeps: K seeds as one ``engines.train_vmap`` vs K calls; a grid o
 d. loss overhead: the MiniLM step with every f-divergence, relative to ``xent``;
 e. weak-label streaming: Grain stream from the on-disk store vs memory;
 f. device scaling: 1, 2, 4, 8 simulated CPU devices (correctness and overhead);
-g. memory: peak RSS and cold wall time of the default experiment, state sizes of the models;
+g. memory and the default experiment: peak RSS and wall time cold (against its FLOP floor, the MiniLM
+   feature pass at the measured matmul peak) and warm (rerun on the same cache, with the programs it
+   compiled), where the cold run's seconds go by stage, state sizes of the models;
 h. the MiniLM feature pass of the default experiment vs PyTorch: tokens/s, share of peak, padding.
 
 Every comparison is timed round-robin (A, B, C, A, B, C, ...), at least 15
@@ -98,7 +100,8 @@ def run(outdir: str, *, quick: bool = False, only: str | Iterable[str] | None = 
                                                log=log))
   if "g" in selected:
     guarded("g", lambda: memory.bench_memory(quick=quick, timeout_s=600 if quick else 1800,
-                                             state_sizes=_state_sizes(sections, quick), log=log))
+                                             state_sizes=_state_sizes(sections, quick),
+                                             peak=_matmul_peak(sections, quick), log=log))
   load = timing.loadavg()
   if load:
     results["meta"]["loadavg_end"] = load
@@ -124,3 +127,20 @@ def _state_sizes(sections: dict[str, Any], quick: bool) -> dict[str, dict[str, i
       s["torch_opt_state"] = m["torch_state_bytes"]["opt_state"]
     out[m["label"]] = s
   return out
+
+
+def _matmul_peak(sections: dict[str, Any], quick: bool) -> dict[str, Any] | None:
+  """Section g's floor peak as ``{"flops", "source"}``: the best product section b or h saw, else None (g measures).
+
+  The best call over every round: load only ever slows a product, so the best
+  is the nearest to what the machine can do.
+  """
+  a = sections.get("a") or sections.get("b") or {}
+  if a.get("peak_gflops"):
+    n = next(iter(a["peak"].values()))["n"]
+    return {"flops": a["peak_gflops"] * 1e9, "source": f"section b's best {n}^3 float32 product"}
+  h = sections.get("h") or {}
+  if h.get("peak_rounds"):
+    best = max(max(p["gflops_best"]) for p in h["peak_rounds"].values())
+    return {"flops": best * 1e9, "source": f"section h's best {512 if quick else 2048}^3 float32 product"}
+  return None

@@ -1,14 +1,30 @@
-"""Section g: peak host memory and cold wall time of a real experiment, and state sizes of the models.
+"""Section g: peak host memory, cold and warm wall time of a real experiment against its FLOP floor, state sizes.
 
 The experiment runs as a child process (``python -m w2sg_jax.main``) in a
-fresh temporary workdir and cache, so it is a cold run (what
+fresh temporary workdir and cache, so its first run is a cold run (what
 ``make experiment`` costs right after set-up): a full run of
 ``tweets_minilm``, the offline default, or in ``--quick`` the smoke run of
-``synthetic``. Its wall time is reported with its peak resident set
-size is the ``ru_maxrss`` of that one process tree, taken by a small wrapper
-process (see ``_WRAPPER``), so neither the benchmark's own memory nor its other
-subprocesses are mixed in. A child that only
-imports JAX and runs one op gives the floor every JAX process pays.
+``synthetic``. Its wall time is reported with its peak resident set size:
+the ``ru_maxrss`` of that one process tree, taken by a small wrapper process
+(see ``_WRAPPER``), so neither the benchmark's own memory nor its other
+subprocesses are mixed in. A child that only imports JAX and runs one op
+gives the floor every JAX process pays.
+
+The same command then runs again in the same workdir on the same cache: the
+*warm* rerun, what a second ``make experiment`` costs. Both runs write
+``results.json``, whose ``profile`` (``stages.Profile``) gives each stage's
+wall time, the programs XLA compiled and the seconds compiling; section g
+keeps the cold run's (``cold.profile``) to account for its seconds, and the
+warm run's compilations summed over stages (``warm.compilations``; 0 when
+every program came from the cache).
+
+The cold run's *FLOP floor* is its MiniLM feature pass at the machine's
+measured float32 matmul peak: ``floor_s = feature_flops / peak_flops``, with
+``feature_flops`` the real tokens the pass embedded (the data stage's
+``feature_real_tokens`` counter) times the analytic FLOPs of a token through
+MiniLM-L6's products (:func:`feature_flops_per_token`), and ``floor_ratio =
+cold wall_s / floor_s``. The peak is section b's (or h's) when that ran,
+else measured here (``timing.peak_matmul``).
 """
 
 from __future__ import annotations
@@ -18,10 +34,13 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FLOOR_METHOD = ("analytic: real tokens x 2 x layers x (4 D^2 + 2 D F) FLOPs, MiniLM-L6's products (D 384, F 1536); "
+                "attention scores (4 layers x n x D a token for a text of n tokens, ~1.4% at the tweets' mean of 33) "
+                "left out, so the floor is a lower bound")
 
 
 # Runs the command as ITS child and reports RUSAGE_CHILDREN. Measuring a direct
@@ -71,16 +90,101 @@ def experiment_command(name: str, workdir: str, cache_dir: str) -> list[str]:
           f"--workdir={workdir}", f"--config.cache_dir={cache_dir}"]
 
 
+def feature_flops_per_token(config: Any = None) -> float:
+  """FLOPs of one real token through the products of a BERT encoder: ``2 L (4 D^2 + 2 D F)``.
+
+  ``config`` (a ``BertConfig``; default MiniLM-L6, ``step.MINILM_CONFIG``):
+  the Q, K, V and output projections (4 D^2) and the two feed-forward
+  products (2 D F) of each of the L layers, a multiply and an add per weight.
+  21.2 MFLOP for MiniLM-L6. Attention is left out (see ``FLOOR_METHOD``).
+  """
+  if config is None:
+    from w2sg_jax.bench.step import MINILM_CONFIG as config  # Imported here: it loads the model code.
+  d, f = config.hidden_size, config.intermediate_size
+  return 2.0 * config.num_hidden_layers * (4 * d * d + 2 * d * f)
+
+
+def measure_peak(quick: bool) -> dict[str, Any]:
+  """``{"flops", "source"}``: the best float32 matmul FLOP/s of XLA and (when installed) PyTorch."""
+  from w2sg_jax.bench import timing
+
+  torch, _ = timing.torch_status()
+  n = 512 if quick else 2048
+  peak = timing.peak_matmul(n, reps=3 if quick else 10, torch=torch)
+  best = max(peak, key=lambda k: peak[k]["gflops"])
+  return {"flops": peak[best]["gflops"] * 1e9,
+          "source": f"best {n}^3 float32 product ({'XLA' if best == 'jax' else 'PyTorch'}), measured in section g"}
+
+
+def read_profile(workdir: str) -> dict[str, Any] | None:
+  """The run's ``results.json`` ``profile`` (stage -> parts) and ``timings_s``, or None without one."""
+  try:
+    with open(os.path.join(workdir, "results.json")) as f:
+      results = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if not isinstance(results.get("profile"), dict):
+    return None
+  return {"profile": results["profile"], "timings_s": results.get("timings_s") or {}}
+
+
+def profile_fields(read: Mapping[str, Any] | None) -> dict[str, Any]:
+  """A run's profile and its sums: ``compilations`` (programs compiled, every stage), ``compile_s``, ``stages_s``.
+
+  Without a profile (no ``results.json``) the sums are None: a missing count
+  must not read as "compiled nothing".
+  """
+  if read is None:
+    return {"profile": None, "compilations": None, "compile_s": None, "stages_s": None,
+            "profile_note": "no results.json with a profile in the workdir"}
+  stages = read["profile"].values()
+  return {"profile": read["profile"],
+          "compilations": int(sum(p.get("programs_compiled", 0) for p in stages)),
+          "compile_s": float(sum(p.get("compile_s", 0.0) for p in stages)),
+          # Stages run one after another, so their totals add up; the rest of wall_s is outside them.
+          "stages_s": float(sum(p.get("total_s", 0.0) for p in stages)),
+          "pipeline_s": read["timings_s"].get("total")}
+
+
+def floor_fields(wall_s: float, profile: Mapping[str, Any] | None,
+                 peak: Mapping[str, Any] | Callable[[], Mapping[str, Any]], flops_per_token: float) -> dict[str, Any]:
+  """``floor_s = feature_flops / peak_flops`` and ``floor_ratio = wall_s / floor_s`` (module docstring).
+
+  ``peak``: ``{"flops", "source"}``, or a callable giving it, called only
+  when the run has a feature pass (measuring a peak takes seconds).
+  """
+  data = (profile or {}).get("data") or {}
+  tokens = data.get("feature_real_tokens")
+  if not tokens:
+    # Features read from the cache, or a task without them (synthetic): nothing sets a floor.
+    return {"floor_note": "the run computed no feature pass: no feature_real_tokens in its profile"}
+  peak = peak() if callable(peak) else peak
+  flops = tokens * flops_per_token
+  floor_s = flops / peak["flops"]
+  out = {"feature_real_tokens": int(tokens), "flops_per_token": flops_per_token, "feature_flops": flops,
+         "floor_method": FLOOR_METHOD, "peak_flops": peak["flops"], "peak_source": peak["source"],
+         "floor_s": floor_s, "floor_ratio": wall_s / floor_s}
+  if data.get("feature_pass_s"):
+    out["feature_pass_s"] = data["feature_pass_s"]
+    out["feature_pass_share_of_peak"] = flops / data["feature_pass_s"] / peak["flops"]
+  return out
+
+
 def bench_memory(*, quick: bool, timeout_s: float, state_sizes: dict[str, dict[str, int]],
                  names: Sequence[str] | None = None,
                  runner: Callable[..., dict[str, Any]] = peak_rss_of,
+                 peak: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
   """``state_sizes``: model label -> {"jax_params", "jax_opt_state", "torch_params", ...} bytes.
 
   The first experiment of ``names`` (default :func:`experiment_names`) that
-  succeeds is reported; failed attempts (e.g. a data package that is not
-  installed) are listed under ``attempts``. ``runner`` measures a command
-  (:func:`peak_rss_of`; tests pass a fake one).
+  succeeds cold is reported (``cold``, also under its old name
+  ``experiment``) and then rerun warm (``warm``); failed attempts (e.g. a data
+  package that is not installed) are listed under ``attempts``. ``runner``
+  measures a command (:func:`peak_rss_of`; tests pass a fake one). ``peak``:
+  the matmul peak as ``{"flops", "source"}``, or a callable giving it, asked
+  only when the cold run has a feature pass; None measures it
+  (:func:`measure_peak`).
   """
   floor = runner([sys.executable, "-c", "import jax.numpy as jnp; jnp.ones(8).sum().block_until_ready()"],
                  timeout_s=120)
@@ -88,18 +192,38 @@ def bench_memory(*, quick: bool, timeout_s: float, state_sizes: dict[str, dict[s
   result: dict[str, Any] = {"jax_floor": floor, "state_sizes": state_sizes, "attempts": []}
   names = experiment_names(quick) if names is None else list(names)
   if not names:
-    result["experiment"] = {"skipped": "no experiments/*.py found"}
+    result["experiment"] = result["cold"] = {"skipped": "no experiments/*.py found"}
     return result
   for name in names:
     with tempfile.TemporaryDirectory(prefix="w2sg-bench-mem-") as tmp:
-      run = runner(experiment_command(name, f"{tmp}/run", f"{tmp}/cache"), timeout_s=timeout_s, cwd=REPO_ROOT)
-    run["experiment"] = name
-    run["cold"] = True  # A fresh workdir and cache: data, features, weak model, labels, students, report.
-    log(f"  {name} (cold): peak RSS {run.get('peak_rss_mib', 0):.0f} MiB in {run.get('wall_s', 0):.0f} s"
-        + (f" (failed: {run['error'][:200]})" if run.get("error") else ""))
-    if not run.get("error"):
-      result["experiment"] = run
-      return result
-    result["attempts"].append(run)
-  result["experiment"] = result["attempts"][-1]
+      cmd = experiment_command(name, f"{tmp}/run", f"{tmp}/cache")
+      run = runner(cmd, timeout_s=timeout_s, cwd=REPO_ROOT)
+      run["experiment"] = name
+      run["cold"] = True  # A fresh workdir and cache: data, features, weak model, labels, students, report.
+      log(f"  {name} (cold): peak RSS {run.get('peak_rss_mib', 0):.0f} MiB in {run.get('wall_s', 0):.0f} s"
+          + (f" (failed: {run['error'][:200]})" if run.get("error") else ""))
+      if run.get("error"):
+        result["attempts"].append(run)
+        continue
+      cold_read = read_profile(f"{tmp}/run")
+      run.update(profile_fields(cold_read))
+      # The same command again, as a second `make experiment`: same workdir, same cache.
+      warm = runner(cmd, timeout_s=timeout_s, cwd=REPO_ROOT)
+      warm_read = None if warm.get("error") else read_profile(f"{tmp}/run")
+      if warm_read == cold_read:  # The cold run's file, left in place: its counts are not the rerun's.
+        warm_read = None
+      warm.update(experiment=name, cold=False, **profile_fields(warm_read))
+    if run["profile"] is not None:
+      run.update(floor_fields(run["wall_s"], run["profile"], peak or (lambda: measure_peak(quick)),
+                              feature_flops_per_token()))
+    if "floor_ratio" in run:
+      log(f"  {name} (cold): {run['feature_flops'] / 1e12:.2f} TFLOP of feature pass at "
+          f"{run['peak_flops'] / 1e9:.0f} GFLOP/s = floor {run['floor_s']:.1f} s; cold / floor "
+          f"{run['floor_ratio']:.2f}x")
+    log(f"  {name} (warm): {warm.get('wall_s', 0):.1f} s, {warm['compilations']} programs compiled"
+        + (f" (failed: {warm['error'][:200]})" if warm.get("error") else ""))
+    result["experiment"] = result["cold"] = run  # One dict: `experiment` for readers of the earlier layout.
+    result["warm"] = warm
+    return result
+  result["experiment"] = result["cold"] = result["attempts"][-1]
   return result
