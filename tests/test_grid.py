@@ -87,16 +87,48 @@ def test_a_grid_reports_default_weak_holdout_and_oracle_side_by_side(grid_run):
   for loss in ("xent", "js"):
     for noise in (0.0, 0.4):
       assert by[("oracle", loss, noise)] >= max(by[("default", loss, noise)], by[("weak_holdout", loss, noise)])
-  # The point equal to the config's own learning rate IS the default run: trained once, one entry.
+  # The point equal to the config's own learning rate IS the default run: trained once, listed once (as {}).
   runs = results["runs"]
-  same = [r for r in runs if r["grid_point"].get("learning_rate") == default_lr]
-  default = {(r["loss"], r["noise"], r["seed"]): r for r in runs if not r["grid_point"]}
-  assert same and all(r["cache_entry"] == default[(r["loss"], r["noise"], r["seed"])]["cache_entry"] for r in same)
-  assert len({r["cache_entry"] for r in runs}) == 2 * 2 * 2 * 2  # losses x noise x seeds x distinct lrs
-  assert all(r["holdout_score"] is not None for r in runs if r["grid_point"])
-  assert {"points", "spread"} <= set(results["grid"])
+  assert not [r for r in runs if r["grid_point"].get("learning_rate") == default_lr]
+  assert len(runs) == len({r["cache_entry"] for r in runs}) == 2 * 2 * 2 * 2  # losses x noise x seeds x lrs
+  assert all(r["holdout_score"] is not None for r in runs)  # The default too: the weak pick can choose it.
+  assert results["grid"]["default_point"] == {"xent": {"learning_rate": default_lr},
+                                              "js": {"learning_rate": default_lr}}
+  assert results["grid"]["points"] == 2 and all(row["points"] == 2 for row in results["grid"]["spread"])
+  # The headline is the weak pick, and says which setting each row comes from.
+  assert results["summary_selection"] == "weak_holdout"
+  summary_md = (tmp / "run" / "summary.md").read_text()
+  assert "| setting |" in summary_md and "no gold label is read" in summary_md
+  picked = {row["setting"] for row in selections["weak_holdout"]}
+  assert picked <= {f"default (learning_rate={default_lr:g})", f"learning_rate={default_lr * 10:g}"}
   text = (tmp / "run" / "tuning.md").read_text()
   assert "weak_holdout" in text and "oracle (bound)" in text
   assert (tmp / "run" / "accuracy_vs_learning_rate.png").stat().st_size > 1000
   written = json.loads((tmp / "run" / "results.json").read_text())
   assert {r["selection"] for r in written["summary"]} == {"default", "weak_holdout", "oracle"}
+
+
+def test_the_plan_counts_every_grid_point_once_with_the_default_among_them():
+  from w2sg_jax import config as schema
+  from w2sg_jax import plan
+
+  plans = {"weak": {"num_steps": 10, "eval_batch_size": 8}, "strong": {"num_steps": 100, "eval_batch_size": 8}}
+
+  def counts(**overrides):
+    c = config_lib.load_config(os.path.join(REPO, "experiments", "synthetic.py:smoke"), {
+        "student.losses": ("xent", "alpha", "logconf"), "student.train.select.metric": "accuracy",
+        "student.train.select.holdout": 64, **overrides})
+    c = schema.Experiment.from_configdict(c).to_configdict()
+    return plan.whole_config_counts(c, plans)["strong"]
+
+  base = counts()
+  cells = base["runs"] - 2  # Minus the ceiling's seeds.
+  lr = float(config_lib.load_config(os.path.join(REPO, "experiments", "synthetic.py:smoke")).student.train
+             .optimizer.learning_rate)
+  # The config's own rate is one of the three: 3 settings per loss, not 4.
+  with_lr = counts(**{"student.grid": {"learning_rate": (lr, lr / 3, lr * 3)}})
+  assert with_lr["runs"] - 2 == 3 * cells
+  # alpha takes `alpha`, the others do not: 2 x 2 points for alpha (the default's 0.5 absent: +1), 2 for the rest.
+  mixed = counts(**{"student.grid": {"learning_rate": (lr / 3, lr * 3), "loss_alpha": (0.25, 0.75)}})
+  per_cell = cells // 3
+  assert mixed["runs"] - 2 == per_cell * ((4 + 1) + (2 + 1) + (2 + 1))

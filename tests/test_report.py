@@ -205,3 +205,26 @@ def test_markdown_table_reads_n_a_for_a_missing_pgr():
   (cells,) = _table_rows(report.markdown_table([row]))
   assert cells[-2:] == ["n/a", "n/a"] and cells[3] == "0.800 ± 0.010"
   assert not report.pgr_defined([row])
+
+
+def test_grid_picks_say_which_setting_each_row_comes_from(tmp_path):
+  results = _fake_results(n_losses=2, seeds=3, per_example=False)
+  summary = metrics.summarize_runs(results["runs"], results["weak"], results["ceiling"], n_resamples_seeds=200)
+  points = [{}, {"learning_rate": 0.01}]
+  picked = [{**row, "selection": "weak_holdout", "grid_point": points[i % 2]} for i, row in enumerate(summary)]
+  picked[0]["setting"] = "default (learning_rate=0.003)"  # As the pipeline spells out the default.
+  table = report.markdown_table(picked)
+  header = table.splitlines()[0]
+  assert header.startswith("| loss | noise | setting | n |")
+  body = table.splitlines()[2:]
+  assert sum("| default (learning_rate=0.003) |" in line for line in body) == 1
+  assert sum("| learning_rate=0.01 |" in line for line in body) == len(picked) // 2
+  assert sum("| default |" in line for line in body) == len(picked) - len(picked) // 2 - 1
+  paths = report.write_report({**results, "summary": picked}, tmp_path, title="t")
+  with open(paths["summary_csv"], newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert {r["selection"] for r in rows} == {"weak_holdout"}
+  assert {r["setting"] for r in rows} == {"default (learning_rate=0.003)", "learning_rate=0.01", "default"}
+  assert "picked by weak_holdout" in open(paths["summary_md"]).read()
+  # Without a grid the table keeps its columns.
+  assert "setting" not in report.markdown_table(summary).splitlines()[0]

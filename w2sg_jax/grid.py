@@ -93,15 +93,24 @@ def point_name(point: Mapping[str, float]) -> str:
   return ", ".join(f"{k}={v:g}" for k, v in point.items()) or "default"
 
 
-def spread(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def effective_point(run: Mapping[str, Any], default_points: Mapping[str, Mapping[str, float]] | None
+                    ) -> dict[str, float]:
+  """The run's setting on the grid's axes: its ``grid_point``, or for the config's own setting ({}) what the
+  config says on those axes (``default_points[loss]``, `stages.Stages.grid_default_points`)."""
+  return dict(run.get("grid_point") or (default_points or {}).get(str(run["loss"]), {}))
+
+
+def spread(runs: Sequence[Mapping[str, Any]],
+           default_points: Mapping[str, Mapping[str, float]] | None = None) -> list[dict[str, Any]]:
   """Per loss, how much the grid moves test accuracy: the range and std over points of the point means
-  (over noise rates and seeds), the sensitivity of each loss to its setting."""
+  (over noise rates and seeds), the sensitivity of each loss to its setting. The config's own setting
+  counts as the point it sits at (``default_points``)."""
   out = []
   for loss in sorted({str(r["loss"]) for r in runs}):
     means: dict[str, list[float]] = {}
     for r in runs:
       if str(r["loss"]) == loss:
-        means.setdefault(point_name(r.get("grid_point") or {}), []).append(float(r["test_accuracy"]))
+        means.setdefault(point_name(effective_point(r, default_points)), []).append(float(r["test_accuracy"]))
     values = [sum(v) / len(v) for v in means.values()]
     mu = sum(values) / len(values)
     std = math.sqrt(sum((v - mu) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
@@ -127,18 +136,31 @@ def tuned_summary(runs: Sequence[Mapping[str, Any]], weak: Mapping[str, Any], ce
   picks["weak_holdout"] = pick(runs, "holdout_score")
   picks["oracle"] = pick(runs, "test_accuracy")
   for selection in SELECTIONS:
-    for (loss, noise), chosen in sorted(picks[selection].items(), key=lambda kv: (kv[0][1], kv[0][0])):
-      if not chosen["runs"]:
-        continue
-      with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        rows = metrics_lib.summarize_runs(chosen["runs"], weak, ceiling, min_gap=min_gap)
-      for row in rows:
-        out.append({**row, "selection": selection, "grid_point": dict(chosen["grid_point"])})
+    chosen = {cell: c for cell, c in picks[selection].items() if c["runs"]}
+    if not chosen:
+      continue
+    # One call per selection: its cells resample the same test examples once (`metrics.summarize_runs`).
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)
+      rows = metrics_lib.summarize_runs([r for c in chosen.values() for r in c["runs"]], weak, ceiling,
+                                        min_gap=min_gap)
+    for row in rows:
+      point = chosen[(str(row["loss"]), float(row["noise"]))]["grid_point"]
+      out.append({**row, "selection": selection, "grid_point": dict(point)})
   return out
 
 
-def markdown(tuned: Sequence[Mapping[str, Any]], spread_rows: Sequence[Mapping[str, Any]], *, title: str) -> str:
+def describe_point(point: Mapping[str, float], loss: str,
+                   default_points: Mapping[str, Mapping[str, float]] | None = None) -> str:
+  """``learning_rate=0.01``; the config's own setting ({}) reads ``default (learning_rate=0.003)``."""
+  if point:
+    return point_name(point)
+  at = (default_points or {}).get(loss)
+  return f"default ({point_name(at)})" if at else "default"
+
+
+def markdown(tuned: Sequence[Mapping[str, Any]], spread_rows: Sequence[Mapping[str, Any]], *, title: str,
+             default_points: Mapping[str, Mapping[str, float]] | None = None) -> str:
   lines = [f"# {title}: tuned and untuned", "",
            "Per (loss, noise): the config's own setting (`default`), the grid point picked on the weak-labelled "
            "holdout (`weak_holdout`: agreement with the weak labels on rows held out of w2s_train; no gold label "
@@ -157,7 +179,7 @@ def markdown(tuned: Sequence[Mapping[str, Any]], spread_rows: Sequence[Mapping[s
       ci = r["accuracy_ci95"]
       cells.append(f"{100 * r['accuracy_mean']:.2f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]")
       if selection != "default":
-        cells.append(point_name(r["grid_point"]))
+        cells.append(describe_point(r["grid_point"], loss, default_points))
     lines.append(f"| {loss} | {noise:g} | " + " | ".join(cells) + " |")
   lines += ["", "How much each loss depends on its setting (test accuracy of each grid point, mean over noise "
             "rates and seeds):", "", "| loss | points | min | max | range | std |", "|---|---|---|---|---|---|"]
@@ -167,12 +189,15 @@ def markdown(tuned: Sequence[Mapping[str, Any]], spread_rows: Sequence[Mapping[s
   return "\n".join(lines) + "\n\n![accuracy against learning rate](accuracy_vs_learning_rate.png)\n"
 
 
-def plot_learning_rate(runs: Sequence[Mapping[str, Any]], path: str, *, title: str) -> str | None:
-  """Test accuracy against the learning rate, one line per loss (mean over the other axes and seeds)."""
+def plot_learning_rate(runs: Sequence[Mapping[str, Any]], path: str, *, title: str,
+                       default_points: Mapping[str, Mapping[str, float]] | None = None) -> str | None:
+  """Test accuracy against the learning rate, one line per loss (mean over the other axes and seeds); the
+  config's own setting sits at its learning rate (``default_points``)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
-  points = [r for r in runs if "learning_rate" in (r.get("grid_point") or {})]
+  points = [{**r, "grid_point": effective_point(r, default_points)} for r in runs]
+  points = [r for r in points if "learning_rate" in r["grid_point"]]
   if not points:
     return None
   fig = Figure(figsize=(6.5, 4.2))
@@ -194,15 +219,17 @@ def plot_learning_rate(runs: Sequence[Mapping[str, Any]], path: str, *, title: s
   return path
 
 
-def write_report(tuned, spread_rows, runs, outdir: str, *, title: str) -> dict[str, str]:
+def write_report(tuned, spread_rows, runs, outdir: str, *, title: str,
+                 default_points: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, str]:
   """tuning.md and accuracy_vs_learning_rate.png in ``outdir``."""
   import os  # pylint: disable=g-import-not-at-top
 
   paths = {"tuning_md": os.path.join(outdir, "tuning.md")}
   with open(paths["tuning_md"], "w") as f:
-    f.write(markdown(tuned, spread_rows, title=title))
+    f.write(markdown(tuned, spread_rows, title=title, default_points=default_points))
   figure = plot_learning_rate([r for r in runs if r.get("method", "single") == "single"],
-                              os.path.join(outdir, "accuracy_vs_learning_rate.png"), title=title)
+                              os.path.join(outdir, "accuracy_vs_learning_rate.png"), title=title,
+                              default_points=default_points)
   if figure:
     paths["accuracy_vs_learning_rate"] = figure
   return paths

@@ -215,11 +215,17 @@ class Pipeline:
     untuned = [row for row in with_correct if not row["grid_point"]]  # The config's own setting.
     with warnings.catch_warnings(), profile.stage("report"), profile.part("summary"):  # The bootstraps.
       warnings.filterwarnings("ignore", message="PGR is undefined", category=RuntimeWarning)  # Logged below.
-      summary = metrics_lib.summarize_runs([row for row in untuned if row["method"] == headline], *refs,
-                                           min_gap=pgr_status["min_gap"], progress=True)
-      summary = [{**row, "selection": "default", "grid_point": {}} for row in summary]
       tuned = grid_lib.tuned_summary([row for row in with_correct if row["method"] == "single"], *refs,
                                      min_gap=pgr_status["min_gap"]) if self.stages.grid_active else []
+      if tuned and headline == "single":  # Its default rows are the config's own setting's summary.
+        summary = [row for row in tuned if row["selection"] == "default"]
+      else:
+        summary = metrics_lib.summarize_runs([row for row in untuned if row["method"] == headline], *refs,
+                                             min_gap=pgr_status["min_gap"], progress=True)
+        summary = [{**row, "selection": "default", "grid_point": {}} for row in summary]
+    # Under a grid, the headline is each (loss, noise) at the point picked on the weak-labelled holdout (no
+    # gold label read); results.json and tuning.md keep the untuned default and the oracle bound beside it.
+    headline_rows = [row for row in tuned if row["selection"] == "weak_holdout"] if tuned else summary
     results = {
         "experiment": self.config.name,
         "task": self.task.name,
@@ -229,31 +235,37 @@ class Pipeline:
         "pgr_status": pgr_status,
         "runs": runs,
         "summary": summary + [row for row in tuned if row["selection"] != "default"],
+        "summary_selection": "weak_holdout" if tuned else "default",
     }
     if methods != ["single"]:
       results["summary_method"] = headline
     if tuned:
-      results["grid"] = {"points": len({grid_lib.point_name(r["grid_point"]) for r in runs if r["grid_point"]}),
-                         "spread": grid_lib.spread([r for r in runs if r["method"] == "single"])}
+      default_points = self.stages.grid_default_points()
+      for row in tuned:  # Which setting each row comes from, the default's values spelled out.
+        row["setting"] = grid_lib.describe_point(row["grid_point"], str(row["loss"]), default_points)
+      single = [r for r in runs if r["method"] == "single"]
+      results["grid"] = {
+          "points": len({grid_lib.point_name(grid_lib.effective_point(r, default_points)) for r in single}),
+          "default_point": default_points, "spread": grid_lib.spread(single, default_points)}
     paths = {}
     if jax.process_index() == 0:  # One process writes the shared workdir.
       with profile.stage("report"), profile.part("tables_and_plots"):
         # The tables and plots of the config's own setting; tuning.md puts the picks beside it.
-        staged = report_lib.write_report({**results, "summary": summary}, self.outputs.staging,
+        staged = report_lib.write_report({**results, "summary": headline_rows}, self.outputs.staging,
                                          title=self.config.name)
         if methods != ["single"]:
           staged.update(methods_report.write([r for r in runs if not r["grid_point"]], self.outputs.staging,
                                              title=self.config.name))
         if tuned:
           staged.update(grid_lib.write_report(tuned, results["grid"]["spread"], runs, self.outputs.staging,
-                                              title=self.config.name))
+                                              title=self.config.name, default_points=default_points))
       with profile.stage("report"), profile.part("curves"):  # From the runs' cache entries: cached runs too.
         staged["tensorboard"] = os.path.join(self.outputs.staging, metric_writers.TENSORBOARD_DIR)
         metric_writers.write_run_curves(staged["tensorboard"], self.stages.curves,
                                         wandb=bool(self.config.get("report", {}).get("wandb", False)),
                                         wandb_group=str(self.config.name))
       paths = {k: self.outputs.final_path(v) for k, v in staged.items()}
-    print(report_lib.markdown_table(summary), flush=True)
+    print(report_lib.markdown_table(headline_rows), flush=True)
     if not pgr_status["defined"]:
       log.warning("%s", pgr_status["reason"])
     results["report_files"] = {k: str(v) for k, v in paths.items()}

@@ -580,6 +580,25 @@ def _loss(losses_lib, config, name: str):
     raise PlanError(f"loss {name!r}: {e}") from e
 
 
+def grid_settings(config, student) -> dict[str, int]:
+  """Per loss, the settings ``student.grid`` trains it at: the grid's points that apply to it, with the
+  config's own setting counted once (`stages.Stages._grid_runs`)."""
+  from w2sg_jax import grid as grid_lib  # pylint: disable=g-import-not-at-top
+  from w2sg_jax import stages as stages_lib  # pylint: disable=g-import-not-at-top
+
+  optimizer = config.student.train.optimizer
+  out = {}
+  for loss in student.losses:
+    base = dict(student.loss_hparams.get(loss, {}))
+    resolved = stages_lib._resolved_hparams(loss, base)  # pylint: disable=protected-access
+    points = grid_lib.points_for(student.grid, lambda hp, loss=loss, base=base: stages_lib._accepts(loss, base, hp))  # pylint: disable=protected-access
+    other = [p for p in points
+             if stages_lib._resolved_hparams(loss, {**base, **grid_lib.loss_part(p)}) != resolved  # pylint: disable=protected-access
+             or any(k not in optimizer or float(optimizer[k]) != v for k, v in grid_lib.optimizer_part(p).items())]
+    out[loss] = len(other) + 1
+  return out
+
+
 def whole_config_counts(config, plans: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
   """Training and evaluation steps of the whole config, per role."""
   from w2sg_jax import config as schema  # pylint: disable=g-import-not-at-top
@@ -604,6 +623,8 @@ def whole_config_counts(config, plans: dict[str, dict[str, Any]]) -> dict[str, d
     # strong-sized upper bound on the head it is); plus the strong ceiling per seed.
     by_method = {m: cells * len(student.losses) * (settings.s2s_rounds + 1 if m == "s2s" else 1)
                  + (cells if m == "bootstrap" else 0) for m in methods}
+    if student.grid and "single" in by_method:  # Every grid point of a loss is a student per cell.
+      by_method["single"] = cells * sum(grid_settings(config, student).values())
     runs = sum(by_method.values()) + seeds
     out["strong"] = {"runs": runs, "train_steps": runs * p["num_steps"],
                      "eval_steps": runs * math.ceil(sizes.get("test", 0) / p["eval_batch_size"]),

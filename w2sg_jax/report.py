@@ -39,6 +39,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from w2sg_jax import grid as grid_lib
 from w2sg_jax import metrics
 
 __all__ = ["CSV_COLUMNS", "markdown_table", "pgr_defined", "sorted_rows", "write_report"]
@@ -63,6 +64,8 @@ CSV_COLUMNS = (
     "pgr_ci95_high",
     "pgr_ci95_examples_low",
     "pgr_ci95_examples_high",
+    "selection",
+    "setting",
 )
 
 _PGR_FIELDS = ("pgr_mean", "pgr_std", "pgr_ci95", "pgr_ci95_examples")
@@ -130,18 +133,21 @@ def markdown_table(summary: Sequence[Mapping[str, Any]]) -> str:
     The table as a string, ending in a newline.
   """
   examples = _has_examples_ci(summary)
-  header = ["loss", "noise", "n", "accuracy (mean ± std)", "accuracy 95% CI (seeds)"]
+  tuned = _is_tuned(summary)
+  header = ["loss", "noise"] + (["setting"] if tuned else []) + ["n", "accuracy (mean ± std)",
+                                                                  "accuracy 95% CI (seeds)"]
   if examples:
     header.append("accuracy 95% CI (examples)")
   header += ["AUROC", "PGR (mean ± std)", "PGR 95% CI (seeds)"]
   if examples:
     header.append("PGR 95% CI (examples)")
-  align = ["---", "--:", "--:"] + ["--:"] * (len(header) - 3)
+  align = ["---", "--:"] + (["---"] if tuned else []) + ["--:"] * (len(header) - 2 - tuned)
   lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
   for row in sorted_rows(summary):
     cells = [
         str(row["loss"]),
         f"{float(row['noise']):g}",
+        *([_setting(row)] if tuned else []),
         str(row["n_seeds"]),
         _fmt_pm(row["accuracy_mean"], row["accuracy_std"]),
         _fmt_ci(row.get("accuracy_ci95")),
@@ -159,6 +165,16 @@ def markdown_table(summary: Sequence[Mapping[str, Any]]) -> str:
       cells.append("n/a" if no_pgr else _fmt_ci(row.get("pgr_ci95_examples")))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
+
+
+def _is_tuned(summary: Sequence[Mapping[str, Any]]) -> bool:
+  """Whether the rows are grid picks (`w2sg_jax.grid`): then each says which setting it comes from."""
+  return any(row.get("selection", "default") != "default" for row in summary)
+
+
+def _setting(row: Mapping[str, Any]) -> str:
+  """The row's grid point by name (the pipeline's ``setting``, which spells out the default's values)."""
+  return str(row.get("setting") or grid_lib.point_name(row.get("grid_point") or {}))
 
 
 def _reference_line(name: str, ref: Mapping[str, Any]) -> str:
@@ -183,6 +199,8 @@ def _csv_rows(summary: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for key in ("accuracy_ci95", "accuracy_ci95_examples", "pgr_ci95", "pgr_ci95_examples"):
       ci = row.get(key)
       flat[f"{key}_low"], flat[f"{key}_high"] = ("", "") if ci is None else map(_num, ci)
+    flat["selection"] = row.get("selection", "default")
+    flat["setting"] = _setting(row)
     out.append(flat)
   return out
 
@@ -432,6 +450,12 @@ def write_report(results: Mapping[str, Any], outdir: str | os.PathLike, *, title
        "- Rows are sorted by noise rate, then by loss name: with PGR undefined, nothing is ranked.")
       + " CI (seeds): percentile bootstrap over training seeds.",
   ]
+  if _is_tuned(summary):
+    selections = sorted({str(row.get("selection")) for row in summary})
+    notes.append(
+        f"- Each row is one grid point per (loss, noise), picked by {', '.join(selections)} (`weak_holdout`: "
+        "agreement with the weak labels on rows held out of w2s_train; no gold label is read); its `setting` "
+        "column names it. tuning.md sets it beside the untuned default and the oracle bound.")
   if _has_examples_ci(summary):
     notes.append(
         "- CI (examples): paired bootstrap over test examples (weak, ceiling and "

@@ -707,6 +707,9 @@ class Stages:
           labels = makers.bootstrap_labels(cells)
         else:
           labels = {cell: makers.labels(method, *cell) for cell in cells}
+      if method == "single" and student.grid:  # The config's own setting trains among the grid's points.
+        runs += self._grid_runs(data, student, cells, labels)
+        continue
       for loss in student.losses:
         hparams = dict(student.loss_hparams.get(loss, {}))
         with self.profile.part("runs"):
@@ -718,28 +721,32 @@ class Stages:
         with self.profile.part("metrics"):
           for cell, entry in zip(cells, entries):
             runs.append(self._student_run(data, method, loss, cell, entry, labels[cell], upstream[cell]))
-    if student.grid:
-      runs += self._grid_runs(data, weak, student, cells)
     params, trainable_params = self.param_counts("strong")
     return StudentRuns(runs=runs, params=params, trainable_params=trainable_params)
 
-  def _grid_runs(self, data, weak, student, cells) -> list[StudentRun]:
-    """Every point of ``student.grid`` for every (loss, noise, seed), with the single method's labels.
+  def _grid_runs(self, data, student, cells, labels) -> list[StudentRun]:
+    """Every point of ``student.grid`` for every (loss, noise, seed), with the single method's ``labels``.
 
-    The points of one loss that differ only in optimizer settings train as one group (one vmapped
-    program: `engines.RunSpec.optimizer`); each value of a loss hyperparameter is a group of its own.
+    The config's own setting is one of them (``grid_point`` {}); a grid point equal to it is that run,
+    not a second one. The points of one loss that differ only in optimizer settings train as one
+    group (one vmapped program: `engines.RunSpec.optimizer`), the config's setting among them; each
+    value of a loss hyperparameter is a group of its own.
     """
-    makers = method_stages.MethodLabels(self, data, weak, student.method)
-    labels = {cell: makers.labels("single", *cell) for cell in cells}
     out = []
     for loss in student.losses:
       base_hparams = dict(student.loss_hparams.get(loss, {}))
+      resolved_base = _resolved_hparams(loss, base_hparams)
       points = grid_lib.points_for(student.grid, lambda hp, loss=loss: _accepts(loss, base_hparams, hp))
-      groups: dict[str, list[dict[str, float]]] = {}
+      # hparams key -> (hparams, points); the config's own setting ({}) first in its group.
+      groups: dict[str, tuple[dict[str, Any], list[dict[str, float]]]] = {
+          repr(sorted(resolved_base.items())): (base_hparams, [{}])}
       for point in points:
-        groups.setdefault(repr(sorted(grid_lib.loss_part(point).items())), []).append(point)
-      for group in groups.values():
-        hparams = {**base_hparams, **grid_lib.loss_part(group[0])}
+        hparams = {**base_hparams, **grid_lib.loss_part(point)}
+        resolved = _resolved_hparams(loss, hparams)
+        if resolved == resolved_base and self._is_config_optimizer(grid_lib.optimizer_part(point)):
+          continue  # The config's own setting, already in the group.
+        groups.setdefault(repr(sorted(resolved.items())), (hparams, []))[1].append(point)
+      for hparams, group in groups.values():
         todo = [(point, cell) for point in group for cell in cells]
         with self.profile.part("runs"):
           try:
@@ -756,6 +763,28 @@ class Stages:
             run.grid_point = dict(point)
             run.holdout_score = _holdout_score(entry)
             out.append(run)
+    return out
+
+  def _is_config_optimizer(self, settings: Mapping[str, float]) -> bool:
+    """Whether optimizer ``settings`` (a grid point's) are what student.train.optimizer already says."""
+    optimizer = self.config.student.train.optimizer
+    return all(k in optimizer and float(optimizer[k]) == float(v) for k, v in settings.items())
+
+  def grid_default_points(self) -> dict[str, dict[str, float]]:
+    """Per loss, the config's own setting on each of the grid's axes that apply to it (what ``grid_point``
+    {} stands for): for tables and figures that place the default among the points."""
+    student = self.student_settings
+    optimizer = self.config.student.train.optimizer
+    out = {}
+    for loss in student.losses:
+      resolved = _resolved_hparams(loss, dict(student.loss_hparams.get(loss, {})))
+      point = {}
+      for axis in student.grid:
+        if axis in grid_lib.OPTIMIZER_KEYS and axis in optimizer:
+          point[axis] = float(optimizer[axis])
+        elif axis.startswith(grid_lib.LOSS_PREFIX) and axis[len(grid_lib.LOSS_PREFIX):] in resolved:
+          point[axis] = float(resolved[axis[len(grid_lib.LOSS_PREFIX):]])
+      out[loss] = point
     return out
 
   def _method_runs(self, data, method, loss, hparams, cells, labels, makers):

@@ -35,6 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.student.methods = schema.METHODS
   c.student.method.ensemble_size = 3  # K weak models: the single one and two bagged ones.
   c.student.method.bootstrap_layer = 3  # Weak: embeddings (layer 0); intermediate: layer 3; strong: layer 6.
+  tweets_minilm._untune(c)  # pylint: disable=protected-access -- Methods compared at one setting, on all of w2s_train.
   if arg == "smoke":
     c.seeds = 2
     c.student.losses = ("xent", "js")

@@ -85,6 +85,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   else:
     raise ValueError(f"unknown variant {arg!r} of experiments/tweets_theory.py; known: smoke, synthetic.")
   with c.unlocked():
+    # The lab studies one setting per loss: the default's own (its untuned point; with its weak-labelled
+    # holdout, so these students are the default's runs of that point, reused by key).
+    c.student.grid = ml_collections.ConfigDict({})
     c.name = "tweets_theory" if arg is None else f"tweets_theory_{arg}"
     c.runner = "theory"  # main.run hands the config to w2sg_jax.theory.run instead of the pipeline.
     if arg is None:
