@@ -224,6 +224,9 @@ def test_a_changed_source_is_a_different_cache_key(cache_dir, tmp_path):
 
 # ---------------------------------------------------------------- the suite
 
+# A stand-in commit for the entries that pin none: the fixture is read instead of the hub.
+FIXTURE_REVISION = "f" * 40
+
 
 @pytest.fixture
 def hub_fixtures(monkeypatch):
@@ -240,24 +243,50 @@ def hub_fixtures(monkeypatch):
   return calls
 
 
-def suite_config(name, cache_dir):
+def suite_config(name, cache_dir, *, revision=None):
+  """The experiment's variant, tiny models; an entry that pins no revision gets ``FIXTURE_REVISION``."""
   c = config_lib.load_config(f"{REPO / 'w2sg_jax' / 'experiments' / 'w2s_suite.py'}:{name}",
                              {"cache_dir": str(cache_dir)})
   c.data.sizes = {"weak_train": 4, "w2s_train": 4, "test": 4}
   c.data.max_length = 96
+  c.data.revision = (c.data.revision or FIXTURE_REVISION) if revision is None else revision
   tiny = load()
   c.weak, c.strong = tiny.weak, tiny.strong
   schema.Experiment.from_configdict(c)
   return c
 
 
-EXPECTED = {  # What each entry's formatter makes of fixture row 1 (the prompt as the peer builds it).
-    "sciq": ("Q: What do plants need for photosynthesis, case 1? A: ", None),
-    "boolq": ("Passage: Passage 1 about the colour of the sky.\nQuestion: is the sky blue on day 1", 1),
-    "cosmos_qa": ("Context: I went to the market on day 1.\nQuestion: Why did I go to the market ?\nAnswer: ", None),
-    "amazon_polarity": ("Title 1 Loved it (1).", 1),
-    "anthropic_hh": ("\n\nHuman: How do I bake bread 1?\n\nAssistant: ", None),
+# What the peer's own functions (openai/weak-to-strong weak_to_strong/datasets.py at commit
+# 6b450f2cee3714d6f886e5e1910bac73633bf69a: format_sciq, format_boolq, format_cosmosqa, format_amazon_polarity,
+# format_anthropic_hh) return for each fixture row, run on the row's own draws (w2s_suite.row_rng(0, id), the
+# ids the loader gives): the label of rows 0..11, and the answer shown where the peer draws it.
+PEER_LABELS = {
+    "sciq": [0, 0, 1, 1, 1, 0, 0, 0, 1, 0, 0, 1],
+    "boolq": [0, 1, 1, 0, 1, 1, 0, 1, 1, 0, 1, 1],
+    "cosmos_qa": [0, 1, 0, 1, 0, 1, 1, 0, 0, 1, 1, 1],
+    "amazon_polarity": [0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1],
+    "anthropic_hh": [1, 0, 0, 1, 1, 0, 1, 1, 0, 0, 0, 1],
 }
+PEER_SHOWN = {
+    "sciq": ["sand", "oil", "sunlight", "sunlight", "sunlight", "sand", "salt", "sand", "sunlight", "salt", "sand",
+             "sunlight"],
+    "cosmos_qa": ["To buy food .", "To buy food .", "To sleep .", "To buy food .", "To sleep .", "To buy food .",
+                  "To buy food .", "None of the above choices .", "To sleep .", "To buy food .", "To buy food .",
+                  "To buy food ."],
+}
+
+
+def peer_text(name, row, label, shown):
+  """The peer's prompt templates, as its file writes them."""
+  if name == "sciq":
+    return f"Q: {row['question']} A: {shown}"
+  if name == "boolq":
+    return f"Passage: {row['passage']}\nQuestion: {row['question']}"
+  if name == "cosmos_qa":
+    return f"Context: {row['context']}\nQuestion: {row['question']}\nAnswer: {shown}"
+  if name == "amazon_polarity":
+    return f"{row['title']} {row['content']}"
+  return row["chosen"] if label else row["rejected"]  # anthropic_hh
 
 
 @pytest.mark.parametrize("name", list(w2s_suite.SUITE))
@@ -266,15 +295,17 @@ def test_suite_entry_on_its_hub_fixture(name, cache_dir, hub_fixtures):
   examples, sources = files_task.rows(c)
   pool = examples["pool"]
   entry = w2s_suite.get(name)
-  assert hub_fixtures[0][0] == entry.hf_dataset and sources[0]["rows"] == 12
-  text, label = EXPECTED[name]
-  assert pool["text"][1].startswith(text)
-  if label is not None:
-    assert pool["label"][1] == label
-  assert set(pool["label"].tolist()) <= {0, 1}
+  assert hub_fixtures[0] == (entry.hf_dataset, "", c.data.revision, c.data.hf_splits[0])  # The revision reaches it.
+  assert sources[0]["rows"] == 12
+  fixture = pq.read_table(str(HUB / f"{name}.parquet")).to_pylist()
+  for i, row in enumerate(fixture):  # Every row: the peer's text and label.
+    label = PEER_LABELS[name][i]
+    shown = PEER_SHOWN[name][i] if name in PEER_SHOWN else None
+    assert (pool["text"][i], int(pool["label"][i])) == (peer_text(name, row, label, shown), label), i
+  assert pool["label"].tolist() == PEER_LABELS[name]
   again, _ = files_task.rows(c)  # Per-row draws: the same rows give the same texts.
   assert again["pool"]["text"].tolist() == pool["text"].tolist()
-  if name == "sciq":
+  if name == "sciq":  # Label 1 is the correct answer shown, 0 a distractor.
     for t, y in zip(pool["text"], pool["label"]):
       assert t.endswith(" A: sunlight") == bool(y)
   if name == "cosmos_qa":  # "None of the above" as the true answer is always label 0 (the peer's rule).
@@ -285,6 +316,63 @@ def test_suite_entry_on_its_hub_fixture(name, cache_dir, hub_fixtures):
       assert t.endswith("flour, water and yeast.") == bool(y)
   splits = files_task.FilesTask().splits(c, str(cache_dir))
   _check_splits(splits, (4, 4, 4), 2)
+
+
+def test_suite_formatters_with_the_peers_stream():
+  """Given the peer's own stream (one Random(0) in row order), a formatter returns what the peer's function does."""
+  import random
+
+  # The peer's functions (at the commit above) over these fixtures with rng=Random(0): the answer each row shows.
+  want = {
+      "sciq": ["oil", "sunlight", "oil", "sunlight", "oil", "oil", "sand", "oil", "sunlight", "sunlight", "salt",
+               "salt"],
+      "cosmos_qa": ["To sell a car .", "To sleep .", "To buy food .", "To sleep .", "To sell a car .", "To sleep .",
+                    "To sleep .", "To sell a car .", "To sleep .", "To buy food .", "To buy food .", "To buy food ."],
+      "anthropic_hh": [0, 0, 1, 1, 0, 1, 0, 1, 1, 0, 0, 0],  # Its labels (1: the chosen transcript).
+  }
+  for name, shown in want.items():
+    entry, rng = w2s_suite.get(name), random.Random(0)
+    got = [entry.formatter({c: row[c] for c in entry.columns}, rng)
+           for row in pq.read_table(str(HUB / f"{name}.parquet")).to_pylist()]
+    assert [y if name == "anthropic_hh" else t.rsplit(": ", 1)[1] for t, y in got] == shown, name
+
+
+def test_suite_entries_name_their_peer_and_revision():
+  import re
+
+  from w2sg_jax.data import preference
+
+  for entry in w2s_suite.SUITE.values():
+    assert entry.peer.startswith(f"openai/weak-to-strong weak_to_strong/datasets.py@{w2s_suite.PEER_COMMIT[:12]}: ")
+    assert entry.revision == "" or re.fullmatch(r"[0-9a-f]{40}", entry.revision), entry
+  assert w2s_suite.get("anthropic_hh").revision == preference.HH_REVISION  # The commit the preference task reads.
+  assert {e.name for e in w2s_suite.SUITE.values() if not e.revision} == {"sciq", "boolq", "cosmos_qa",
+                                                                          "amazon_polarity"}
+
+
+@pytest.mark.parametrize("name", ["sciq", "cosmos_qa"])
+def test_suite_unpinned_entry_is_refused_before_the_hub_is_read(name, cache_dir, hub_fixtures):
+  c = suite_config(name, cache_dir, revision="")
+  with pytest.raises(ValueError, match=rf"data.suite='{name}' reads the hub dataset .*data.revision is empty.*"
+                                       r"--set data.revision=<sha>.*'main'"):
+    files_task.rows(c)
+  assert hub_fixtures == []  # Refused before any read.
+
+
+def test_suite_pinned_entry_reads_its_commit_and_a_branch_is_named(cache_dir, hub_fixtures, caplog):
+  files_task.rows(suite_config("anthropic_hh", cache_dir))
+  assert hub_fixtures[-1][2] == w2s_suite.HH_REVISION
+  with caplog.at_level("WARNING", logger="w2sg"):
+    files_task.rows(suite_config("boolq", cache_dir, revision="main"))  # A branch, asked for: read, with a warning.
+  assert hub_fixtures[-1][:3] == ("google/boolq", "", "main")
+  assert "data.revision='main' is a branch or tag" in caplog.text
+
+
+def test_cosmos_qa_none_of_the_above_in_another_form_is_an_error():
+  row = {"id": "r1", "context": "c", "question": "q", "answer0": "a", "answer1": "None of the above choices",
+         "answer2": "b", "answer3": "d", "label": 1}
+  with pytest.raises(ValueError, match="cosmos_qa row 'r1'.*asserts this never happens"):
+    w2s_suite.get("cosmos_qa").formatter(row, w2s_suite.row_rng(0, "r1"))
 
 
 def test_suite_hub_without_datasets_is_a_clear_error(cache_dir, monkeypatch):

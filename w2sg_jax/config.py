@@ -786,7 +786,8 @@ class FilesDataConfig(DataConfig):
                           "HF cache); its rows are hashed into the keys.")
   hf_config: str = field("", help="The hub dataset's config name; '' = its default.")
   revision: str = field("", help="The hub dataset's branch, tag or commit; '' = the default branch (pin a commit to "
-                        "repeat a run).")
+                        "repeat a run), refused with data.suite (set a commit, or 'main' on purpose; the w2s_suite "
+                        "configs fill in the commit an entry pins).")
   hf_splits: tuple[str, ...] = field(("train",), help="Hub splits pooled before the three splits are drawn.")
   suite: str = field("", help="A W2SG suite entry (data/w2s_suite.py: sciq, boolq, cosmos_qa, amazon_polarity, "
                      "anthropic_hh): the hub rows go through its peer formatter; '' = data.columns.")

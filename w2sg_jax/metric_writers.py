@@ -20,6 +20,11 @@ The interface is that of ``clu.metric_writers`` (the flax examples'):
   "w2sg-jax[wandb]"``; ``WANDB_MODE=offline`` writes locally), one W&B run
   per training run, grouped by experiment, when ``config.report.wandb`` is
   true (the key is read with a default of False).
+* `log_final_tables`: under the same key, the final results as two
+  ``wandb.Table`` objects (``summary``: one row per loss, noise, method and
+  selection; ``runs``: one row per student run), in one more W&B run of the
+  experiment's group, written when the report is (`final_tables` gives their
+  columns and rows: results.json's, flattened).
 
 How curves reach TensorBoard: every training run keeps its metric history in
 its cache entry (`save_history`: ``curves.json``, the logged training steps
@@ -311,3 +316,88 @@ class WandbWriter(MetricWriter):
     if self._run is not None:
       self._run.finish()
       self._run = None
+
+
+# --------------------------------------------------------- W&B final tables
+
+# Leading columns of the final tables, where a row has them: what names a row before what it measured.
+_KEY_COLUMNS = ("loss", "noise", "method", "selection", "seed")
+
+
+def _flat_cells(row: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+  """A results.json row as ``(column, cell)`` pairs of plain scalars (W&B sorts and filters those).
+
+  A nested mapping (``cost``, ``grid_point``) becomes ``<key>.<sub>`` columns; a
+  confidence interval (a ``[low, high]`` list under a ``*ci95*`` key) becomes
+  ``<key>_lo`` and ``<key>_hi``; any other list, its JSON text.
+  """
+  for key, value in row.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      yield from _flat_cells(value, name + ".")
+    elif isinstance(value, (list, tuple)) and len(value) == 2 and "ci95" in str(key):
+      yield f"{name}_lo", _plain_cell(value[0])
+      yield f"{name}_hi", _plain_cell(value[1])
+    elif isinstance(value, (list, tuple)):
+      yield name, json.dumps([_plain_cell(v) for v in value])
+    else:
+      yield name, _plain_cell(value)
+
+
+def _plain_cell(value: Any) -> Any:
+  return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value
+
+
+def _table(rows: Sequence[Mapping[str, Any]], defaults: Mapping[str, Any] | None = None
+           ) -> tuple[list[str], list[list[Any]]]:
+  """``(columns, rows)``: the union of the rows' flattened columns, key columns first; None where a row has none."""
+  flat = [{**(defaults or {}), **dict(_flat_cells(r))} for r in rows]
+  seen = list(dict.fromkeys(c for r in flat for c in r))
+  columns = [c for c in _KEY_COLUMNS if c in seen] + [c for c in seen if c not in _KEY_COLUMNS]
+  return columns, [[r.get(c) for c in columns] for r in flat]
+
+
+def final_tables(results: Mapping[str, Any]) -> dict[str, tuple[list[str], list[list[Any]]]]:
+  """The final tables of a run's results (results.json's content): ``{name: (columns, rows)}``.
+
+  ``summary``: results.json's ``summary``, one row per (loss, noise, selection)
+  with accuracy, PGR and their intervals, plus ``method`` (its rows are all of
+  ``summary_method``, ``single`` when absent); ``runs``: results.json's
+  ``runs``, one row per student run. Cells are results.json's values, flattened
+  by `_flat_cells`.
+  """
+  method = str(results.get("summary_method", "single"))
+  return {"summary": _table(results.get("summary", []), {"method": method}),
+          "runs": _table(results.get("runs", []))}
+
+
+def log_final_tables(results: Mapping[str, Any], *, project: str = "w2sg-jax", group: str | None = None,
+                     name: str = "report", dir: str | None = None,  # noqa: A002
+                     mode: str | None = None) -> dict[str, tuple[list[str], list[list[Any]]]]:
+  """Logs `final_tables` as ``wandb.Table`` objects (``summary``, ``runs``) in one W&B run; returns the tables.
+
+  The run is named ``name`` in ``group`` (the experiment's, beside its training
+  runs' W&B runs), with the weak and ceiling test accuracy that PGR is
+  measured against in its config. ``mode`` is wandb.init's (``"offline"``
+  writes the run under ``dir`` to sync later); None leaves it to W&B, which
+  reads ``WANDB_MODE``.
+  """
+  try:
+    import wandb  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError('report.wandb needs wandb: pip install "w2sg-jax[wandb]"') from e
+  tables = final_tables(results)
+  config = {"experiment": results.get("experiment"), "task": results.get("task"),
+            "weak_test_accuracy": (results.get("weak") or {}).get("test_accuracy"),
+            "ceiling_test_accuracy": (results.get("ceiling") or {}).get("test_accuracy")}
+  if dir is not None:
+    os.makedirs(dir, exist_ok=True)
+  kwargs = {"mode": mode} if mode is not None else {}
+  run = wandb.init(project=project, name=name, group=group, dir=dir, config=config, **kwargs)
+  try:
+    # allow_mixed_types: a column may hold None beside numbers (an undefined PGR, a run with no selected step).
+    run.log({key: wandb.Table(columns=columns, data=rows, allow_mixed_types=True)
+             for key, (columns, rows) in tables.items()})
+  finally:
+    run.finish()
+  return tables

@@ -264,6 +264,8 @@ class Pipeline:
         metric_writers.write_run_curves(staged["tensorboard"], self.stages.curves,
                                         wandb=bool(self.config.get("report", {}).get("wandb", False)),
                                         wandb_group=str(self.config.name))
+        if self.config.get("report", {}).get("wandb", False):  # results.json's summary and runs, as W&B tables.
+          metric_writers.log_final_tables(results, group=str(self.config.name), dir=staged["tensorboard"])
       paths = {k: self.outputs.final_path(v) for k, v in staged.items()}
     print(report_lib.markdown_table(headline_rows), flush=True)
     if not pgr_status["defined"]:

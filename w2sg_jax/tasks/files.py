@@ -107,7 +107,9 @@ def _tables(cfg: ml_collections.ConfigDict) -> dict[str, list[tuple[str, files_l
   if source:
     return {"pool": [("", files_lib.read_file(source, fmt))]}
   config_name, revision = str(_get(cfg, "hf_config", "")), str(_get(cfg, "revision", ""))
-  if not revision:
+  if str(_get(cfg, "suite", "")):  # A suite entry reads no moving branch unasked (data/w2s_suite.py, Revisions).
+    w2s_suite.check_revision(str(_get(cfg, "suite", "")), revision)
+  elif not revision:
     log.warning("data.hf_dataset=%s is read at the default branch (data.revision=''); its rows are hashed into every"
                 " key, but pin data.revision to a commit to make the run repeatable.", hub)
   return {"pool": [(f"{s}-", files_lib.read_hf(hub, config_name, revision, str(s)))
