@@ -106,6 +106,13 @@ def test_a_grid_reports_default_weak_holdout_and_oracle_side_by_side(grid_run):
   assert (tmp / "run" / "accuracy_vs_learning_rate.png").stat().st_size > 1000
   written = json.loads((tmp / "run" / "results.json").read_text())
   assert {r["selection"] for r in written["summary"]} == {"default", "weak_holdout", "oracle"}
+  # `w2sg report` rebuilds the same headline (the weak pick's rows only) and tuning.md from results.json.
+  from w2sg_jax import cli  # pylint: disable=g-import-not-at-top
+  before = {n: (tmp / "run" / n).read_text() for n in ("summary.md", "summary.csv", "tuning.md")}
+  for n in before:
+    (tmp / "run" / n).unlink()
+  assert cli.main(["report", str(tmp / "run"), "--no-curves"]) == 0
+  assert {n: (tmp / "run" / n).read_text() for n in before} == before
 
 
 def test_the_plan_counts_every_grid_point_once_with_the_default_among_them():

@@ -315,9 +315,18 @@ def _report(argv: list[str]) -> int:
   except ValueError as e:
     print(f"error: {path}: {e}", file=sys.stderr)
     return 2
-  print(report_lib.markdown_table(results["summary"]) if results.get("summary") else "", flush=True)
+  headline = [row for row in results.get("summary") or []
+              if row.get("selection", "default") == results.get("summary_selection", "default")]
+  print(report_lib.markdown_table(headline) if headline else "", flush=True)
   for key in ("summary_md", "summary_csv", "pgr_by_loss", "accuracy_vs_noise"):
     print(f"wrote {paths[key]}")
+  if results.get("grid"):  # tuning.md and its figure, from the same rows.
+    from w2sg_jax import grid as grid_lib
+    grid = results["grid"]
+    tuned = grid_lib.write_report(results["summary"], grid.get("spread", []), results.get("runs", []), args.workdir,
+                                  title=title, default_points=grid.get("default_point"))
+    for path_written in tuned.values():
+      print(f"wrote {path_written}")
   if args.no_curves:
     return 0
   runs, gone = [], 0

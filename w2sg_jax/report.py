@@ -417,6 +417,9 @@ def write_report(results: Mapping[str, Any], outdir: str | os.PathLike, *, title
   weak, ceiling = results["weak"], results["ceiling"]
   min_gap = float((results.get("pgr_status") or {}).get("min_gap", metrics.DEFAULT_MIN_GAP))
   summary = results.get("summary")
+  if summary and any("selection" in row for row in summary):  # A grid's: the headline selection's rows.
+    chosen = results.get("summary_selection", "default")
+    summary = [row for row in summary if row.get("selection", "default") == chosen]
   if summary is None:
     if not results.get("runs"):
       raise ValueError("results have neither 'summary' nor 'runs'; nothing to report.")
