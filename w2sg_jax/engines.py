@@ -26,6 +26,7 @@ The old names ``sweep`` and ``fit`` still work, with a deprecation message.
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import functools
@@ -204,7 +205,7 @@ def train_runs(
       raise _group_error(e, desc, runs, lost=runs) from e
     logits, eval_flops = {}, 0.0
     for split, inputs in eval_inputs.items():
-      inputs = jax.tree.map(jnp.asarray, dict(inputs))
+      inputs = _to_device(dict(inputs))
       predict = apply.lower(params_R, inputs).compile()  # Costed and run: one compilation.
       eval_flops += cost_lib.flops_of(predict)
       logits[split] = list(np.asarray(predict(params_R, inputs)))
@@ -423,6 +424,72 @@ def init_params(make_model: Callable[[nnx.Rngs], nnx.Module], seeds: Sequence[in
   return graphdef, jax.vmap(one)(keys)
 
 
+# Compiled `_init_states` programs, by the text of the traced init (see there); least recently used dropped.
+_INIT_PROGRAMS: collections.OrderedDict[Any, Callable[..., Any]] = collections.OrderedDict()
+_INIT_PROGRAMS_MAX = 32
+
+
+def _init_states(make_model: Callable[[nnx.Rngs], nnx.Module], tx: Any, seeds_R: np.ndarray,
+                 hparams: Mapping[str, np.ndarray]) -> train_lib.TrainState:
+  """The R runs' initial `train.TrainState`s (parameters, optimizer state, each run's injected
+  hyperparameters) from ONE compiled program, the same RNG calls as `init_params` + `train.init_state`
+  (so the same bits as running them op by op, which compiled ~20 one-op programs per run count).
+
+  Memoised by the traced program's text, not by ``make_model``: a task hands each group a fresh
+  closure, and the graph alone does not fix the initial values (a ``make_model`` may close over
+  pretrained weights). Closed-over arrays are the program's arguments, so groups of the same shapes
+  compile it once whatever their seeds, hyperparameters or those arrays' values; tracing costs
+  milliseconds."""
+
+  def init(seeds, values):
+    keys = jax.vmap(jax.random.PRNGKey)(seeds)
+    params = jax.vmap(lambda key: nnx.split(make_model(nnx.Rngs(params=key)))[1])(keys)
+
+    def one(p, seed, h):
+      state = train_lib.init_state(p, {}, tx, seed)
+      return state.replace(opt_state=train_lib.with_hyperparams(state.opt_state, h))
+
+    return jax.vmap(one)(params, seeds, values)
+
+  args = (np.asarray(seeds_R, np.uint32), {k: np.asarray(v) for k, v in hparams.items()})
+  closed, out_shapes = jax.make_jaxpr(init, return_shape=True)(*args)
+  out_tree = jax.tree.structure(out_shapes)
+  # The text names every operation, literal and shape (consts by shape only); the trees fix the order.
+  key = (str(closed.jaxpr), jax.tree.structure(args), out_tree)
+  program = _INIT_PROGRAMS.get(key)
+  if program is None:
+    jaxpr = closed.jaxpr
+
+    def init_states(consts, *flat):
+      return jax.core.eval_jaxpr(jaxpr, consts, *flat)
+
+    program = _INIT_PROGRAMS[key] = jax.jit(init_states)
+    if len(_INIT_PROGRAMS) > _INIT_PROGRAMS_MAX:
+      _INIT_PROGRAMS.popitem(last=False)
+  else:
+    _INIT_PROGRAMS.move_to_end(key)
+  return jax.tree.unflatten(out_tree, program(list(closed.consts), *jax.tree.leaves(args)))
+
+
+@jax.jit
+def _take_runs(tree: Any, idx_R: jax.Array) -> Any:
+  """``tree``'s runs in the order ``idx_R``: one program per tree of shapes, shared by every group."""
+  return jax.tree.map(lambda a: a[idx_R], tree)
+
+
+@jax.jit
+def _keep_better(better_R: jax.Array, new: Any, best: Any) -> Any:
+  """Run r's leaves from ``new`` where ``better_R[r]``, else from ``best``: the selection's bookkeeping
+  as one program (a fresh buffer even where every run is better: the state it reads is donated)."""
+  return jax.tree.map(lambda n, b: jnp.where(better_R.reshape((-1,) + (1,) * (n.ndim - 1)), n, b), new, best)
+
+
+def _to_device(tree: Any) -> Any:
+  """Host arrays onto the device by a transfer (``jnp.asarray`` compiles a program per shape and dtype);
+  dtypes are canonicalised as ``jnp.asarray`` does (int64 -> int32 without x64)."""
+  return jax.device_put(jax.tree.map(lambda a: a if isinstance(a, jax.Array) else np.asarray(a), tree))
+
+
 def chunk_steps_for(num_steps: int) -> int:
   """Steps per host visit: at least 20 progress updates a run, at most 100 steps apart."""
   return max(1, min(100, num_steps // 20 or 1))
@@ -446,7 +513,8 @@ class VmapValidation:
 
 @dataclasses.dataclass
 class _VmapProgram:
-  """The jitted programs of `train_vmap` for one model graph, loss, optimizer, step count and run count.
+  """The jitted programs of `train_vmap` for one model graph, loss, optimizer, step count and run count
+  (``apply`` is the graph's alone, `_vmap_apply`: every loss's groups share it).
 
   ``tx`` keeps `train.INJECTED_HPARAMS` in its state (``make_optimizer(...,
   inject=True)``): the program reads each run's from its slice of the states.
@@ -520,11 +588,19 @@ def _vmap_program(graphdef: Any, loss_fn: losses_lib.LossFn, opt_key: str, num_s
     init = (states, {k: jnp.zeros(num_runs, jnp.float32) for k in VMAP_METRICS}, jnp.full(num_runs, -1, jnp.int32))
     return jax.lax.fori_loop(start, stop, body, init)
 
+  return _VmapProgram(tx=tx, run_steps=jax.jit(run_steps, donate_argnums=(0,)), apply=_vmap_apply(graphdef))
+
+
+@functools.lru_cache(maxsize=32)
+def _vmap_apply(graphdef: Any) -> Callable[..., Any]:
+  """``apply(params_R, inputs) -> logits [R, N, C]``, one jitted function per graph: prediction does not
+  depend on the loss, optimizer or step count, so the groups of every loss share its compiled programs."""
+
   @jax.jit
   def apply(params_R, inputs):
-    return jax.vmap(lambda p: apply_fn(p, None, inputs, None))(params_R)
+    return jax.vmap(lambda p: nnx.merge(graphdef, p)(**inputs))(params_R)
 
-  return _VmapProgram(tx=tx, run_steps=jax.jit(run_steps, donate_argnums=(0,)), apply=apply)
+  return apply
 
 
 def _shared_orders(order_SxRxB: np.ndarray) -> tuple[np.ndarray | None, int]:
@@ -585,12 +661,15 @@ def train_vmap(
   inv = None if perm is None else np.argsort(perm)
   ordered = (lambda a: a) if perm is None else (lambda a: np.asarray(a)[perm])
   seeds = tuple(int(s) for s in ordered(np.asarray(data.seeds)))
-  graphdef, params = init_params(make_model, seeds)
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: make_model(nnx.Rngs(0))))
   program = _vmap_program(graphdef, loss_fn, _opt_key(opt), int(num_steps), num_runs, share)
   tx, run_steps, apply = program.tx, program.run_steps, program.apply
 
-  def in_caller_order(tree):
-    return tree if inv is None else jax.tree.map(lambda a: a[inv], tree)
+  def in_caller_order(tree):  # Host arrays by numpy, device arrays by one shared program (no op-by-op gathers).
+    if inv is None:
+      return tree
+    host = all(isinstance(a, np.ndarray) for a in jax.tree.leaves(tree))
+    return jax.tree.map(lambda a: a[inv], tree) if host else _take_runs(tree, inv.astype(np.int32))
 
   plain = _plain(opt)
   values = {"learning_rate": plain["learning_rate"], "weight_decay": plain.get("weight_decay", 0.0),
@@ -601,20 +680,16 @@ def train_vmap(
     if v.shape != (num_runs,):
       raise ValueError(f"hparams[{k!r}] has {v.size} values for {num_runs} runs.")
   values = {k: ordered(v) for k, v in values.items()}
+  states = _init_states(make_model, tx, np.asarray(seeds, np.uint32), values)
 
-  def init(p, seed, h):
-    state = train_lib.init_state(p, {}, tx, seed)
-    return state.replace(opt_state=train_lib.with_hyperparams(state.opt_state, h))
-
-  states = jax.vmap(init)(params, jnp.asarray(seeds, jnp.uint32), values)
-
-  inputs_dev = jax.tree.map(jnp.asarray, dict(data.inputs))
-  targets_dev = jnp.asarray(ordered(data.targets_RxNxC), jnp.float32)
+  # Onto the device by transfers, in the dtypes the loop program was compiled for.
+  inputs_dev = _to_device(dict(data.inputs))
+  targets_dev = _to_device(np.asarray(ordered(data.targets_RxNxC), np.float32))
   order = data.order_SxRxB if perm is None else np.asarray(data.order_SxRxB)[:, perm]
-  order_dev = jnp.asarray(order[:, ::share])  # [S, U, B]: one row per distinct order.
+  order_dev = _to_device(order[:, ::share])  # [S, U, B]: one row per distinct order.
   # Row weights always go in (ones without a filter): one program for weighted and unweighted groups.
-  weights_dev = jnp.asarray(np.ones(data.targets_RxNxC.shape[:2], np.float32) if data.weights_RxN is None
-                            else ordered(data.weights_RxN), jnp.float32)
+  weights_dev = _to_device(np.ones(data.targets_RxNxC.shape[:2], np.float32) if data.weights_RxN is None
+                           else np.asarray(ordered(data.weights_RxN), np.float32))
   if step_cost is not None:
     # The loop program the chunks run, compiled here once (the calls below reuse it): XLA counts a
     # loop's body once, so its cost is one step of every run (plus the carry's few zeros).
@@ -628,7 +703,7 @@ def train_vmap(
   if validation is not None:
     validation.rows = [[] for _ in range(num_runs)]
     validation.selected_steps = [None] * num_runs
-    val_inputs_dev = jax.tree.map(jnp.asarray, dict(validation.inputs))
+    val_inputs_dev = _to_device(dict(validation.inputs))
   with progress_lib.Progress(num_steps, desc, unit="step", enabled=progress) as bar:
     for start, stop in zip([0] + stops[:-1], stops):
       states, metrics_R, first_bad = run_steps(states, start, stop, order_dev, inputs_dev, targets_dev, weights_dev)
@@ -658,10 +733,7 @@ def train_vmap(
           if better[r]:
             validation.selected_steps[r] = stop
         best_R = np.where(better, scores, best_R)
-        if best_params is None:
-          best_params = jax.tree.map(jnp.copy, params_R)  # The state is donated to the next chunk.
-        else:
-          keep = jnp.asarray(better)
-          best_params = jax.tree.map(
-              lambda p, b: jnp.where(keep.reshape((-1,) + (1,) * (p.ndim - 1)), p, b), params_R, best_params)
+        # A copy at the first evaluation (the state is donated to the next chunk), then the better runs'.
+        best_params = (_keep_better(np.ones(num_runs, bool), params_R, params_R) if best_params is None
+                       else _keep_better(better, params_R, best_params))
   return apply, (in_caller_order(states.params) if best_params is None else best_params), history

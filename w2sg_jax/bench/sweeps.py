@@ -164,7 +164,10 @@ def bench_grid(*, quick: bool, log: Callable[[str], None] = print) -> dict[str, 
     engines.train_runs(runs[:2], engine="vmap", **{**kw, "train_cfg": {**kw["train_cfg"], "epochs": 0,
                                                                        "num_steps": 3}})
     cold = {}
-    engines._vmap_program.cache_clear()  # pylint: disable=protected-access (cold programs, as a fresh process has)
+    # Cold programs, as a fresh process has: the training loop, the shared prediction and the set-up programs.
+    engines._vmap_program.cache_clear()  # pylint: disable=protected-access
+    engines._vmap_apply.cache_clear()  # pylint: disable=protected-access
+    engines._INIT_PROGRAMS.clear()  # pylint: disable=protected-access
     for name, fn in (("grid", grid), ("one run", lambda: engines.train_runs(runs[:1], engine="vmap", **kw).logits)):
       with _compile_seconds() as secs:  # Each side's own programs (R runs vs 1: two cache keys).
         t0 = time.perf_counter()
