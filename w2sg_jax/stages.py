@@ -53,7 +53,7 @@ from w2sg_jax.log import log
 # task keys each role's checkpoint by content (and a hub id by its resolved commit) in its data
 # fingerprint, so the same files at another path reuse every stage.
 NON_SEMANTIC_KEYS = frozenset({"log_every", "save_every", "eval_batch_size", "checkpoint", "checkpoint_revision"})
-CEILING_SPLITS = ("w2s_train", "weak_train")  # ceiling.split
+CEILING_SPLITS = schema.CEILING_SPLITS  # ceiling.split; the schema says which (one list, not two).
 TEST_LOGITS = "test_logits.npy"
 # The key of a strong run's metrics in its cache entry's info: computed once, when the run is
 # produced, so a rerun that trains nothing reads them instead of recomputing (and compiling).
