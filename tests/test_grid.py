@@ -139,3 +139,98 @@ def test_the_plan_counts_every_grid_point_once_with_the_default_among_them():
   mixed = counts(**{"student.grid": {"learning_rate": (lr / 3, lr * 3), "loss_alpha": (0.25, 0.75)}})
   per_cell = cells // 3
   assert mixed["runs"] - 2 == per_cell * ((4 + 1) + (2 + 1) + (2 + 1))
+
+
+@pytest.fixture(scope="module")
+def weak_and_ceiling_grid_run(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("weak_ceiling_grid")
+  overrides = {
+      "seeds": 2, "data.sizes.weak_train": 256, "data.sizes.w2s_train": 512, "data.sizes.test": 256,
+      "student.losses": ("xent",), "student.noise.rates": (0.0,), "student.train.epochs": 2,
+      "student.train.select.metric": "accuracy", "student.train.select.holdout": 64,
+      "weak.train.select.metric": "accuracy", "weak.train.select.holdout": 48, "cache_dir": str(tmp / "cache")}
+  c = config_lib.load_config(os.path.join(REPO, "experiments", "synthetic.py:smoke"), overrides)
+  weak_lr = float(c.weak.train.optimizer.learning_rate)
+  strong_lr = float(c.student.train.optimizer.learning_rate)
+  with c.unlocked():
+    c.weak.grid = {"learning_rate": (weak_lr / 30, weak_lr, weak_lr * 10)}
+    c.ceiling.grid = {"learning_rate": (strong_lr / 30, strong_lr * 3)}
+  p = pipeline.Pipeline(c, str(tmp / "run"), tasks.get(c.task))
+  results = p.run()
+  plain = config_lib.load_config(os.path.join(REPO, "experiments", "synthetic.py:smoke"), overrides)
+  return tmp, results, p.cache, (weak_lr, strong_lr), plain
+
+
+@pytest.mark.slow
+def test_weak_and_ceiling_grids_pick_on_their_ground_truth_holdouts(weak_and_ceiling_grid_run):
+  tmp, results, cache, (weak_lr, strong_lr), plain = weak_and_ceiling_grid_run
+  weak, ceiling = results["weak"], results["ceiling"]
+  # The config's own setting is a point ({}), listed first; a grid value equal to it is that point, not a copy.
+  assert [r["grid_point"] for r in weak["grid"]] == [{}, {"learning_rate": weak_lr / 30},
+                                                     {"learning_rate": weak_lr * 10}]
+  assert [r["grid_point"] for r in ceiling["grid"]] == [{}, {"learning_rate": strong_lr / 30},
+                                                        {"learning_rate": strong_lr * 3}]
+  for part in (weak, ceiling):
+    scores = [r["holdout_score"] for r in part["grid"]]
+    assert all(s is not None for s in scores)
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))  # Ties: the earlier point.
+    assert part["grid_point"] == part["grid"][best]["grid_point"]
+    # The reported model is the picked point's.
+    assert part["test_accuracy"] == pytest.approx(part["grid"][best]["test_accuracy"], abs=1e-12)
+  # A 1/30 learning rate barely moves the weak model: it should not be the pick.
+  assert weak["grid_point"] != {"learning_rate": weak_lr / 30}
+  # 3 weak models; 2 ceiling seeds x 3 points.
+  entries = lambda stage: [d for d in os.listdir(os.path.join(cache.root, stage)) if not d.startswith(".")]  # noqa: E731
+  assert len(entries("weak")) == 3
+  assert len(entries("ceiling")) == 6
+
+
+@pytest.mark.slow
+def test_the_config_s_own_weak_and_ceiling_points_are_the_runs_without_a_grid(weak_and_ceiling_grid_run):
+  """Without the grids, the same config reuses the default points' weak model and ceiling runs, and their
+  test accuracies are the grid table's first rows: an empty grid keys nothing new."""
+  tmp, results, cache, _, plain = weak_and_ceiling_grid_run
+  with plain.unlocked():
+    plain.cache_dir = str(tmp / "cache")
+    plain.student.grid = {}
+  p = pipeline.Pipeline(plain, str(tmp / "plain"), tasks.get(plain.task))
+  again = p.run()
+  assert not [e for e in p.cache.computed() if e.stage in ("weak", "ceiling")]
+  assert again["weak"]["test_accuracy"] == pytest.approx(results["weak"]["grid"][0]["test_accuracy"], abs=1e-12)
+  assert again["ceiling"]["test_accuracy"] == pytest.approx(results["ceiling"]["grid"][0]["test_accuracy"],
+                                                            abs=1e-12)
+  assert "grid" not in again["weak"] and "grid" not in again["ceiling"]
+
+
+def test_weak_and_ceiling_grids_are_checked_before_compute():
+  c = config_lib.load_config(os.path.join(REPO, "experiments", "synthetic.py:smoke"))
+  with c.unlocked():
+    c.weak.grid = {"loss_alpha": (0.5,)}
+    c.ceiling.grid = {"learning_rate": (1e-3,)}
+  with pytest.raises(schema.ConfigError) as e:
+    schema.Experiment.from_configdict(c)
+  text = str(e.value)
+  assert "weak.grid['loss_alpha']" in text and "xent, which has no hyperparameters" in text
+  assert "ceiling.grid" in text and "student.train.select.metric" in text
+  with c.unlocked():
+    c.weak.grid = {"learning_rate": (1e-3, 3e-3)}
+    c.ceiling.grid = {}
+  with pytest.raises(schema.ConfigError) as e:
+    schema.Experiment.from_configdict(c)
+  assert "weak.train.select.metric" in str(e.value)
+
+
+def test_the_plan_counts_the_weak_and_ceiling_grid_points():
+  from w2sg_jax import plan
+
+  plans = {"weak": {"num_steps": 10, "eval_batch_size": 8}, "strong": {"num_steps": 100, "eval_batch_size": 8}}
+  c = config_lib.load_config(os.path.join(REPO, "experiments", "synthetic.py:smoke"))
+  c = schema.Experiment.from_configdict(c).to_configdict()
+  before = plan.whole_config_counts(c, plans)
+  lr = float(c.weak.train.optimizer.learning_rate)
+  with c.unlocked():
+    c.weak.grid = {"learning_rate": (lr, lr / 3, lr * 3)}  # The config's own rate among them: 3 models, not 4.
+    c.ceiling.grid = {"weight_decay": (0.5,)}  # One more point per seed.
+  after = plan.whole_config_counts(c, plans)
+  assert after["weak"]["runs"] == 3 * before["weak"]["runs"]
+  assert after["strong"]["runs"] == before["strong"]["runs"] + int(c.seeds)

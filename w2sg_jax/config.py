@@ -621,6 +621,29 @@ class StudentConfig(Block):
              "student.train.select.metric='accuracy' (or 'auroc') and student.train.select.holdout (e.g. 500).")
 
 
+def _check_optimizer_grid(c: Checks, grid: Any) -> bool:
+  """A weak or ceiling ``grid``: optimizer axes only (they train with xent). True if it is a non-empty valid one."""
+  from w2sg_jax import grid as grid_lib  # pylint: disable=g-import-not-at-top
+
+  if not _is_mapping(grid):
+    c.fail("grid", grid, "must map a setting to a tuple of values, e.g. {'learning_rate': (1e-3, 3e-3, 1e-2)}.")
+    return False
+  ok = True
+  for key, values in _items(grid):
+    if str(key) not in grid_lib.OPTIMIZER_KEYS:
+      c.fail(f"grid[{key!r}]", values, f"not a grid axis here; use {', '.join(grid_lib.OPTIMIZER_KEYS)} (this "
+             "model trains with xent, which has no hyperparameters).")
+      ok = False
+    elif isinstance(values, str) or not isinstance(values, (list, tuple)) or not values or \
+        not all(_is_number(v) and math.isfinite(float(v)) and float(v) >= 0 for v in values):
+      c.fail(f"grid[{key!r}]", values, "must be a non-empty tuple of numbers >= 0.")
+      ok = False
+    elif len(set(float(v) for v in values)) != len(values):
+      c.fail(f"grid[{key!r}]", values, "lists a value twice.")
+      ok = False
+  return ok and bool(grid)
+
+
 def _check_engine(c: Checks, key: str, value: Any) -> None:
   import warnings  # pylint: disable=g-import-not-at-top
 
@@ -652,10 +675,14 @@ class CeilingConfig(Block):
 
   split: str = field("w2s_train", help="'w2s_train' (the students' examples) or 'weak_train' (the weak model's, "
                      "as Burns et al. and Yao et al.).")
+  grid: dict[str, tuple[float, ...]] = field(factory=dict, help="Optimizer settings to tune the ceiling over "
+                                             "(learning_rate, weight_decay), picked per experiment on its "
+                                             "student.train.select holdout, labelled with ground truth; {} = none.")
 
   def _check(self, c: Checks) -> None:
     super()._check(c)
     c.choice("split", self.split, CEILING_SPLITS, what="split")
+    _check_optimizer_grid(c, self.grid)
 
 
 @_frozen
@@ -945,11 +972,19 @@ class WeakConfig(Block):
   train: TrainConfig = field(help="The weak model's training on weak_train.")
   engine: str = field("data_parallel", help="'data_parallel' or 'vmap' (see student.engine).")
   per_seed: bool = field(False, help="One weak model per student seed (its stores keyed by it); False = one for all.")
+  grid: dict[str, tuple[float, ...]] = field(factory=dict, help="Optimizer settings to tune the weak model over "
+                                             "(learning_rate, weight_decay): the point whose model scores best on "
+                                             "weak.train.select's holdout of weak_train (ground truth) labels; "
+                                             "{} = none.")
 
   def _check(self, c: Checks) -> None:
     super()._check(c)
     _check_engine(c, "engine", self.engine)
     c.boolean("per_seed", self.per_seed)
+    if _check_optimizer_grid(c, self.grid) and \
+        getattr(getattr(self.train, "select", None), "metric", "last") == "last":
+      c.fail("grid", dict(self.grid), "picking the weak model's point needs a holdout of weak_train: set "
+             "weak.train.select.metric='accuracy' (or 'auroc') and weak.train.select.holdout (e.g. 200).")
 
 
 @_frozen
@@ -1105,6 +1140,12 @@ class Experiment(Block):
     c.seed("seed", self.seed, limit=limit, why=why)
     if self.runner == "theory" and self.theory is None:
       c.problems.append(f"{c.p}theory is missing; runner='theory' reads it (experiments/tweets_theory.py shows one).")
+    ceiling_grid = getattr(self.ceiling, "grid", None)
+    select = getattr(getattr(getattr(self.student, "train", None), "select", None), "metric", "last")
+    if ceiling_grid and _is_mapping(ceiling_grid) and select == "last":
+      c.problems.append(f"{c.p}ceiling.grid={dict(ceiling_grid)!r}: picking the ceiling's point needs the holdout "
+                        "it trains beside (the ceiling trains with student.train): set "
+                        "student.train.select.metric='accuracy' (or 'auroc') and student.train.select.holdout.")
 
   # --------------------------------------------------------- conversion
 

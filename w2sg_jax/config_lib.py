@@ -70,10 +70,23 @@ def noise_config(rates: tuple[float, ...], *, scale: float = -1.0, seed: int = 0
   })
 
 
-def ceiling_config(split: str = "w2s_train") -> ml_collections.ConfigDict:
+def ceiling_config(split: str = "w2s_train", grid: Mapping[str, tuple[float, ...]] | None = None
+                   ) -> ml_collections.ConfigDict:
   """The strong ceiling of PGR: the strong model trained on ground truth."""
   # 'w2s_train' (the students' examples) or 'weak_train' (the weak model's, as Burns et al. and Yao et al.).
-  return ml_collections.ConfigDict({"split": split})
+  # grid: optimizer settings to tune it over, picked on student.train.select's holdout ({} = none).
+  return ml_collections.ConfigDict({"split": split, "grid": ml_collections.ConfigDict(dict(grid or {}))})
+
+
+def add_tuning_grids(c: ml_collections.ConfigDict) -> None:
+  """Gives ``c`` an empty ``weak.grid`` and ``ceiling.grid`` where it has none, so that every shipped config
+  takes ``--config.weak.grid=...`` and ``--config.ceiling.grid=...`` (config.WeakConfig/CeilingConfig)."""
+  if "grid" not in c.weak:
+    c.weak.grid = ml_collections.ConfigDict({})
+  if "ceiling" not in c:
+    c.ceiling = ceiling_config()
+  elif "grid" not in c.ceiling:
+    c.ceiling.grid = ml_collections.ConfigDict({})
 
 
 def student_config(

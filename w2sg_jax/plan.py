@@ -580,6 +580,14 @@ def _loss(losses_lib, config, name: str):
     raise PlanError(f"loss {name!r}: {e}") from e
 
 
+def optimizer_grid_points(grid, optimizer) -> int:
+  """Models a weak or ceiling ``grid`` trains per seed: its points, the config's own setting counted once."""
+  from w2sg_jax import grid as grid_lib  # pylint: disable=g-import-not-at-top
+
+  points = grid_lib.expand(dict(grid or {})) if grid else []
+  return 1 + sum(1 for p in points if any(k not in optimizer or float(optimizer[k]) != float(v) for k, v in p.items()))
+
+
 def grid_settings(config, student) -> dict[str, int]:
   """Per loss, the settings ``student.grid`` trains it at: the grid's points that apply to it, with the
   config's own setting counted once (`stages.Stages._grid_runs`)."""
@@ -613,6 +621,8 @@ def whole_config_counts(config, plans: dict[str, dict[str, Any]]) -> dict[str, d
     runs = int(config.get("seeds", 1)) if config.weak.get("per_seed", False) else 1  # One weak model per seed?
     if {"ensemble", "disagreement_filter"} & set(methods):  # K - 1 more weak models per weak model.
       runs *= settings.ensemble_size
+    runs += (optimizer_grid_points(config.weak.get("grid", None), config.weak.train.optimizer) - 1) * (
+        int(config.get("seeds", 1)) if config.weak.get("per_seed", False) else 1)  # weak.grid's other points.
     out["weak"] = {"runs": runs, "train_steps": runs * p["num_steps"],
                    "eval_steps": runs * math.ceil(labelled / p["eval_batch_size"])}
   if "strong" in plans:
@@ -625,7 +635,8 @@ def whole_config_counts(config, plans: dict[str, dict[str, Any]]) -> dict[str, d
                  + (cells if m == "bootstrap" else 0) for m in methods}
     if student.grid and "single" in by_method:  # Every grid point of a loss is a student per cell.
       by_method["single"] = cells * sum(grid_settings(config, student).values())
-    runs = sum(by_method.values()) + seeds
+    ceiling_grid = (config.get("ceiling", None) or {}).get("grid", None)
+    runs = sum(by_method.values()) + seeds * optimizer_grid_points(ceiling_grid, config.student.train.optimizer)
     out["strong"] = {"runs": runs, "train_steps": runs * p["num_steps"],
                      "eval_steps": runs * math.ceil(sizes.get("test", 0) / p["eval_batch_size"]),
                      **({"runs_by_method": by_method} if list(methods) != ["single"] else {})}

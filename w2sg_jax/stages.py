@@ -22,6 +22,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -281,6 +282,8 @@ class WeakResult:
   selected_step: int | None = None  # Under weak.train.select: the step whose model labels (else the last).
   cost: dict[str, Any] | None = None  # Training and labelling (`w2sg_jax.cost`); None if only its stores are kept.
   seed_results: dict[int, "WeakResult"] = dataclasses.field(default_factory=dict)  # weak.per_seed: each seed's.
+  grid_point: dict[str, float] = dataclasses.field(default_factory=dict)  # weak.grid's pick; {} = the config's.
+  grid: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # weak.grid: every point's scores.
 
   def result_for(self, seed: int) -> "WeakResult":
     """The weak model a student of ``seed`` learns from (its own under weak.per_seed)."""
@@ -297,6 +300,7 @@ class WeakResult:
         "store": self.stores["w2s_train"].directory, "w2s_label_accuracy": self.w2s_label_accuracy,
         "test_accuracy": self.test_accuracy, "test_auroc": self.test_auroc,
         **({"selected_step": self.selected_step} if self.selected_step is not None else {}),
+        **({"grid_point": self.grid_point, "grid": self.grid} if self.grid else {}),
     }
 
 
@@ -311,6 +315,8 @@ class CeilingResult:
   test_auroc: float
   test_correct: np.ndarray  # mean correctness over seeds, [N] in [0, 1]
   selected_steps: list[int | None] = dataclasses.field(default_factory=list)  # per seed, under train.select
+  grid_point: dict[str, float] = dataclasses.field(default_factory=dict)  # ceiling.grid's pick; {} = the config's.
+  grid: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # ceiling.grid: every point's scores.
 
   def public(self) -> dict[str, Any]:
     return {
@@ -318,6 +324,7 @@ class CeilingResult:
         "n_seeds": len(self.seeds), "test_accuracy": self.test_accuracy,
         "test_accuracy_per_seed": self.test_accuracy_per_seed, "test_auroc": self.test_auroc,
         **({"selected_steps": self.selected_steps} if any(s is not None for s in self.selected_steps) else {}),
+        **({"grid_point": self.grid_point, "grid": self.grid} if self.grid else {}),
     }
 
 
@@ -425,6 +432,7 @@ class Stages:
   def weak_components(self, data: DataResult, seed: int | None = None) -> dict[str, Any]:
     weak = semantic(self.config.weak)
     per_seed = bool(weak.pop("per_seed", False))
+    weak.pop("grid", None)  # A point's model is keyed by the settings it trains with (`_weak_model`'s point).
     components = {
         "task": self.task.name, "data": data.fingerprint, "weak": weak,
         "seed": int(self.config.seed if seed is None else seed), "truth": self.truth_store(data, "weak_train").hash,
@@ -442,7 +450,7 @@ class Stages:
   @_profiled("weak")
   def weak(self, data: DataResult) -> WeakResult:
     """The weak model(s); with ``weak.per_seed`` one per student seed, so seed intervals include its variance."""
-    results = {seed: self._weak_model(data, seed) for seed in self.weak_seeds}
+    results = {seed: self._tuned_weak_model(data, seed) for seed in self.weak_seeds}
     if len(results) == 1 and not self.config.weak.get("per_seed", False):
       return next(iter(results.values()))
     runs = list(results.values())
@@ -458,10 +466,39 @@ class Stages:
     """Member ``member`` of an ensemble around the weak model of ``seed``: member 0 is that model
     itself; member k >= 1 has seed ``seed + k`` and, with ``bagging``, learns from its own bootstrap
     resample of weak_train (`methods.bootstrap_indices`), as row weights equal to the resample counts."""
+    tuned = self._tuned_weak_model(data, seed)
     if member == 0:
-      return self._weak_model(data, seed)
+      return tuned
     return self._weak_model(data, seed + member, member={"index": int(member), "of_seed": int(seed),
-                                                         "bagging": bool(bagging)})
+                                                         "bagging": bool(bagging)}, point=tuned.grid_point)
+
+  def _tuned_weak_model(self, data: DataResult, seed: int) -> WeakResult:
+    """The weak model of ``seed``; under ``weak.grid``, the point (the config's own setting among them)
+    whose model scores best on weak.train.select's holdout of weak_train, which is labelled with ground
+    truth, as the weak model's training labels are. Ties go to the earlier point, the config's first."""
+    grid = dict(self.config.weak.get("grid", None) or {})
+    if not grid:
+      return self._weak_model(data, seed)
+    optimizer = self.config.weak.train.optimizer
+    points = [{}] + [p for p in grid_lib.expand(grid) if not _is_optimizer_setting(optimizer, p)]
+    models = [self._weak_model(data, seed, point=p) for p in points]
+    scores = [_holdout_score(self.cache.open("weak", cache_lib.stage_key("weak", self._weak_key_components(
+        data, seed, p)))) for p in points]
+    best = max(range(len(points)), key=lambda i: (-math.inf if scores[i] is None else scores[i], -i))
+    table = [{"grid_point": dict(p), "holdout_score": sc, "test_accuracy": m.test_accuracy}
+             for p, sc, m in zip(points, scores, models)]
+    log.info("weak model (seed %d): picked %s on its weak_train holdout (%s)", seed,
+             grid_lib.point_name(points[best]), ", ".join(f"{grid_lib.point_name(r['grid_point'])}: "
+                                                          f"{r['holdout_score']}" for r in table))
+    return dataclasses.replace(models[best], grid_point=dict(points[best]), grid=table)
+
+  def _weak_key_components(self, data: DataResult, seed: int, point: Mapping[str, float]) -> dict[str, Any]:
+    """The weak model's key components at grid ``point`` (its optimizer settings as if the config said them)."""
+    components = self.weak_components(data, seed)
+    if point:
+      components["weak"].setdefault("train", {}).setdefault("optimizer", {}).update(
+          {k: float(v) for k, v in point.items()})
+    return components
 
   def _bagged_truth(self, data: DataResult, seed: int, member: int) -> store_lib.WeakLabelStore:
     """weak_train's ground truth weighted by member ``member``'s bootstrap resample counts."""
@@ -475,12 +512,15 @@ class Stages:
 
     return self.derived_store(components, compute)[0]
 
-  def _weak_model(self, data: DataResult, seed: int, member: Mapping[str, Any] | None = None) -> WeakResult:
-    """One weak model, trained on weak_train's ground truth only if one of its stores is missing."""
+  def _weak_model(self, data: DataResult, seed: int, member: Mapping[str, Any] | None = None,
+                  point: Mapping[str, float] | None = None) -> WeakResult:
+    """One weak model, trained on weak_train's ground truth only if one of its stores is missing; ``point``:
+    its optimizer settings off the config (a ``weak.grid`` point)."""
     cfg = self.config.weak
     make_model = self.task.make_model("weak", self.config)
     trainable = self.task.trainable("weak", self.config)
-    weak_components = self.weak_components(data, seed)
+    point = dict(point or {})
+    weak_components = self._weak_key_components(data, seed, point)
     truth = self.truth_store(data, "weak_train")
     if member is not None:  # An ensemble member (`weak_member`); the single weak model's key is unchanged.
       weak_components["member"] = dict(member)
@@ -493,7 +533,7 @@ class Stages:
       def produce(out_dir, work_dir):
         train = data.splits["weak_train"]
         trained = engines.train_runs(
-            [engines.RunSpec(seed=int(seed), store=truth, work_dir=work_dir)],
+            [engines.RunSpec(seed=int(seed), store=truth, work_dir=work_dir, optimizer=point or None)],
             engine=str(cfg.get("engine", "data_parallel")), make_model=make_model, train_ids=train.ids,
             train_inputs=train.inputs["weak"],
             eval_inputs={s: data.splits[s].inputs["weak"] for s in ("w2s_train", "test")},
@@ -643,13 +683,32 @@ class Stages:
     seeds = self.student_seeds
     split = self.ceiling_split
     truth = self.truth_store(data, split)
+    # ceiling.grid: every point x seed in one group; the config's own setting ({}) first, so it wins ties.
+    grid = dict((self.config.get("ceiling", None) or {}).get("grid", None) or {})
+    optimizer = self.config.student.train.optimizer
+    points = [{}] + [p for p in grid_lib.expand(grid) if not _is_optimizer_setting(optimizer, p)] if grid else [{}]
     with self.profile.part("runs"):
       try:
-        entries = self._train_strong(data, "ceiling", "xent", {}, [(s, truth) for s in seeds], "ceiling",
-                                     train_split=split)
+        all_entries = self._train_strong(data, "ceiling", "xent", {}, [(s, truth) for _ in points for s in seeds],
+                                         "ceiling", train_split=split,
+                                         overrides=[dict(p) for p in points for _ in seeds] if grid else None)
       except cache_lib.RunsOfOtherWorkers as e:  # --worker: the other seeds' ceilings are another's.
         self.missing_runs.extend((e.stage, k) for k in e.keys)
         return None
+    by_point = [all_entries[i * len(seeds):(i + 1) * len(seeds)] for i in range(len(points))]
+    table, best = [], 0
+    if grid:  # The point whose runs score best on their holdout, labelled with ground truth: the ceiling's own labels.
+      for p, group in zip(points, by_point):
+        scores = [_holdout_score(e) for e in group]
+        mean = float(np.mean(scores)) if all(sc is not None for sc in scores) else None
+        accuracy = float(np.mean([cached_run_metrics(e, np.load(e.path(TEST_LOGITS)), data.splits["test"].labels)[0]
+                                  ["test_accuracy"] for e in group]))
+        table.append({"grid_point": dict(p), "holdout_score": mean, "test_accuracy": accuracy})
+      best = max(range(len(points)), key=lambda i: (-math.inf if table[i]["holdout_score"] is None
+                                                    else table[i]["holdout_score"], -i))
+      log.info("strong ceiling: picked %s on its holdout (%s)", grid_lib.point_name(points[best]),
+               ", ".join(f"{grid_lib.point_name(r['grid_point'])}: {r['holdout_score']}" for r in table))
+    entries = by_point[best]
     labels = data.splits["test"].labels
     per_seed = []
     with self.profile.part("metrics"):
@@ -669,6 +728,7 @@ class Stages:
         # Mean correctness over seeds: the paired bootstrap resamples examples.
         test_correct=np.mean([r["test_correct"] for r in per_seed], 0).astype(np.float32),
         selected_steps=[e.info.get("selected_step") for e in entries],
+        grid_point=dict(points[best]), grid=table,
     )
     log.info("strong ceiling: test accuracy %.4f", result.test_accuracy)
     return result
@@ -767,8 +827,7 @@ class Stages:
 
   def _is_config_optimizer(self, settings: Mapping[str, float]) -> bool:
     """Whether optimizer ``settings`` (a grid point's) are what student.train.optimizer already says."""
-    optimizer = self.config.student.train.optimizer
-    return all(k in optimizer and float(optimizer[k]) == float(v) for k, v in settings.items())
+    return _is_optimizer_setting(self.config.student.train.optimizer, settings)
 
   def grid_default_points(self) -> dict[str, dict[str, float]]:
     """Per loss, the config's own setting on each of the grid's axes that apply to it (what ``grid_point``
@@ -868,9 +927,14 @@ def _accepts(loss: str, hparams: Mapping[str, Any], hparam: str) -> bool:
   return True
 
 
-def _holdout_score(entry: cache_lib.Entry) -> float | None:
-  """The run's best score on its weak-labelled holdout (the step it returns), or None without one."""
-  rows = entry.info.get("validation") or []
+def _is_optimizer_setting(optimizer: Mapping[str, Any], settings: Mapping[str, float]) -> bool:
+  """Whether optimizer ``settings`` (a grid point's) are what the ``optimizer`` config already says."""
+  return all(k in optimizer and float(optimizer[k]) == float(v) for k, v in settings.items())
+
+
+def _holdout_score(entry: cache_lib.Entry | None) -> float | None:
+  """The run's best score on its holdout (the step it returns), or None without one (or without its entry)."""
+  rows = (entry.info.get("validation") if entry is not None else None) or []
   scores = [v for row in rows for k, v in row.items() if k != "step" and isinstance(v, (int, float))]
   return float(max(scores)) if scores else None
 

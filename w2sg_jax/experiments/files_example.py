@@ -34,6 +34,7 @@ import os
 
 import ml_collections
 
+from w2sg_jax import config_lib
 from w2sg_jax.config_lib import noise_config, pretrained_model, report_config, student_config, train_config
 
 VARIANTS = ("minilm",)
@@ -120,4 +121,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     for t in (c.weak.train, c.student.train):
       t.optimizer.learning_rate = 1e-2  # Only a linear head trains.
       t.epochs = 3.0  # The frozen encoder runs at every step (features are not cached on this road).
+  config_lib.add_tuning_grids(c)
   return c

@@ -75,6 +75,7 @@ import os
 
 import ml_collections
 
+from w2sg_jax import config_lib
 from w2sg_jax.config_lib import PAPER_METHODS, ceiling_config, methods_config, train_config
 
 # The paper's losses (CE, KL, reverse KL, JS, squared Hellinger, Pearson chi2, Jeffreys).
@@ -219,6 +220,7 @@ def build_config(
       c.data.sizes = ml_collections.ConfigDict({"weak_train": 16, "w2s_train": 16, "test": 16})
   elif arg:
     raise ValueError(f"unknown variant {arg!r} of experiments/{module}; known: {', '.join(VARIANTS)}.")
+  config_lib.add_tuning_grids(c)
   c.lock()
   return c
 

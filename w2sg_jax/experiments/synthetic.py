@@ -17,6 +17,7 @@ Variants (after the colon): ``smoke`` (tiny, for tests; seconds).
 import ml_collections
 
 from w2sg_jax import losses
+from w2sg_jax import config_lib
 from w2sg_jax.config_lib import head_model, noise_config, report_config, student_config, train_config
 
 
@@ -64,6 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.student.train.optimizer.learning_rate = 3e-3
   elif arg:
     raise ValueError(f"unknown variant {arg!r} of experiments/synthetic.py; known: smoke.")
+  config_lib.add_tuning_grids(c)
   c.lock()
   return c
 

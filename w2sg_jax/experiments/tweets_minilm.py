@@ -28,6 +28,7 @@ accuracy, an upper bound, never a result).
 import ml_collections
 
 from w2sg_jax import losses
+from w2sg_jax import config_lib
 from w2sg_jax.config_lib import noise_config, report_config, student_config, train_config
 
 
@@ -104,6 +105,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.student.train = train_config(batch_size=32, epochs=2, learning_rate=5e-5)
   elif arg:
     raise ValueError(f"unknown variant {arg!r} of experiments/tweets_minilm.py; known: {', '.join(VARIANTS)}.")
+  config_lib.add_tuning_grids(c)
   c.lock()
   return c
 

@@ -86,6 +86,7 @@ import os
 import ml_collections
 
 from w2sg_jax import losses
+from w2sg_jax import config_lib
 from w2sg_jax.config_lib import PAPER_METHODS, noise_config, pretrained_model, report_config, student_config, train_config
 
 # The repository (the smoke variants read its tests/fixtures: a clone, not a pip install).
@@ -206,5 +207,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.student.train.select.metric = "accuracy"
   elif arg:
     raise ValueError(f"unknown variant {arg!r} of experiments/w2s_llama.py; known: {', '.join(VARIANTS)}.")
+  config_lib.add_tuning_grids(c)
   c.lock()
   return c

@@ -57,6 +57,7 @@ Variants: sciq (the default), boolq, cosmos_qa, amazon_polarity, anthropic_hh.
 import ml_collections
 
 from w2sg_jax import losses
+from w2sg_jax import config_lib
 from w2sg_jax.config_lib import noise_config, pretrained_model, report_config, student_config, train_config
 from w2sg_jax.data import w2s_suite
 from w2sg_jax.experiments.files_example import files_data
@@ -95,4 +96,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       train=train_config(batch_size=32, epochs=2, learning_rate=2e-5, eval_batch_size=64, weight_decay=0.01),
   )
   c.report = report_config()
+  config_lib.add_tuning_grids(c)
   return c
