@@ -42,6 +42,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from w2sg_jax import config as schema
 from w2sg_jax import cost as cost_lib
 from w2sg_jax import losses as losses_lib
 from w2sg_jax import parallel
@@ -182,7 +183,7 @@ def train_runs(
       val_targets.append(np.asarray(r.store.probs[len(train_ids):n], np.float32))
       select.check_targets(val_targets[-1], f"the run of seed {r.seed} ({desc})")
     runs = [dataclasses.replace(r, store=selection_lib.store_rows(r.store, 0, len(train_ids))) for r in runs]
-  num_steps = stream_lib.num_steps_for(len(train_ids), batch_size, cfg.get("epochs", 1), cfg.get("num_steps", 0))
+  num_steps = stream_lib.num_steps_for(len(train_ids), batch_size, _train(cfg, "epochs"), _train(cfg, "num_steps"))
   eval_steps = select.eval_steps(num_steps, len(train_ids) // batch_size) if select.active else ()
   streams = _label_streams(runs, train_ids, train_inputs, batch_size=batch_size, num_steps=num_steps)
   if engine == "vmap":
@@ -275,12 +276,20 @@ def _plain(opt: Mapping[str, Any]) -> dict[str, Any]:
   return opt.to_dict() if hasattr(opt, "to_dict") else dict(opt)
 
 
+def _train(cfg: Mapping[str, Any], key: str) -> Any:
+  """``cfg[key]`` of a training block, or `config.TrainConfig`'s default when it is left out."""
+  return cfg.get(key, getattr(schema.TrainConfig, key))
+
+
+def _opt(opt: Mapping[str, Any], key: str) -> Any:
+  """``opt[key]``, or `config.OptimizerConfig`'s default when it is left out."""
+  return opt.get(key, getattr(schema.OptimizerConfig, key))
+
+
 def _check_overrides(run: RunSpec) -> dict[str, Any]:
   """``run.optimizer`` as a dict, its keys checked against the optimizer config's fields."""
-  from w2sg_jax.config import OptimizerConfig  # pylint: disable=g-import-not-at-top (config imports the engines)
-
   over = dict(run.optimizer or {})
-  known = [f.name for f in dataclasses.fields(OptimizerConfig)]
+  known = [f.name for f in dataclasses.fields(schema.OptimizerConfig)]
   unknown = sorted(set(over) - set(known))
   if unknown:
     raise ValueError(f"RunSpec.optimizer of the run of seed {run.seed} sets {', '.join(unknown)}; the optimizer "
@@ -304,17 +313,16 @@ def group_optimizer(opt: Mapping[str, Any], runs: Sequence[RunSpec]) -> tuple[di
   """
   opt = _plain(opt)
   overrides = [_check_overrides(r) for r in runs]
-  missing = object()
   for key in sorted(set().union(*overrides) - set(train_lib.INJECTED_HPARAMS)):
-    values = [o.get(key, opt.get(key, missing)) for o in overrides]
+    values = [o.get(key, _opt(opt, key)) for o in overrides]  # A run without the key trains at the group's.
     if any(v != values[0] for v in values[1:]):
       raise ValueError(
           f"the runs of one vmap group set optimizer.{key} differently; they may differ only in "
           f"{', '.join(train_lib.INJECTED_HPARAMS)}. Train each {key} in its own train_runs call, or use "
           "engine='data_parallel'.")
     opt[key] = values[0]
-  defaults = {"learning_rate": opt["learning_rate"], "weight_decay": opt.get("weight_decay", 0.0),
-              "warmup_steps": opt.get("warmup_steps", 0)}
+  defaults = {"learning_rate": opt["learning_rate"], "weight_decay": _opt(opt, "weight_decay"),
+              "warmup_steps": _opt(opt, "warmup_steps")}
   hparams = {k: [o.get(k, v) for o in overrides] for k, v in defaults.items()}
   for r, o in zip(runs, overrides):
     lr, wd, warmup = (o.get(k, v) for k, v in defaults.items())
@@ -323,8 +331,8 @@ def group_optimizer(opt: Mapping[str, Any], runs: Sequence[RunSpec]) -> tuple[di
                        "finite number >= 0.")
     if int(warmup) != warmup or int(warmup) < 0:
       raise ValueError(f"the run of seed {r.seed} has warmup_steps={warmup}; it must be a whole number >= 0.")
-    if float(wd) and opt.get("name", "adamw") != "adamw":
-      raise ValueError(f"the run of seed {r.seed} sets weight_decay={wd}, but optimizer {opt.get('name')!r} has "
+    if float(wd) and _opt(opt, "name") != "adamw":
+      raise ValueError(f"the run of seed {r.seed} sets weight_decay={wd}, but optimizer {_opt(opt, 'name')!r} has "
                        "no weight decay; use name='adamw'.")
   return opt, hparams
 
@@ -361,7 +369,7 @@ def _train_data_parallel(make_model, stream, eval_inputs, *, loss_fn, cfg, train
   parallel.check_batch_size(stream.batch_size, mesh)
   tx, schedule = train_lib.make_optimizer(cfg["optimizer"] if opt is None else opt, stream.num_steps)
   apply_fn, state, state_sharding = train_lib.create_state(
-      make_model, tx=tx, seed=stream.seed, mesh=mesh, trainable=trainable, sharding=str(cfg.get("sharding", "auto")),
+      make_model, tx=tx, seed=stream.seed, mesh=mesh, trainable=trainable, sharding=str(_train(cfg, "sharding")),
   )
   trainer = train_lib.Trainer(apply_fn=apply_fn, loss_fn=loss_fn, tx=tx, schedule=schedule,
                               num_steps=stream.num_steps, mesh=mesh, state_sharding=state_sharding)
@@ -375,9 +383,7 @@ def _train_data_parallel(make_model, stream, eval_inputs, *, loss_fn, cfg, train
   def batches(position):
     return stream.host_batches(position, process_index=jax.process_index(), process_count=jax.process_count())
 
-  from w2sg_jax.config import TrainConfig  # pylint: disable=g-import-not-at-top (the one home of the default)
-
-  eval_batch = int(cfg.get("eval_batch_size", TrainConfig.eval_batch_size))
+  eval_batch = int(_train(cfg, "eval_batch_size"))
   validation = None
   if validate is not None:
     select, steps, val_inputs, val_targets = validate
@@ -386,7 +392,7 @@ def _train_data_parallel(make_model, stream, eval_inputs, *, loss_fn, cfg, train
         evaluate=lambda state: select.score(trainer.predict(state, val_inputs, eval_batch), val_targets))
   result = train_lib.fit(
       trainer, state, batches, num_steps=stream.num_steps, workdir=work_dir,
-      save_every=int(cfg.get("save_every", 500)), log_every=int(cfg.get("log_every", 50)), desc=desc,
+      save_every=int(_train(cfg, "save_every")), log_every=int(_train(cfg, "log_every")), desc=desc,
       progress=progress, validation=validation,
   )
   logits = {split: trainer.predict(result.state, inputs, eval_batch, desc=f"{desc}: predict {split}" if progress else None)
@@ -672,8 +678,8 @@ def train_vmap(
     return jax.tree.map(lambda a: a[inv], tree) if host else _take_runs(tree, inv.astype(np.int32))
 
   plain = _plain(opt)
-  values = {"learning_rate": plain["learning_rate"], "weight_decay": plain.get("weight_decay", 0.0),
-            "warmup_steps": plain.get("warmup_steps", 0)}
+  values = {"learning_rate": plain["learning_rate"], "weight_decay": _opt(plain, "weight_decay"),
+            "warmup_steps": _opt(plain, "warmup_steps")}
   values = {k: np.asarray((hparams or {}).get(k, [v] * num_runs), np.int32 if k == "warmup_steps" else np.float32)
             for k, v in values.items()}
   for k, v in values.items():

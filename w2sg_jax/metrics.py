@@ -34,6 +34,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from w2sg_jax import config as schema
 from w2sg_jax.progress import Progress
 
 __all__ = [
@@ -52,8 +53,9 @@ __all__ = [
     "summarize_runs",
 ]
 
-# PGR is undefined unless ceiling - weak >= this (accuracy, so 0.005 = half a point).
-DEFAULT_MIN_GAP = 0.005
+# PGR is undefined unless ceiling - weak >= this (accuracy, so 0.005 = half a point): the schema's
+# `report.min_gap`, for callers that hold no config.
+DEFAULT_MIN_GAP = schema.ReportConfig.min_gap
 
 # Working-memory ceiling for one chunk of the paired bootstrap; the total
 # allocation stays near this whatever the number of resamples.

@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from w2sg_jax import config as schema
+
 DATA_AXIS = "data"
 SHARDING_MODES = ("auto", "replicated", "fsdp")
 # Share of a device's memory that the replicated state and its gradients may
@@ -70,15 +72,16 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
-  """Returns the per-process batch size; raises if the batch cannot be split evenly."""
+  """Returns the per-process batch size; raises if the batch cannot be split evenly.
+
+  The rule and its advice are `config.batch_divides_problem`'s, the one home
+  that `validate` and `plan` also call, so the three say the same thing.
+  """
   num_devices = mesh.devices.size
-  if global_batch_size % num_devices:
-    lower = global_batch_size - global_batch_size % num_devices
-    raise ValueError(
-        f"global batch size {global_batch_size} does not divide evenly over "
-        f"{num_devices} devices; use a multiple of {num_devices} "
-        f"(e.g. {lower or num_devices} or {lower + num_devices})."
-    )
+  why = schema.batch_divides_problem(global_batch_size, num_devices)
+  if why is not None:
+    raise ValueError(f"global batch size {global_batch_size} does not divide evenly over {num_devices} devices; "
+                     f"{why}.")
   return global_batch_size // jax.process_count()
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from w2sg_jax import config as schema
 from w2sg_jax import hashing
 from w2sg_jax import metrics as metrics_lib
 from w2sg_jax.labels.store import WeakLabelStore
@@ -37,11 +38,11 @@ METRICS = ("last", "auroc", "accuracy")
 
 @dataclasses.dataclass(frozen=True)
 class Selection:
-  """``train.select``: ``metric``, ``holdout`` rows and evaluation period ``every``."""
+  """``train.select``: ``metric``, ``holdout`` rows and period ``every`` (defaults: `config.SelectConfig`)."""
 
-  metric: str = "last"
-  holdout: int = 0
-  every: int = 0
+  metric: str = schema.SelectConfig.metric
+  holdout: int = schema.SelectConfig.holdout
+  every: int = schema.SelectConfig.every
 
   def __post_init__(self):
     if self.metric not in METRICS:
@@ -58,8 +59,8 @@ class Selection:
   @classmethod
   def from_config(cls, train_cfg: Mapping[str, Any]) -> Selection:
     block = train_cfg.get("select", None) or {}
-    return cls(metric=str(block.get("metric", "last")), holdout=int(block.get("holdout", 0)),
-               every=int(block.get("every", 0)))
+    return cls(metric=str(block.get("metric", cls.metric)), holdout=int(block.get("holdout", cls.holdout)),
+               every=int(block.get("every", cls.every)))
 
   @property
   def active(self) -> bool:

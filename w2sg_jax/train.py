@@ -42,6 +42,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from w2sg_jax import cache as cache_lib
+from w2sg_jax import config as schema
 from w2sg_jax import cpu as cpu_lib
 from w2sg_jax import hashing
 from w2sg_jax import losses as losses_lib
@@ -57,16 +58,26 @@ ApplyFn = Callable[[PyTree, PyTree, Mapping[str, jax.Array], jax.Array], jax.Arr
 # ------------------------------------------------------------------ optimizer
 
 
+def _opt(opt: Mapping[str, Any], key: str) -> Any:
+  """``opt[key]``, or `config.OptimizerConfig`'s default when the dict leaves it out.
+
+  From the schema, not a literal, so that a dict without ``grad_clip`` clips
+  at the 1.0 that validation, ``--describe`` and the README promise.
+  """
+  return opt.get(key, getattr(schema.OptimizerConfig, key))
+
+
 def make_schedule(opt: Mapping[str, Any], num_steps: int) -> optax.Schedule:
   """Learning-rate schedule from ``opt.schedule`` in {cosine, linear, constant}.
 
   ``opt.warmup_steps`` of linear warm-up from 0 precede the decay; cosine and
-  linear decay to ``opt.end_lr_factor`` (default 0) of the peak at the end.
+  linear decay to ``opt.end_lr_factor`` of the peak at the end. A key left
+  out takes `config.OptimizerConfig`'s default.
   """
   lr = float(opt["learning_rate"])
-  warmup = int(opt.get("warmup_steps", 0))
-  kind = opt.get("schedule", "cosine")
-  end = lr * float(opt.get("end_lr_factor", 0.0))
+  warmup = int(_opt(opt, "warmup_steps"))
+  kind = _opt(opt, "schedule")
+  end = lr * float(_opt(opt, "end_lr_factor"))
   decay_steps = max(num_steps - warmup, 1)
   if kind == "constant":
     main = optax.constant_schedule(lr)
@@ -75,7 +86,7 @@ def make_schedule(opt: Mapping[str, Any], num_steps: int) -> optax.Schedule:
   elif kind == "linear":
     main = optax.linear_schedule(lr, end, decay_steps)
   else:
-    raise ValueError(f"unknown schedule {kind!r}; use one of: constant, cosine, linear.")
+    raise ValueError(f"unknown schedule {kind!r}; use one of: {', '.join(schema.SCHEDULES)}.")
   if warmup <= 0:
     return main
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
@@ -94,10 +105,10 @@ def _traced_schedule(opt: Mapping[str, Any], num_steps: int) -> Callable[[jax.Ar
   constants, so a run at the config's values gets the same rate to the bit
   (`tests/test_grid_engine.py` checks it).
   """
-  kind = opt.get("schedule", "cosine")
-  if kind not in ("constant", "cosine", "linear"):
-    raise ValueError(f"unknown schedule {kind!r}; use one of: constant, cosine, linear.")
-  factor = float(opt.get("end_lr_factor", 0.0))
+  kind = _opt(opt, "schedule")
+  if kind not in schema.SCHEDULES:
+    raise ValueError(f"unknown schedule {kind!r}; use one of: {', '.join(schema.SCHEDULES)}.")
+  factor = float(_opt(opt, "end_lr_factor"))
 
   def rate(count, peak, warmup):
     decay_steps = jnp.maximum(num_steps - warmup, 1)
@@ -143,26 +154,26 @@ def make_optimizer(
   hyperparameters in ``opt_state``. At the config's own values the updates
   equal those of ``inject=False`` (adam and sgd have no weight decay to set).
   """
-  accum = int(opt.get("accum_steps", 1))
+  accum = int(_opt(opt, "accum_steps"))
   if accum < 1:
     raise ValueError(f"optimizer.accum_steps={accum}; it must be at least 1.")
   updates = max(num_steps // accum, 1)
   schedule = _traced_schedule(opt, updates) if inject else make_schedule(opt, updates)
-  name = opt.get("name", "adamw")
-  if name not in ("adamw", "adam", "sgd"):
-    raise ValueError(f"unknown optimizer {name!r}; use one of: adam, adamw, sgd.")
+  name = _opt(opt, "name")
+  if name not in schema.OPTIMIZERS:
+    raise ValueError(f"unknown optimizer {name!r}; use one of: {', '.join(schema.OPTIMIZERS)}.")
 
   def chain(learning_rate, weight_decay):
     if name == "adamw":
-      base = optax.adamw(learning_rate, b1=float(opt.get("b1", 0.9)), b2=float(opt.get("b2", 0.999)),
-                         eps=float(opt.get("eps", 1e-8)), weight_decay=weight_decay)
+      base = optax.adamw(learning_rate, b1=float(_opt(opt, "b1")), b2=float(_opt(opt, "b2")),
+                         eps=float(_opt(opt, "eps")), weight_decay=weight_decay)
     elif name == "adam":
-      base = optax.adam(learning_rate, b1=float(opt.get("b1", 0.9)), b2=float(opt.get("b2", 0.999)))
+      base = optax.adam(learning_rate, b1=float(_opt(opt, "b1")), b2=float(_opt(opt, "b2")))
     else:
-      base = optax.sgd(learning_rate, momentum=opt.get("momentum", None))
+      base = optax.sgd(learning_rate, momentum=_opt(opt, "momentum"))
     parts = []
-    if opt.get("grad_clip", 0.0):
-      parts.append(optax.clip_by_global_norm(float(opt["grad_clip"])))
+    if _opt(opt, "grad_clip"):
+      parts.append(optax.clip_by_global_norm(float(_opt(opt, "grad_clip"))))
     return optax.chain(*parts, base)
 
   if inject:
@@ -172,14 +183,14 @@ def make_optimizer(
       return chain(lambda count: shape(count, learning_rate, warmup_steps), weight_decay)
 
     tx = optax.inject_hyperparams(factory)(
-        learning_rate=float(opt["learning_rate"]), weight_decay=float(opt.get("weight_decay", 0.0)),
-        warmup_steps=int(opt.get("warmup_steps", 0)))
+        learning_rate=float(opt["learning_rate"]), weight_decay=float(_opt(opt, "weight_decay")),
+        warmup_steps=int(_opt(opt, "warmup_steps")))
 
     def schedule(step, opt_state):
       hp = injected_hyperparams(opt_state)
       return shape(step // accum, hp["learning_rate"], hp["warmup_steps"])
   else:
-    tx = chain(schedule, float(opt.get("weight_decay", 0.0)))
+    tx = chain(schedule, float(_opt(opt, "weight_decay")))
   if accum > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=accum)
     if not inject:
@@ -678,8 +689,8 @@ def fit(
     *,
     num_steps: int,
     workdir: str,
-    save_every: int = 500,
-    log_every: int = 50,
+    save_every: int = schema.TrainConfig.save_every,
+    log_every: int = schema.TrainConfig.log_every,
     desc: str = "train",
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,

@@ -40,6 +40,7 @@ import ml_collections
 from flax import nnx
 import numpy as np
 
+from w2sg_jax import config as schema
 from w2sg_jax import hashing
 from w2sg_jax.data import tokenize as tokenize_lib
 from w2sg_jax.data.task import Split, Task
@@ -49,6 +50,16 @@ from w2sg_jax.models import pretrained as pretrained_lib
 from w2sg_jax.models import remat as remat_lib
 
 ROLES = ("weak", "strong")
+
+
+def _setting(cfg: ml_collections.ConfigDict, key: str) -> Any:
+  """The role's ``key``, or `config.PretrainedConfig`'s default when the block leaves it out.
+
+  From the schema, not a literal, so that a block without ``dtype`` computes
+  in the bfloat16 that validation, ``--describe`` and the README promise.
+  """
+  return cfg.get(key, getattr(schema.PretrainedConfig, key))
+
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -95,7 +106,7 @@ def _read_checkpoint(folder: str, sha256: str) -> Checkpoint:
 
 def checkpoint_revision(cfg: ml_collections.ConfigDict) -> str:
   """The role's ``checkpoint_revision`` ('' when unset)."""
-  return str(cfg.get("checkpoint_revision", "") or "")
+  return str(_setting(cfg, "checkpoint_revision") or "")
 
 
 def role_checkpoint(config: ml_collections.ConfigDict, role: str) -> Checkpoint:
@@ -146,9 +157,9 @@ def encoder_state(folder: str, sha256: str, layers: int | None, dtype_name: str)
 
 def lora_spec(cfg: ml_collections.ConfigDict) -> "lora_lib.LoRAConfig | None":
   """The role's LoRA adapters when ``finetune == "lora"`` (``cfg.lora``: rank, alpha, dropout, target_modules)."""
-  if str(cfg.get("finetune", "full")) != "lora":
+  if str(_setting(cfg, "finetune")) != "lora":
     return None
-  block = dict(cfg.get("lora", {}) or {})
+  block = {**schema.to_dict(schema.LoraConfig()), **dict(cfg.get("lora", None) or {})}  # The schema's defaults.
   targets = tuple(block.pop("target_modules", ()) or ()) or None
   return lora_lib.LoRAConfig(**block, target_modules=targets)
 
@@ -162,7 +173,7 @@ def role_config(config: ml_collections.ConfigDict, role: str) -> ml_collections.
 
 def num_layers(cfg: ml_collections.ConfigDict) -> int | None:
   """The role's ``num_layers``, with 0 (all layers) as None."""
-  n = int(cfg.get("num_layers", 0) or 0)
+  n = int(_setting(cfg, "num_layers") or 0)
   return n if n > 0 else None
 
 
@@ -252,12 +263,12 @@ class PretrainedRolesTask(Task):
     cfg = role_config(config, role)
     ckpt = role_checkpoint(config, role)
     check_max_length(config, role)
-    layers, dtype_name = num_layers(cfg), str(cfg.get("dtype", "float32"))
-    pooling = cfg.get("pooling", "") or None
-    hidden = tuple(int(h) for h in cfg.get("head_hidden", ()))
+    layers, dtype_name = num_layers(cfg), str(_setting(cfg, "dtype"))
+    pooling = _setting(cfg, "pooling") or None
+    hidden = tuple(int(h) for h in _setting(cfg, "head_hidden"))
 
     lora = lora_spec(cfg)
-    remat = remat_lib.check_remat(str(cfg.get("remat", "none")))
+    remat = remat_lib.check_remat(str(_setting(cfg, "remat")))
     # Read the weights here, eagerly: the factory runs under jit/eval_shape traces.
     graphdef, host_state = encoder_state(ckpt.folder, ckpt.sha256, layers, dtype_name)
 
@@ -273,17 +284,17 @@ class PretrainedRolesTask(Task):
 
   def trainable(self, role: str, config: ml_collections.ConfigDict):
     cfg = role_config(config, role)
-    mode = str(cfg.get("finetune", "full"))
+    mode = str(_setting(cfg, "finetune"))
     if mode == "lora":
       return lora_lib.lora_trainable_filter(("head",))  # The adapters and the head; the base is frozen.
-    return heads_lib.trainable_filter(mode, int(cfg.get("top_layers", 0)) if mode == "top" else 0)
+    return heads_lib.trainable_filter(mode, int(_setting(cfg, "top_layers")) if mode == "top" else 0)
 
   def model_name(self, role: str, config: ml_collections.ConfigDict) -> str:
     cfg = role_config(config, role)
     name = os.path.basename(os.path.normpath(str(cfg.checkpoint)))
     layers = f", first {num_layers(cfg)} layers" if num_layers(cfg) else ""
-    mode = str(cfg.get("finetune", "full"))
-    mode = f"top {cfg.top_layers} layers" if mode == "top" else mode
+    mode = str(_setting(cfg, "finetune"))
+    mode = f"top {_setting(cfg, 'top_layers')} layers" if mode == "top" else mode
     if mode == "lora":
       mode = f"LoRA rank {lora_spec(cfg).rank}"
     return f"{name} {self.model_kind} ({mode}{layers})"

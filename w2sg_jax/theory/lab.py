@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from w2sg_jax import cache as cache_lib
+from w2sg_jax import config as schema
 from w2sg_jax import engines
 from w2sg_jax import losses as losses_lib
 from w2sg_jax import metrics as metrics_lib
@@ -106,8 +107,9 @@ class Lab:
     self.batch_size = int(self.train_cfg.batch_size)
     train = data.splits["w2s_train"]
     self.n_train = len(train)
-    self.student_steps = stream_lib.num_steps_for(self.n_train, self.batch_size, self.train_cfg.get("epochs", 1),
-                                                  self.train_cfg.get("num_steps", 0))
+    # The schema fills epochs / num_steps a block leaves out; `TrainConfig.steps_for` is the rule's one home.
+    self.student_steps = schema.resolve_block(schema.TrainConfig, self.train_cfg, "student.train.").steps_for(
+        self.n_train)
     self.test_labels = np.asarray(data.splits["test"].labels)
     self.computed_groups = 0
 
@@ -251,8 +253,9 @@ def equivalence_section(preds: Mapping[tuple[str, float, int], np.ndarray]) -> d
   return out
 
 
-def _theory_cfg(config) -> ml_collections.ConfigDict:
-  return config.theory
+def _theory_cfg(config) -> schema.TheoryConfig:
+  """``config.theory`` resolved by the schema: its defaults fill a section or key the config leaves out."""
+  return schema.resolve_block(schema.TheoryConfig, config.theory, "theory.")
 
 
 def fixed_step_sections(lab: Lab, clean: WeakLabelStore, weak_acc: float, ceiling_acc: float) -> tuple[list, list]:
@@ -270,7 +273,7 @@ def fixed_step_sections(lab: Lab, clean: WeakLabelStore, weak_acc: float, ceilin
   skipped = [int(n) for n in sc.sizes if int(n) > lab.n_train]
   if skipped:
     log.warning("theory: sample sizes %s exceed w2s_train (%d examples); skipped.", skipped, lab.n_train)
-  sc_steps = int(sc.get("num_steps", 0)) or lab.student_steps
+  sc_steps = int(sc.num_steps) or lab.student_steps
   kinds = {str(k): float(v) for k, v in nd.kinds.items()}
   noise_seed = int(lab.config.student.noise.seed)
   seeds = lab.stages.student_seeds
@@ -316,13 +319,11 @@ def trajectory_section(lab: Lab, clean: WeakLabelStore) -> list:
 
 
 def _validate(config) -> None:
-  th = config.theory
+  th = _theory_cfg(config)  # Raises `config.ConfigError` for a bad section (trajectory.points < 1, ...).
   for loss in list(th.losses) + list(config.student.losses):
     own_divergence(loss, dict(config.student.loss_hparams.get(loss, {})))
   if int(config.seeds) < 1:
     raise ValueError(f"config.seeds={config.seeds}; it must be at least 1.")
-  if int(th.trajectory.points) < 1:
-    raise ValueError("theory.trajectory.points must be at least 1.")
   if engines.resolve_engine(str(config.student.engine)) != "vmap":
     raise ValueError("the theory lab trains heads on the vmapped engine; set student.engine='vmap'.")
 
@@ -379,8 +380,8 @@ def _run(config: ml_collections.ConfigDict, outputs) -> dict[str, Any]:
       **sections,
       "fits": fitted,
       "settings": {
-          "noise_dose_kinds": {str(k): float(v) for k, v in config.theory.noise_dose.kinds.items()},
-          "sample_complexity_num_steps": int(config.theory.sample_complexity.get("num_steps", 0)) or lab.student_steps,
+          "noise_dose_kinds": {str(k): float(v) for k, v in _theory_cfg(config).noise_dose.kinds.items()},
+          "sample_complexity_num_steps": int(_theory_cfg(config).sample_complexity.num_steps) or lab.student_steps,
           "student_steps": lab.student_steps,
           "prob_floor": PROB_FLOOR,
       },
