@@ -6,7 +6,9 @@ selection's bookkeeping; before, each op-by-op call of a new shape compiled
 a one-op program (51 programs for the first group below, 6 now). A second
 group of the same shapes compiles nothing, whatever its seeds and learning
 rates; a group that differs only in its loss compiles its training loop alone
-(before: its prediction too). Counts, not times (``make bench`` times them).
+(before: its prediction too), and groups whose losses are in one loss table
+(an experiment's students) share that loop too. Counts, not times (``make
+bench`` times them).
 """
 
 import jax
@@ -124,3 +126,34 @@ def test_the_set_up_program_is_keyed_by_what_it_computes():
   assert compiled["jit(init_states)"] == 2, dict(compiled)
   for got, (w, scale) in zip(out, ((w1, 2.0), (w2, 2.0), (w2, 3.0))):
     np.testing.assert_array_equal(got, np.stack([w * np.float32(scale)] * 2))
+
+
+def test_the_losses_of_a_table_share_one_training_loop(problem):
+  """Groups that differ only in the loss compile one training loop between them (`train_vmap`'s
+  ``loss_table``): each trains as the same group with its own loop does, and its step FLOPs are its own
+  loss's (XLA costs a conditional as its costliest branch)."""
+  store, kw = problem
+  kw = {**kw, "train_cfg": {**kw["train_cfg"], "num_steps": STEPS + 1}}  # A loop no other test compiled.
+  table = (losses.get("xent"), losses.get("pearson"), losses.get("tv"))
+  group = _group(store, [0, 1, 0, 1], [1e-2, 3e-2, 1e-3, 3e-3])
+  counts, shared = [], {}
+  for loss in table:
+    with count_compilations() as c:
+      shared[loss] = engines.train_runs(group, loss_fn=loss, loss_table=table, **kw)
+    counts.append(c.get("jit(run_steps)", 0))
+  assert counts == [1, 0, 0], counts
+  for loss in table:
+    alone = engines.train_runs(group, loss_fn=loss, **kw)
+    for r in range(len(group)):
+      np.testing.assert_allclose(shared[loss].logits["test"][r], alone.logits["test"][r], rtol=0, atol=1e-5)
+    assert shared[loss].selected_steps == alone.selected_steps
+    # A switched group's FLOPs are its own loss's, counted on the program before optimization: near the
+    # compiled count (0.95-0.97 of it on the default's heads; these 5-wide toy heads are elementwise work,
+    # which fusion recounts), and never the costliest branch's, which is what XLA gives for the conditional.
+    own, switched = alone.cost[0]["step_flops"], shared[loss].cost[0]["step_flops"]
+    assert switched == pytest.approx(own, rel=0.35), (loss, own, switched)
+  assert len({shared[loss].cost[0]["step_flops"] for loss in table}) == len(table)
+  # A loss outside the table trains with its own loop, as without one.
+  with count_compilations() as c:
+    engines.train_runs(group, loss_fn=losses.get("js"), loss_table=table, **kw)
+  assert c.get("jit(run_steps)", 0) == 1

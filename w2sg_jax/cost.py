@@ -91,6 +91,12 @@ def compiled_cost(jitted: Any, *args: Any, **kwargs: Any) -> dict[str, float | i
   return cost_of(jitted.lower(*args, **kwargs).compile())
 
 
+def lowered_flops(jitted: Any, *args: Any, **kwargs: Any) -> float:
+  """FLOPs of ``jitted.lower(*args, **kwargs)`` by XLA's analysis of the program before optimization: traced,
+  not compiled. For a branch of a conditional, whose compiled cost XLA reports as the costliest branch's."""
+  return flops_of(jitted.lower(*args, **kwargs))
+
+
 def device_peak_bytes() -> int | None:
   """The first local device's ``peak_bytes_in_use`` (GPU/TPU); None where it reports none (CPU).
 

@@ -100,7 +100,10 @@ class TrainedRuns:
     program of that one step (a loop body is counted once, so never from the
     loop over steps). vmap: the step of all R runs / R. data_parallel: the
     per-device program x the devices (work every device repeats, such as a
-    replicated optimizer update, counts once per device).
+    replicated optimizer update, counts once per device). A vmap group that
+    shares its loop with other losses (``loss_table``) counts its own loss's
+    step on the program before optimization (XLA costs a conditional as its
+    costliest branch): 0.95-0.97 of the compiled count on the default's heads.
   * ``num_steps``: the run's training steps (a resumed run's earlier ones too).
   * ``train_flops``: ``step_flops * num_steps``.
   * ``eval_flops``: predicting every split of ``eval_inputs`` (vmap: the
@@ -147,6 +150,7 @@ def train_runs(
     desc: str = "train",
     progress: bool = True,
     on_chunk: ChunkCallback | None = None,
+    loss_table: Sequence[losses_lib.LossFn] | None = None,
 ) -> TrainedRuns:
   """Trains every run of ``runs`` on ``train_inputs`` and predicts ``eval_inputs``.
 
@@ -165,6 +169,10 @@ def train_runs(
     trainable: NNX filter of the parameters that train (vmap: all of them).
     on_chunk: vmap only; ``on_chunk(step, apply, params_R)`` at every chunk
       boundary, e.g. to evaluate a trajectory without retraining.
+    loss_table: vmap only; the losses of every group this one's program may
+      serve (an experiment's students), ``loss_fn`` among them: the training
+      loop is compiled once for the table, the loss picked by a traced index
+      (see `train_vmap`).
 
   Returns:
     `TrainedRuns`, runs in the order given, with each run's `TrainedRuns.cost`.
@@ -200,7 +208,7 @@ def train_runs(
       apply, params_R, _ = train_vmap(
           make_model, stream_lib.stack(streams), loss_fn=loss_fn, opt=opt, num_steps=num_steps,
           desc=desc, progress=progress, on_chunk=on_chunk, validation=validation, run_history=run_history,
-          step_cost=step_cost, hparams=hparams,
+          step_cost=step_cost, hparams=hparams, loss_table=loss_table,
       )
     except train_lib.NonFiniteError as e:
       raise _group_error(e, desc, runs, lost=runs) from e
@@ -540,8 +548,8 @@ def _opt_key(opt: Mapping[str, Any]) -> str:
 
 
 @functools.lru_cache(maxsize=32)
-def _vmap_program(graphdef: Any, loss_fn: losses_lib.LossFn, opt_key: str, num_steps: int,
-                  num_runs: int, share: int = 1) -> _VmapProgram:
+def _vmap_program(graphdef: Any, loss_fn: losses_lib.LossFn | tuple[losses_lib.LossFn, ...], opt_key: str,
+                  num_steps: int, num_runs: int, share: int = 1) -> _VmapProgram:
   """Built once per (graph, loss, optimizer, steps, runs): every group of an experiment with the same
   ones (the methods of one loss, the weak ensemble's members, a rerun) reuses the traced and compiled
   programs instead of compiling its own. ``losses.get`` returns one object per name and hparams.
@@ -550,19 +558,31 @@ def _vmap_program(graphdef: Any, loss_fn: losses_lib.LossFn, opt_key: str, num_s
   ``share``: runs per batch order (`_shared_orders`). Runs r with the same ``r // share`` read the same
   batches: their inputs are gathered once, and the model sees them unbatched across those runs, so a
   first layer of ``share`` runs is one product ``[B, D] x [D, share * H]`` rather than ``share`` thin
-  ones (on CPU, a grid of 16 settings x 5 seeds of a linear head trains ~8x faster per run-step)."""
+  ones (on CPU, a grid of 16 settings x 5 seeds of a linear head trains ~8x faster per run-step).
+
+  ``loss_fn`` a tuple of losses (a loss table): ``run_steps`` takes ``loss_index`` and trains with
+  that loss through `jax.lax.switch`. The index is the same for every run of a call, so the switch stays
+  a conditional that runs one branch, and every loss of the table shares one compiled loop."""
   tx, schedule = train_lib.make_optimizer({**json.loads(opt_key), "learning_rate": 1.0}, num_steps, inject=True)
 
   def apply_fn(params, frozen, batch_inputs, rng):
     del frozen, rng
     return nnx.merge(graphdef, params)(**batch_inputs)
 
-  def run_steps(states, start, stop, order_SxUxB, inputs, targets, weights=None):
+  def run_steps(states, start, stop, order_SxUxB, inputs, targets, weights=None, loss_index=None):
     """Steps [start, stop) of every run. The bounds are traced values, so every
     chunk (the short last one too) reuses one compiled program. ``order_SxUxB``:
     the batches of the U = R / share distinct orders (run r reads order r //
     share). ``weights``: ``[R, N]`` row weights in each run's loss (a filter's
     mask), or None (all 1)."""
+
+    if isinstance(loss_fn, tuple):
+      branches = [lambda lg, tg, w, p, f=f: f(lg, tg, where=w, progress=p) for f in loss_fn]
+
+      def step_loss(logits, targets, *, where=None, progress=None):
+        return jax.lax.switch(loss_index, branches, logits, targets, where, progress)
+    else:
+      step_loss = loss_fn
 
     def one_run(state, inputs_B, idx_B, targets_NxC, weights_N=None):
       batch = {
@@ -571,7 +591,7 @@ def _vmap_program(graphdef: Any, loss_fn: losses_lib.LossFn, opt_key: str, num_s
           "mask": jnp.ones(idx_B.shape, jnp.float32) if weights_N is None else weights_N[idx_B],
       }
       return train_lib.train_step(  # The reported lr: this run's, from its own hyperparameters.
-          state, batch, apply_fn=apply_fn, loss_fn=loss_fn, tx=tx, num_steps=num_steps,
+          state, batch, apply_fn=apply_fn, loss_fn=step_loss, tx=tx, num_steps=num_steps,
           schedule=functools.partial(schedule, opt_state=state.opt_state),
       )
 
@@ -641,6 +661,7 @@ def train_vmap(
     run_history: list[list[dict[str, float]]] | None = None,
     step_cost: dict[str, float | int] | None = None,
     hparams: Mapping[str, Sequence[float]] | None = None,
+    loss_table: Sequence[losses_lib.LossFn] | None = None,
 ) -> tuple[Callable[[Any, Mapping[str, jax.Array]], jax.Array], Any, list[dict[str, float]]]:
   """Trains R runs together; run r uses ``data.seeds[r]``, its targets and its order.
 
@@ -658,6 +679,11 @@ def train_vmap(
   ``step_cost``: when given, gets `cost.compiled_cost` of ONE step of all R
   runs (``flops``, ``bytes_accessed``, ``peak_bytes``), read from the chunk
   loop's own compiled program (XLA counts a loop's body once): no extra compile.
+  ``loss_table``: losses that share this group's training loop (``loss_fn`` among them, by identity, as
+  `losses.get` returns one object per name and hparams): the loop is compiled once for the table and
+  picks ``loss_fn`` by a traced index, so the groups of an experiment that differ only in the loss
+  compile one program, not one each. Then ``step_cost`` is that of ``loss_fn``'s own step (its program
+  traced and costed, not compiled), since XLA would count every branch of the conditional.
   """
   num_runs = len(data.seeds)
   chunk_steps = chunk_steps or chunk_steps_for(num_steps)
@@ -668,8 +694,13 @@ def train_vmap(
   ordered = (lambda a: a) if perm is None else (lambda a: np.asarray(a)[perm])
   seeds = tuple(int(s) for s in ordered(np.asarray(data.seeds)))
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: make_model(nnx.Rngs(0))))
-  program = _vmap_program(graphdef, loss_fn, _opt_key(opt), int(num_steps), num_runs, share)
+  table = tuple(loss_table or ())
+  switched = len(table) > 1 and any(f is loss_fn for f in table)
+  program = _vmap_program(graphdef, table if switched else loss_fn, _opt_key(opt), int(num_steps), num_runs, share)
   tx, run_steps, apply = program.tx, program.run_steps, program.apply
+  if switched:  # The same loop for every loss of the table; this group's loss by its (traced) index.
+    index = next(i for i, f in enumerate(table) if f is loss_fn)
+    run_steps = functools.partial(run_steps, loss_index=jnp.asarray(index, jnp.int32))
 
   def in_caller_order(tree):  # Host arrays by numpy, device arrays by one shared program (no op-by-op gathers).
     if inv is None:
@@ -699,8 +730,14 @@ def train_vmap(
   if step_cost is not None:
     # The loop program the chunks run, compiled here once (the calls below reuse it): XLA counts a
     # loop's body once, so its cost is one step of every run (plus the carry's few zeros).
-    step_cost.update(cost_lib.compiled_cost(run_steps, states, 0, chunk_steps, order_dev, inputs_dev, targets_dev,
-                                            weights_dev))
+    args = (states, 0, chunk_steps, order_dev, inputs_dev, targets_dev, weights_dev)
+    if switched:  # Memory from the loop the chunks run; FLOPs from this loss's own loop, traced and not
+      # compiled, as XLA costs a conditional as its costliest branch.
+      step_cost.update(cost_lib.compiled_cost(program.run_steps, *args, loss_index=run_steps.keywords["loss_index"]))
+      own = _vmap_program.__wrapped__(graphdef, loss_fn, _opt_key(opt), int(num_steps), num_runs, share)
+      step_cost["flops"] = cost_lib.lowered_flops(own.run_steps, *args)
+    else:
+      step_cost.update(cost_lib.compiled_cost(run_steps, *args))
   history = []
   # Chunk ends: every chunk_steps, and each evaluated step (the bounds are traced: no recompile).
   eval_steps = set(validation.steps) if validation is not None else set()

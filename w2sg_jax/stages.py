@@ -663,6 +663,7 @@ class Stages:
           train_inputs=train.inputs["strong"],
           eval_inputs={s: data.splits[s].inputs["strong"] for s in ("test", *predict)},
           loss_fn=losses_lib.get(loss, **dict(hparams)), train_cfg=cfg.train,
+          loss_table=self.student_loss_table if stage == "student" else None,
           trainable=self.task.trainable("strong", self.config), desc=f"{desc} ({len(todo)} runs)",
       )
 
@@ -896,6 +897,13 @@ class Stages:
   def student_settings(self) -> schema.StudentConfig:
     """``config.student`` resolved through the schema once (defaults filled, checked)."""
     return schema.resolve_block(schema.StudentConfig, self.config.student, "student.")
+
+  @functools.cached_property
+  def student_loss_table(self) -> tuple[losses_lib.LossFn, ...]:
+    """Every student loss at its configured hparams: on the vmap engine the groups of these losses share
+    one compiled training loop (`engines.train_vmap`'s ``loss_table``), which differs only in the loss."""
+    student = self.student_settings
+    return tuple(losses_lib.get(loss, **dict(student.loss_hparams.get(loss, {}))) for loss in student.losses)
 
   @property
   def grid_active(self) -> bool:
