@@ -10,6 +10,7 @@ them (`w2sg_jax.theory.fitting`) and renders theory.md and the figures
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -116,6 +117,12 @@ class Lab:
   def hparams(self, loss: str) -> dict[str, Any]:
     return dict(self.config.student.loss_hparams.get(loss, {}))
 
+  @functools.cached_property
+  def loss_table(self) -> tuple[Any, ...]:
+    """The lab's losses at their hparams: a section's groups of one shape share one compiled training loop
+    (`engines.train_vmap`'s ``loss_table``), instead of one per loss."""
+    return tuple(losses_lib.get(loss, **self.hparams(loss)) for loss in _theory_cfg(self.config).losses)
+
   def group(self, section: str, loss: str, runs: Sequence[LabRun], *, num_steps: int,
             trajectory_points: int = 0) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Test predictions ``[R, N_test]`` of ``runs`` (and trajectory records), from the cache or trained now."""
@@ -175,6 +182,7 @@ class Lab:
     apply, params_R, _ = engines.train_vmap(
         task.make_model("strong", config), stacked, loss_fn=losses_lib.get(loss, **hparams),
         opt=self.train_cfg.optimizer, num_steps=num_steps, chunk_steps=chunk_steps, desc=desc, on_chunk=on_chunk,
+        loss_table=self.loss_table,
     )
     preds = np.asarray(jnp.argmax(apply(params_R, test_inputs), -1))
     return preds, records
