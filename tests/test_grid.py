@@ -234,3 +234,26 @@ def test_the_plan_counts_the_weak_and_ceiling_grid_points():
   after = plan.whole_config_counts(c, plans)
   assert after["weak"]["runs"] == 3 * before["weak"]["runs"]
   assert after["strong"]["runs"] == before["strong"]["runs"] + int(c.seeds)
+
+
+@pytest.mark.slow
+def test_a_loss_hparam_grid_and_every_loss_share_one_training_loop(tmp_path):
+  """student.grid's loss_<hparam> values and the other losses all train through one compiled loop (the
+  students' loss table): the stage compiles one training loop for 2 losses x 3 alphas."""
+  from tests.helpers.compiles import count_compilations
+
+  c = config_lib.load_config(os.path.join(REPO, "experiments", "synthetic.py:smoke"), {
+      "seeds": 2, "data.sizes.weak_train": 256, "data.sizes.w2s_train": 512, "data.sizes.test": 256,
+      "student.losses": ("alpha", "xent"), "student.noise.rates": (0.0,), "student.train.epochs": 2,
+      "student.train.select.metric": "accuracy", "student.train.select.holdout": 64,
+      "cache_dir": str(tmp_path / "cache")})
+  with c.unlocked():
+    c.student.grid = {"loss_alpha": (0.25, 0.75)}
+  p = pipeline.Pipeline(c, str(tmp_path / "run"), tasks.get(c.task))
+  data = p.stages.data()
+  weak = p.stages.weak(data)
+  with count_compilations() as compiled:
+    runs = p.stages.students(data, weak).runs
+  assert compiled.get("jit(run_steps)", 0) == 1, dict(compiled)
+  alphas = sorted({r.grid_point.get("loss_alpha", 0.5) for r in runs if r.loss == "alpha"})
+  assert alphas == [0.25, 0.5, 0.75] and len(runs) == 2 * (3 + 1)

@@ -11,8 +11,10 @@ hyperparameter.) The optimizer's settings are per-run traced values on the
 vmap engine (`engines.RunSpec.optimizer`): a loss's whole grid x seeds x noise
 rates is one compiled program. ``loss_<hparam>`` applies to the losses that
 take that hyperparameter (``loss_alpha`` to ``alpha``); each of its values is
-a program of its own. Every point is a run with its own cache key, and a point equal to
-the experiment's own setting is that setting's run, trained once.
+a group of its own (a vmapped call), and every group of every loss runs the
+same compiled loop, which picks its loss by a traced index (the students' loss
+table, `engines.train_vmap`). Every point is a run with its own cache key, and
+a point equal to the experiment's own setting is that setting's run, trained once.
 
 Selection (`pick`): per (loss, noise), the point whose runs score best on the
 weak-labelled holdout (``student.train.select``: accuracy or AUROC against the

@@ -790,8 +790,9 @@ class Stages:
 
     The config's own setting is one of them (``grid_point`` {}); a grid point equal to it is that run,
     not a second one. The points of one loss that differ only in optimizer settings train as one
-    group (one vmapped program: `engines.RunSpec.optimizer`), the config's setting among them; each
-    value of a loss hyperparameter is a group of its own.
+    group (one vmapped call: `engines.RunSpec.optimizer`), the config's setting among them; each
+    value of a loss hyperparameter is a group of its own, through the same compiled loop (its loss is
+    in `student_loss_table`).
     """
     out = []
     for loss in student.losses:
@@ -903,7 +904,15 @@ class Stages:
     """Every student loss at its configured hparams: on the vmap engine the groups of these losses share
     one compiled training loop (`engines.train_vmap`'s ``loss_table``), which differs only in the loss."""
     student = self.student_settings
-    return tuple(losses_lib.get(loss, **dict(student.loss_hparams.get(loss, {}))) for loss in student.losses)
+    table = []
+    for loss in student.losses:
+      base = dict(student.loss_hparams.get(loss, {}))
+      table.append(losses_lib.get(loss, **base))
+      # A grid's loss_<hparam> values: each is a loss of the table too, so every group of the grid shares it.
+      for point in grid_lib.points_for(student.grid, lambda hp, loss=loss, base=base: _accepts(loss, base, hp)):
+        if grid_lib.loss_part(point):
+          table.append(losses_lib.get(loss, **{**base, **grid_lib.loss_part(point)}))
+    return tuple(dict.fromkeys(table))
 
   @property
   def grid_active(self) -> bool:
