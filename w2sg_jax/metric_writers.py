@@ -38,6 +38,14 @@ still has its curves; the pipeline's report step writes them all
 and, for students, misfit to the weak labels, at its last step); the run's
 loss, noise and seed are also its HParams. A rerun into the same workdir
 replaces each run folder's one event file (`EVENT_FILE`).
+
+A warm rerun writes only what changed: beside its event file, each run folder
+keeps `SOURCE_FILE`, the digest of what the file was written from (the run's
+``curves.json`` bytes, its stage, HParams and final metrics, and this module's
+source) and the sha256 of the event file itself. `write_run_curves` given the
+folder a previous report wrote (``previous``) skips a run whose digest is
+unchanged and whose event file there still has that sha256; a deleted, damaged
+or half-moved folder, or a run whose numbers moved, is written again.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import glob
+import hashlib
 import json
 import math
 import os
@@ -52,6 +61,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from w2sg_jax import hashing
 from w2sg_jax.log import log
 
 HISTORY_FILE = "curves.json"  # In a training run's cache entry (`save_history`).
@@ -59,6 +69,8 @@ TENSORBOARD_DIR = "tensorboard"  # In the experiment's workdir.
 # The event file's name in each run folder: the same on every rerun, so a rerun's file
 # replaces the last one's instead of joining it (TensorBoard would draw both).
 EVENT_FILE = "events.out.tfevents.w2sg"
+# Beside it: what it was written from (`write_run_curves`). No "tfevents" in the name: TensorBoard skips it.
+SOURCE_FILE = "w2sg_source.json"
 
 Scalars = Mapping[str, float]
 
@@ -234,35 +246,103 @@ class RunCurves:
 
 
 def write_run_curves(root: str, runs: Sequence[RunCurves], *, wandb: bool = False,
-                     wandb_project: str = "w2sg-jax", wandb_group: str | None = None) -> list[str]:
+                     wandb_project: str = "w2sg-jax", wandb_group: str | None = None,
+                     previous: str | None = None) -> list[str]:
   """Writes each run's curves under ``root/<stage>/<run>/``; returns the folders written.
 
-  A run whose entry keeps no curves (made before they were kept) is skipped
-  with one log line for all of them. With ``wandb``, each run is also one W&B
-  run (`WandbWriter`) with the same scalars.
+  ``previous``: the folder that holds the curves a previous report wrote (the
+  workdir's, when ``root`` is a staging folder moved onto it afterwards;
+  default ``root`` itself). A run whose folder there was written from the same
+  inputs (`SOURCE_FILE`) and whose event file is intact is not written again,
+  and not returned. A run whose entry keeps no curves (made before they were
+  kept) is skipped with one log line for all of them. With ``wandb``, every
+  run is also one W&B run (`WandbWriter`) with the same scalars, unchanged ones
+  included: W&B is not a folder this function can look into.
   """
-  written, missing = [], []
+  previous = root if previous is None else previous
+  written, missing, kept = [], [], 0
   seen: dict[str, RunCurves] = {}
   for run in runs:  # The last of two runs with one folder wins (a stage asked twice).
     seen[os.path.join(run.stage, run.name)] = run
+  code = _module_digest()
   for rel, run in seen.items():
-    history = load_history(run.entry_dir)
+    try:
+      with open(os.path.join(run.entry_dir, HISTORY_FILE), "rb") as f:
+        raw = f.read()
+    except OSError:
+      missing.append(rel)
+      continue
+    history = _parse_history(raw)
     if history is None:
       missing.append(rel)
       continue
+    hparams = {"stage": run.stage, **run.hparams}
+    source = hashing.content_hash({"code": code, "history_sha256": hashlib.sha256(raw).hexdigest(),
+                                   "hparams": hparams, "final": _plain_numbers(run.final)})
+    fresh = not _unchanged(os.path.join(previous, rel), source)
+    if not fresh and not wandb:
+      kept += 1
+      continue
     logdir = os.path.join(root, rel)
-    writers: list[MetricWriter] = [TensorBoardWriter(logdir, file_name=EVENT_FILE)]
+    writers: list[MetricWriter] = [TensorBoardWriter(logdir, file_name=EVENT_FILE)] if fresh else []
     if wandb:
       writers.append(WandbWriter(project=wandb_project, group=wandb_group, name=rel, dir=root,
                                  config={"stage": run.stage, **run.hparams}))
     with MultiWriter(writers) as w:
       write_history(w, history, final=run.final)
-      w.write_hparams({"stage": run.stage, **run.hparams})
-    written.append(logdir)
+      w.write_hparams(hparams)
+    if fresh:
+      _write_source(logdir, source)
+      written.append(logdir)
+    else:
+      kept += 1
   if missing:
     log.info("tensorboard: %d run(s) have no curves in their cache entries (made before curves were kept): %s",
              len(missing), ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else ""))
+  if kept:
+    log.info("tensorboard: wrote %d run(s); %d unchanged since the last report were kept.", len(written), kept)
   return written
+
+
+def _module_digest() -> str:
+  """This module's source: a change to how curves are written rewrites them all once."""
+  return hashing.file_sha256(__file__)
+
+
+def _parse_history(raw: bytes) -> dict[str, list[dict[str, float]]] | None:
+  try:
+    history = json.loads(raw)
+  except ValueError:
+    return None
+  if not isinstance(history, dict):
+    return None
+  return {"train": list(history.get("train", [])), "validation": list(history.get("validation", []))}
+
+
+def _plain_numbers(values: Mapping[str, Any]) -> dict[str, Any]:
+  """``final`` as hash components: numpy scalars as Python numbers, anything else as its text."""
+  out = {}
+  for k, v in values.items():
+    v = v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes)) else v
+    out[str(k)] = v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
+  return out
+
+
+def _unchanged(logdir: str, source: str) -> bool:
+  """Whether ``logdir`` holds an intact event file written from ``source`` (`SOURCE_FILE`)."""
+  try:
+    with open(os.path.join(logdir, SOURCE_FILE), encoding="utf-8") as f:
+      recorded = json.load(f)
+    return (isinstance(recorded, dict) and recorded.get("source") == source
+            and recorded.get("event_sha256") == hashing.read_sha256(os.path.join(logdir, EVENT_FILE)))
+  except (OSError, ValueError):
+    return False
+
+
+def _write_source(logdir: str, source: str) -> None:
+  record = {"source": source, "event_sha256": hashing.read_sha256(os.path.join(logdir, EVENT_FILE))}
+  with open(os.path.join(logdir, SOURCE_FILE), "w", encoding="utf-8") as f:
+    json.dump(record, f)
 
 
 def write_history(writer: MetricWriter, history: Mapping[str, Sequence[Mapping[str, float]]],

@@ -22,6 +22,7 @@ raises `MissingRunsError` naming the missing runs.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -31,11 +32,13 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from w2sg_jax import cache as cache_lib
 from w2sg_jax import metric_writers
 from w2sg_jax import metrics as metrics_lib
 from w2sg_jax import grid as grid_lib
+from w2sg_jax import hashing
 from w2sg_jax import methods_report
 from w2sg_jax import report as report_lib
 from w2sg_jax import stages as stages_lib
@@ -46,7 +49,14 @@ from w2sg_jax.data.task import Task
 from w2sg_jax.log import log
 
 write_json = workdir_lib.write_json  # Its old home; callers may still import it from here.
+_SUMMARY_STAGE, _SUMMARY_FILE = "summary", "summary.json"  # The report's bootstraps, in the cache (`_summaries`).
 _KEYS_SHOWN = 3  # Keys of missing runs named per stage in a message.
+
+
+def _json_number(x: Any) -> Any:
+  if isinstance(x, (np.generic, np.ndarray)):
+    return x.tolist()
+  raise TypeError(f"not JSON serialisable: {type(x)}")
 
 
 class MissingRunsError(RuntimeError):
@@ -187,6 +197,53 @@ class Pipeline:
     log.info("stage %s done in %.1fs", name, self.timings[name])
     return out
 
+  def _summaries(self, rows: list[dict[str, Any]], refs: tuple[dict[str, Any], dict[str, Any]], headline: str,
+                 min_gap: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(tuned, summary)``: the grid's selections (empty without a grid) and the headline method's default rows.
+
+    The bootstraps are a pure function of the rows, the weak and ceiling
+    references and the settings, so their result is a cache entry (stage
+    ``summary``) keyed by the digest of all of them (``test_correct`` by its
+    bytes), the source of the code that computes them (metrics.py, grid.py and
+    this module) and numpy's version: a rerun whose runs are unchanged reads
+    it instead of resampling. Cold or warm, the rows come from the entry's
+    JSON, so both give the same results.json.
+    """
+    grid_active = self.stages.grid_active
+
+    def compute() -> dict[str, Any]:
+      with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="PGR is undefined", category=RuntimeWarning)  # Logged by report.
+        tuned = grid_lib.tuned_summary([row for row in rows if row["method"] == "single"], *refs,
+                                       min_gap=min_gap) if grid_active else []
+        if tuned and headline == "single":
+          return {"tuned": tuned, "summary": None}  # The default rows of `tuned` (below).
+        untuned = [row for row in rows if not row["grid_point"] and row["method"] == headline]
+        summary = metrics_lib.summarize_runs(untuned, *refs, min_gap=min_gap, progress=True)
+        return {"tuned": tuned, "summary": [{**row, "selection": "default", "grid_point": {}} for row in summary]}
+
+    def produce(out_dir: str, _work_dir: str) -> dict[str, Any]:
+      with open(os.path.join(out_dir, _SUMMARY_FILE), "w", encoding="utf-8") as f:
+        json.dump(compute(), f, default=_json_number)
+      return {}
+
+    components = {
+        "inputs": hashing.content_hash({"rows": rows, "refs": list(refs), "headline": headline,
+                                        "min_gap": float(min_gap), "grid_active": bool(grid_active)}),
+        # This module's too: `compute` above is part of what made the rows.
+        "code": {os.path.basename(p): hashing.file_sha256(p) for p in (metrics_lib.__file__, grid_lib.__file__,
+                                                                        __file__)},
+        "numpy": np.__version__,
+    }
+    # A Cache of its own, as the task's features entry: results.json's cache list names the training artifacts.
+    entry = cache_lib.Cache(self.cache.root).get_or_create(_SUMMARY_STAGE, components, produce)
+    with open(entry.path(_SUMMARY_FILE), encoding="utf-8") as f:
+      stored = json.load(f)
+    tuned = stored["tuned"]
+    if stored["summary"] is None:  # The config's own setting's summary: the very rows (report adds to them).
+      return tuned, [row for row in tuned if row["selection"] == "default"]
+    return tuned, stored["summary"]
+
   def report(self, weak: stages_lib.WeakResult, ceiling: stages_lib.CeilingResult,
              students: stages_lib.StudentRuns) -> dict[str, Any]:
     """results.json's content, the tables and the plots.
@@ -212,17 +269,8 @@ class Pipeline:
     with_correct = [{**row, "test_correct": r.test_correct} for row, r in zip(runs, students.runs)]
     refs = ({"test_accuracy": weak.test_accuracy, "test_correct": weak.test_correct},
             {"test_accuracy": ceiling.test_accuracy, "test_correct": ceiling.test_correct})
-    untuned = [row for row in with_correct if not row["grid_point"]]  # The config's own setting.
-    with warnings.catch_warnings(), profile.stage("report"), profile.part("summary"):  # The bootstraps.
-      warnings.filterwarnings("ignore", message="PGR is undefined", category=RuntimeWarning)  # Logged below.
-      tuned = grid_lib.tuned_summary([row for row in with_correct if row["method"] == "single"], *refs,
-                                     min_gap=pgr_status["min_gap"]) if self.stages.grid_active else []
-      if tuned and headline == "single":  # Its default rows are the config's own setting's summary.
-        summary = [row for row in tuned if row["selection"] == "default"]
-      else:
-        summary = metrics_lib.summarize_runs([row for row in untuned if row["method"] == headline], *refs,
-                                             min_gap=pgr_status["min_gap"], progress=True)
-        summary = [{**row, "selection": "default", "grid_point": {}} for row in summary]
+    with profile.stage("report"), profile.part("summary"):  # The bootstraps, or their cache entry.
+      tuned, summary = self._summaries(with_correct, refs, headline, pgr_status["min_gap"])
     # Under a grid, the headline is each (loss, noise) at the point picked on the weak-labelled holdout (no
     # gold label read); results.json and tuning.md keep the untuned default and the oracle bound beside it.
     headline_rows = [row for row in tuned if row["selection"] == "weak_holdout"] if tuned else summary
@@ -249,21 +297,35 @@ class Pipeline:
           "default_point": default_points, "spread": grid_lib.spread(single, default_points)}
     paths = {}
     if jax.process_index() == 0:  # One process writes the shared workdir.
+      # A figure or file group drawn from the same numbers by the last report in this workdir is kept.
+      ledger = report_lib.Ledger(self.workdir, self.outputs.staging)
+      title = self.config.name
       with profile.stage("report"), profile.part("tables_and_plots"):
         # The tables and plots of the config's own setting; tuning.md puts the picks beside it.
         staged = report_lib.write_report({**results, "summary": headline_rows}, self.outputs.staging,
-                                         title=self.config.name)
+                                         title=title, ledger=ledger)
         if methods != ["single"]:
-          staged.update(methods_report.write([r for r in runs if not r["grid_point"]], self.outputs.staging,
-                                             title=self.config.name))
+          untuned_runs = [r for r in runs if not r["grid_point"]]
+          staged.update(ledger.draw(
+              "methods", {"runs": untuned_runs, "title": title}, [methods_report.__file__, metrics_lib.__file__],
+              lambda: methods_report.write(untuned_runs, self.outputs.staging, title=title)))
         if tuned:
-          staged.update(grid_lib.write_report(tuned, results["grid"]["spread"], runs, self.outputs.staging,
-                                              title=self.config.name, default_points=default_points))
+          spread = results["grid"]["spread"]
+          staged.update(ledger.draw(
+              "tuning", {"tuned": tuned, "spread": spread, "runs": runs, "title": title,
+                         "default_points": default_points}, [grid_lib.__file__],
+              lambda: grid_lib.write_report(tuned, spread, runs, self.outputs.staging, title=title,
+                                            default_points=default_points)))
+        ledger.save()
       with profile.stage("report"), profile.part("curves"):  # From the runs' cache entries: cached runs too.
         staged["tensorboard"] = os.path.join(self.outputs.staging, metric_writers.TENSORBOARD_DIR)
-        metric_writers.write_run_curves(staged["tensorboard"], self.stages.curves,
-                                        wandb=bool(self.config.get("report", {}).get("wandb", False)),
-                                        wandb_group=str(self.config.name))
+        # Only runs whose curves changed since the workdir's last report are written (`write_run_curves`).
+        written = metric_writers.write_run_curves(
+            staged["tensorboard"], self.stages.curves,
+            previous=os.path.join(self.workdir, metric_writers.TENSORBOARD_DIR),
+            wandb=bool(self.config.get("report", {}).get("wandb", False)), wandb_group=str(self.config.name))
+        profile.add("curves_written", len(written))
+        profile.add("figures_drawn", len(ledger.drawn))
         if self.config.get("report", {}).get("wandb", False):  # results.json's summary and runs, as W&B tables.
           metric_writers.log_final_tables(results, group=str(self.config.name), dir=staged["tensorboard"])
       paths = {k: self.outputs.final_path(v) for k, v in staged.items()}

@@ -23,26 +23,34 @@ rows are sorted by noise and loss name, and the PGR plot shows the reason
 instead of bars.
 
 The plots use matplotlib's object API on an Agg canvas, so they never touch
-pyplot's global state or need a display.
+pyplot's global state or need a display; matplotlib is imported only when a
+figure is drawn.
+
+A rerun redraws only what changed (`Ledger`): the workdir keeps ``LEDGER``,
+which names, for each figure (or each group of files a writer makes), a
+digest of what it was drawn from (its inputs and the source of the code that
+draws it) and the sha256 of each file. A figure whose digest is unchanged and
+whose file is intact is kept as it is; a deleted or damaged file, or one whose
+numbers moved, is drawn again.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
 from w2sg_jax import grid as grid_lib
+from w2sg_jax import hashing
 from w2sg_jax import metrics
 
-__all__ = ["CSV_COLUMNS", "markdown_table", "pgr_defined", "sorted_rows", "write_report"]
+__all__ = ["CSV_COLUMNS", "LEDGER", "Ledger", "markdown_table", "pgr_defined", "sorted_rows", "write_report"]
 
 _DPI = 120
 
@@ -256,6 +264,9 @@ def plot_pgr_by_loss(summary, path: str, *, title: str, reason: str | None = Non
   """
   if not pgr_defined(summary):
     return _plot_pgr_undefined(path, title=title, reason=reason)
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top  # Only when a figure is drawn.
+  from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
+
   losses = _loss_order(summary)
   noises = sorted({float(row["noise"]) for row in summary})
   cell = {(str(r["loss"]), float(r["noise"])): r for r in summary}
@@ -324,6 +335,8 @@ def _plot_pgr_undefined(path: str, *, title: str, reason: str | None) -> str:
   """The PGR figure when PGR is undefined: the reason, and no bar to misread as a ranking."""
   import textwrap
 
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
   fig = Figure(figsize=(8.0, 3.6), dpi=_DPI, layout="constrained")
   ax = fig.add_subplot()
   ax.set_axis_off()
@@ -337,6 +350,9 @@ def _plot_pgr_undefined(path: str, *, title: str, reason: str | None) -> str:
 
 def plot_accuracy_vs_noise(summary, weak, ceiling, path: str, *, title: str) -> str:
   """Student test accuracy against the noise rate, one line per loss."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
+
   losses = _loss_order(summary)
   noises = sorted({float(row["noise"]) for row in summary})
   cell = {(str(r["loss"]), float(r["noise"])): r for r in summary}
@@ -392,11 +408,98 @@ def plot_accuracy_vs_noise(summary, weak, ceiling, path: str, *, title: str) -> 
 
 
 # ----------------------------------------------------------------------------
+# Reuse across reruns
+# ----------------------------------------------------------------------------
+
+LEDGER = ".report_sources.json"  # In the workdir, beside the files it describes.
+_LEDGER_FORMAT = 1
+
+
+class Ledger:
+  """What each report file of a folder was drawn from, so that a rerun draws only what changed.
+
+  ``final``: the folder the report ends up in (the workdir); ``outdir``: where
+  this run writes (a staging folder moved onto ``final`` afterwards, or
+  ``final`` itself). `Ledger.draw` runs a writer of a group of files unless
+  ``final``'s ledger says that group was drawn from the same digest and each
+  of its files still has its recorded sha256; `Ledger.save` writes the new
+  ledger into ``outdir``. A damaged or missing ledger only means everything
+  is drawn again.
+  """
+
+  def __init__(self, final: str | os.PathLike, outdir: str | os.PathLike):
+    self.final, self.outdir = os.fspath(final), os.fspath(outdir)
+    self.drawn: list[str] = []  # Groups drawn by this run; the others were kept.
+    self._new: dict[str, Any] = {}
+    try:
+      with open(os.path.join(self.final, LEDGER), encoding="utf-8") as f:
+        old = json.load(f)
+      self._old = old["groups"] if isinstance(old, dict) and old.get("format") == _LEDGER_FORMAT else {}
+    except (OSError, ValueError, KeyError, TypeError):
+      self._old = {}
+    if not isinstance(self._old, dict):
+      self._old = {}
+
+  def draw(self, name: str, inputs: Mapping[str, Any], code: Sequence[str],
+           write: Callable[[], Mapping[str, str]]) -> dict[str, str]:
+    """``write()``'s ``{key: path}`` (paths under ``outdir``), or the kept files' paths under ``final``.
+
+    ``inputs``: everything ``write`` reads (hash components: plain data and
+    numpy arrays); ``code``: the source files of the code that draws them, so
+    that a change to it draws the group again.
+    """
+    source = hashing.content_hash({"inputs": dict(inputs),
+                                   "code": {os.path.basename(p): hashing.file_sha256(p) for p in code}})
+    kept = self._intact(self._old.get(name), source)
+    if kept is not None:
+      self._new[name] = self._old[name]
+      return {key: os.path.join(self.final, rel) for key, rel in kept.items()}
+    paths = dict(write())
+    files = {}
+    for key, path in paths.items():
+      rel = os.path.relpath(os.path.abspath(path), os.path.abspath(self.outdir))
+      files[key] = {"path": rel, "sha256": hashing.read_sha256(path)}
+    self._new[name] = {"source": source, "files": files}
+    self.drawn.append(name)
+    return paths
+
+  def _intact(self, old: Any, source: str) -> dict[str, str] | None:
+    """``{key: relative path}`` of a recorded group drawn from ``source`` whose files are intact; else None."""
+    if not isinstance(old, dict) or old.get("source") != source or not isinstance(old.get("files"), dict):
+      return None
+    out = {}
+    for key, record in old["files"].items():
+      try:
+        if hashing.read_sha256(os.path.join(self.final, record["path"])) != record["sha256"]:
+          return None
+      except (OSError, KeyError, TypeError):
+        return None
+      out[key] = record["path"]
+    return out
+
+  def save(self) -> str:
+    """Writes the ledger of every group drawn or kept by this run into ``outdir``; returns its path."""
+    path = os.path.join(self.outdir, LEDGER)
+    os.makedirs(self.outdir, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+      # Not key-sorted: a kept group's paths come back in the order its writer returned them.
+      json.dump({"format": _LEDGER_FORMAT, "groups": self._new}, f, indent=1)
+    return path
+
+
+def _draw_always(name: str, inputs: Mapping[str, Any], code: Sequence[str],
+                 write: Callable[[], Mapping[str, str]]) -> dict[str, str]:
+  del name, inputs, code
+  return dict(write())
+
+
+# ----------------------------------------------------------------------------
 # The report
 # ----------------------------------------------------------------------------
 
 
-def write_report(results: Mapping[str, Any], outdir: str | os.PathLike, *, title: str) -> dict[str, str]:
+def write_report(results: Mapping[str, Any], outdir: str | os.PathLike, *, title: str,
+                 ledger: Ledger | None = None) -> dict[str, str]:
   """Writes summary.md, summary.csv, pgr_by_loss.png and accuracy_vs_noise.png.
 
   Args:
@@ -406,10 +509,14 @@ def write_report(results: Mapping[str, Any], outdir: str | os.PathLike, *, title
       margin below which PGR is undefined (default `metrics.DEFAULT_MIN_GAP`).
     outdir: directory to write into; created when missing.
     title: a short name of the experiment, used in headings and plot titles.
+    ledger: when given, a figure drawn from the same numbers before (and
+      intact) is kept, not drawn again; its path is then the one under
+      ``ledger.final``. The tables are always written: they are cheap, and the
+      workdir's summary.md carries a banner while a run is unfinished.
 
   Returns:
     {"summary_md", "summary_csv", "pgr_by_loss", "accuracy_vs_noise"}: the
-    paths written, as strings.
+    paths written (or kept), as strings.
   """
   for key in ("weak", "ceiling"):
     if key not in results:
@@ -418,7 +525,9 @@ def write_report(results: Mapping[str, Any], outdir: str | os.PathLike, *, title
   min_gap = float((results.get("pgr_status") or {}).get("min_gap", metrics.DEFAULT_MIN_GAP))
   summary = results.get("summary")
   if summary and any("selection" in row for row in summary):  # A grid's: the headline selection's rows.
-    chosen = results.get("summary_selection", "default")
+    selections = {row.get("selection", "default") for row in summary}
+    # Without a summary_selection, rows of one selection are that selection's table (a caller's own picks).
+    chosen = results.get("summary_selection", selections.pop() if len(selections) == 1 else "default")
     summary = [row for row in summary if row.get("selection", "default") == chosen]
   if summary is None:
     if not results.get("runs"):
@@ -474,6 +583,13 @@ def write_report(results: Mapping[str, Any], outdir: str | os.PathLike, *, title
     writer.writeheader()
     writer.writerows(_csv_rows(summary))
 
-  plot_pgr_by_loss(summary, paths["pgr_by_loss"], title=title, reason=reason)
-  plot_accuracy_vs_noise(summary, weak, ceiling, paths["accuracy_vs_noise"], title=title)
+  draw = ledger.draw if ledger is not None else _draw_always
+  code = [__file__]  # The figures' code is this module's.
+  paths.update(draw("pgr_by_loss", {"summary": summary, "title": title, "reason": reason}, code, lambda: {
+      "pgr_by_loss": plot_pgr_by_loss(summary, paths["pgr_by_loss"], title=title, reason=reason)}))
+  # Of the references, what the figure reads (their other fields, such as weak_model_runs, vary by run).
+  refs = {name: {k: ref.get(k) for k in ("name", "test_accuracy")} for name, ref in (("weak", weak),
+                                                                                       ("ceiling", ceiling))}
+  paths.update(draw("accuracy_vs_noise", {"summary": summary, **refs, "title": title}, code, lambda: {
+      "accuracy_vs_noise": plot_accuracy_vs_noise(summary, weak, ceiling, paths["accuracy_vs_noise"], title=title)}))
   return paths

@@ -26,6 +26,11 @@ either trained on the first ``weak.train_subset`` examples of weak_train.
 Features of every layer the experiment needs come out of ONE encoder pass per
 example, bucketed by length so that padding does not waste compute, and are
 cached on disk under a hash of the checkpoint, the texts and the settings.
+The splits need only each example's id and label besides them: those come from
+a small cache entry (``data_index``, keyed by the dataset, its version, the CSV
+by content and the preparing module's source), so a rerun whose features are
+cached reads no TFDS record; the texts are read only to compute features or
+tokens (``weak.model='bow'``, ``strong.finetune`` other than ``head``).
 
 Both roles read the one checkpoint (``strong.checkpoint``; a hub id at
 ``strong.checkpoint_revision`` when that key is set). It enters every key by
@@ -356,7 +361,8 @@ class TweetsTask(Task):
   def splits(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Split]:
     cfg = config.data
     self.num_classes = len(tweets_lib.LABEL_NAMES[cfg.task])
-    data = tweets_lib.load_tweets(cfg.task, data_dir=os.path.join(cache_dir, "tfds"), csv_path=cfg.csv_path or None)
+    read = _TweetsReader(cfg, cache_dir)  # The TFDS read, at most once, and only when texts are needed.
+    data = self._index(config, cache_dir, read)
     sizes = {k: int(v) for k, v in cfg.sizes.items()}
     parts = splits_lib.split_indices(len(data["id"]), sizes, seed=int(cfg.split_seed))
     subset = int(config.weak.train_subset)
@@ -368,7 +374,7 @@ class TweetsTask(Task):
         )
       parts["weak_train"] = parts["weak_train"][:subset]
     order = np.concatenate([parts[s] for s in parts])
-    texts = [str(t) for t in data["text"][order]]
+    texts = lambda: read.texts(data["id"], order)  # noqa: E731
     ckpt = checkpoint_path(config)
     weak_kind = config.weak.model
     if weak_kind not in ("minilm", "bow"):
@@ -382,7 +388,7 @@ class TweetsTask(Task):
     if weak_kind == "bow" or config.strong.finetune != "head":
       with profiling.part("tokenize"):
         _, tokenizer = models.load_pretrained(ckpt)
-        enc = tokenize_lib.encode(tokenizer, texts, max_length=int(cfg.max_length), truncation_side="right")
+        enc = tokenize_lib.encode(tokenizer, texts(), max_length=int(cfg.max_length), truncation_side="right")
       # Fixed width for fine-tuning: one compiled step, not one per batch length.
       width = int(cfg.max_length)
       tokens = {
@@ -413,8 +419,36 @@ class TweetsTask(Task):
       )
     return out
 
+  def _index(self, config: ml_collections.ConfigDict, cache_dir: str, read: "_TweetsReader") -> dict[str, np.ndarray]:
+    """Every example's ``id`` and ``label``, in the prepared order, from a small cache entry (``data_index``).
+
+    What the splits need besides the texts; the texts are read only to
+    compute features or tokens, so a rerun whose features are cached reads no
+    TFDS record. The key is the prepared data's: the dataset, its config and
+    version, the CSV by content, and the source of the module that cleans and
+    prepares it.
+    """
+    components = {
+        "dataset": f"{tweets_lib.EmpythyTweets.name}/{config.data.task}@{tweets_lib.EmpythyTweets.VERSION}",
+        "csv_sha256": self._csv_digest(config),
+        "code": hashing.file_sha256(tweets_lib.__file__),
+    }
+
+    def produce(out_dir, _work_dir):
+      data = read.all()
+      np.save(os.path.join(out_dir, "ids.npy"), np.asarray([str(i) for i in data["id"]], dtype=str))
+      np.save(os.path.join(out_dir, "labels.npy"), np.asarray(data["label"], np.int32))
+      return {"examples": len(data["id"])}
+
+    with profiling.part("data_index"):
+      entry = cache_lib.Cache(cache_dir).get_or_create("data_index", components, produce)
+      return {"id": np.load(entry.path("ids.npy")).astype(object), "label": np.load(entry.path("labels.npy"))}
+
   def _features(self, config, cache_dir, ckpt, texts, ids, depths) -> dict[int, np.ndarray]:
-    """Mean-pooled features of every depth, one encoder pass, kept in the cache (sha256-checked)."""
+    """Mean-pooled features of every depth, one encoder pass, kept in the cache (sha256-checked).
+
+    ``texts()`` gives the texts in the order of ``ids``; it is called only when the entry is produced.
+    """
     with profiling.part("fingerprint"):  # The checkpoint's files by sha256 (once per process).
       checkpoint = checkpoint_fingerprint(config)
     components = {
@@ -427,11 +461,11 @@ class TweetsTask(Task):
     }
 
     def produce(out_dir, _work_dir):
-      log.info("embedding %d texts with %s (layers %s)", len(texts), ckpt, list(depths))
-      feats, stats = extract_features(ckpt, texts, layers=depths, max_length=int(config.data.max_length),
+      log.info("embedding %d texts with %s (layers %s)", len(ids), ckpt, list(depths))
+      feats, stats = extract_features(ckpt, texts(), layers=depths, max_length=int(config.data.max_length),
                                       matmul_dtype=feature_dtype(config))
       log.info("tokenisation: mean %.1f tokens, %d of %d truncated at %d", stats["mean_tokens"],
-               stats["num_truncated"], len(texts), config.data.max_length)
+               stats["num_truncated"], len(ids), config.data.max_length)
       with profiling.part("features_write"):
         for k, v in feats.items():
           np.save(os.path.join(out_dir, f"layer{k}.npy"), v)
@@ -491,6 +525,28 @@ class TweetsTask(Task):
         return f"bag-of-words linear ({labels})"
       return f"MiniLM-L{config.weak.num_layers} + {_head_name(config.weak.head_hidden)} ({labels})"
     return f"MiniLM-L{config.strong.num_layers} ({config.strong.finetune}) + {_head_name(config.strong.head_hidden)}"
+
+
+class _TweetsReader:
+  """The prepared tweets (`tweets_lib.load_tweets`), read at most once and only when asked for."""
+
+  def __init__(self, data_config: ml_collections.ConfigDict, cache_dir: str):
+    self._args = (data_config.task, os.path.join(cache_dir, "tfds"), data_config.csv_path or None)
+    self._data: dict[str, np.ndarray] | None = None
+
+  def all(self) -> dict[str, np.ndarray]:
+    if self._data is None:
+      self._data = tweets_lib.load_tweets(*self._args)
+    return self._data
+
+  def texts(self, ids: np.ndarray, order: np.ndarray) -> list[str]:
+    """The texts of examples ``order``; ``ids`` (the cached index's) must be the prepared data's, in its order."""
+    data = self.all()
+    if len(data["id"]) != len(ids) or not all(a == b for a, b in zip(data["id"], ids)):
+      raise RuntimeError(  # Both are keyed by the CSV's content: only a changed copy under the same key gets here.
+          f"the prepared tweets under {self._args[1]} do not match the cached data index (their ids differ); "
+          "delete that folder and the cache's data_index folder, then rerun: both are made again from the CSV.")
+    return [str(t) for t in data["text"][order]]
 
 
 def _bootstrap_layer(config: ml_collections.ConfigDict) -> int | None:
