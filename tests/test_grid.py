@@ -106,6 +106,9 @@ def test_a_grid_reports_default_weak_holdout_and_oracle_side_by_side(grid_run):
   assert (tmp / "run" / "accuracy_vs_learning_rate.png").stat().st_size > 1000
   written = json.loads((tmp / "run" / "results.json").read_text())
   assert {r["selection"] for r in written["summary"]} == {"default", "weak_holdout", "oracle"}
+  # One TensorBoard folder per run: the grid's points do not share (or overwrite) one.
+  folders = [d for d in os.listdir(tmp / "run" / "tensorboard" / "students") if not d.startswith(".")]
+  assert len(folders) == len(runs) and any("learning_rate=" in d for d in folders)
   # `w2sg report` rebuilds the same headline (the weak pick's rows only) and tuning.md from results.json.
   from w2sg_jax import cli  # pylint: disable=g-import-not-at-top
   before = {n: (tmp / "run" / n).read_text() for n in ("summary.md", "summary.csv", "tuning.md")}

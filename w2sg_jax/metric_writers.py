@@ -235,13 +235,16 @@ class RunCurves:
 
   @property
   def name(self) -> str:
-    parts = []
+    """``[method_]loss_noise<r>_seed<s>[_<key>=<value>...]``: every hparam names the folder, so the runs of
+    two methods or two grid points of one (loss, noise, seed) never share one."""
+    fmt = lambda v: f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
+    parts = [str(self.hparams["method"])] if self.hparams.get("method") is not None else []
     for key in ("loss", "noise", "seed"):
       if self.hparams.get(key) is None:
         continue
-      value = self.hparams[key]
-      value = f"{value:g}" if isinstance(value, float) else str(value)
-      parts.append(value if key == "loss" else f"{key}{value}")
+      parts.append(fmt(self.hparams[key]) if key == "loss" else f"{key}{fmt(self.hparams[key])}")
+    parts += [f"{k}={fmt(v)}" for k, v in sorted(self.hparams.items())
+              if k not in ("method", "loss", "noise", "seed") and v is not None]
     return re.sub(r"[^A-Za-z0-9_.+=-]", "-", "_".join(parts) or "run")
 
 

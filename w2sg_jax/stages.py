@@ -821,7 +821,8 @@ class Stages:
             continue
         with self.profile.part("metrics"):
           for (point, cell), entry in zip(todo, entries):
-            run = self._student_run(data, "single", loss, cell, entry, labels[cell], labels[cell].upstream)
+            run = self._student_run(data, "single", loss, cell, entry, labels[cell], labels[cell].upstream,
+                                    grid_point=point)
             run.grid_point = dict(point)
             run.holdout_score = _holdout_score(entry)
             out.append(run)
@@ -873,7 +874,8 @@ class Stages:
           labels[cell].stores.append(stores[cell])
     return entries, upstream
 
-  def _student_run(self, data, method, loss, cell, entry, labels, upstream) -> StudentRun:
+  def _student_run(self, data, method, loss, cell, entry, labels, upstream,
+                   grid_point: Mapping[str, float] | None = None) -> StudentRun:
     rate, seed = cell
     test_labels = data.splits["test"].labels
     logits = np.load(entry.path(TEST_LOGITS))
@@ -888,7 +890,8 @@ class Stages:
         cost=method_stages.total_cost([entry.info.get(COST_INFO), *upstream],
                             stored_bytes=stored + method_stages.directory_bytes(entry.directory)),
     )
-    tags = {"loss": loss, "noise": float(rate), "seed": int(seed), **({"method": method} if method != "single" else {})}
+    tags = {"loss": loss, "noise": float(rate), "seed": int(seed), **({"method": method} if method != "single" else {}),
+            **{k: float(v) for k, v in (grid_point or {}).items()}}
     self.curves.append(metric_writers.RunCurves(
         "students", tags, entry.directory,
         {k: getattr(run, k) for k in ("test_accuracy", "test_auroc", "misfit_kl", "misfit_tv")}))
