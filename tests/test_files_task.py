@@ -398,6 +398,20 @@ def test_suite_missing_hub_column_is_a_clear_error(cache_dir, monkeypatch):
 # ------------------------------------------------------------- end to end
 
 
+def test_files_example_runs_offline_end_to_end(tmp_path):
+  """The shipped example CSV through the whole pipeline (data, weak model, ceiling, a student, report), at
+  one epoch of one loss: the road a new user takes first, in the default suite."""
+  from w2sg_jax import main
+
+  c = load(cache_dir=str(tmp_path / "cache"), **{"student.losses": ("xent",), "weak.train.epochs": 1.0,
+                                                 "student.train.epochs": 1.0})
+  main.run(c, str(tmp_path / "run"))
+  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert results["data"]["num_classes"] == 3 and [r["loss"] for r in results["runs"]] == ["xent"]
+  assert (tmp_path / "run" / "summary.md").is_file()
+  assert list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents*"))
+
+
 @pytest.mark.slow
 def test_files_example_end_to_end(tmp_path):
   from w2sg_jax import main
