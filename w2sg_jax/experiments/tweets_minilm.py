@@ -10,7 +10,7 @@ weak model's stored soft labels with every f-divergence, ``xent`` and
 of a loss train together as one vmapped program.
 
   w2sg run tweets_minilm                    # from any folder after pip install (and w2sg-install-data)
-  make experiment NAME=tweets_minilm        # ~2 min cold on 2 CPU cores (one MiniLM pass), ~6 s warm
+  make experiment NAME=tweets_minilm        # ~2 min cold on 2 CPU cores (one MiniLM pass), ~5 s warm
   make experiment NAME=tweets_minilm ARGS='--config=experiments/tweets_minilm.py:smoke'
   python -m w2sg_jax.main --config=experiments/tweets_minilm.py:finetune --workdir=runs/tweets_ft   # accelerator
 

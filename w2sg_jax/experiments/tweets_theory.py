@@ -23,12 +23,11 @@ measurements (the package ``w2sg_jax/theory/`` defines each):
 Writes ``theory.json``, ``theory.md`` (fitted constants, one paragraph per
 finding, agree or not) and six PNG figures into the workdir.
 
-Measured on 2 CPU cores shared with other jobs (load average 9-12 throughout):
-23 min cold (fresh cache), of which the MiniLM pass over 12,300 tweets took
-15 min and the ~30 compiled programs (weak model, ceiling, students, lab)
-about 7 min, most of it XLA compilation; 40-80 s warm (everything cached:
-figures and theory.md are redrawn). On an idle machine the MiniLM pass takes
-1-1.5 min.
+Measured from a fresh clone on 2 CPU cores (load 1.2-1.4): 67 s after
+``make experiment NAME=tweets_minilm`` (its data, weak model, ceiling and
+students are reused by key; the lab's sections 60 s, the groups of a section
+sharing one compiled loop across the 8 losses), 154 s from nothing (of which
+the MiniLM pass over 12,300 tweets 70 s).
 
 Variants (after the colon): ``smoke`` (tweets_minilm:smoke sizes, small grids;
 needs the MiniLM pass), ``synthetic`` (the synthetic task, small grids; no
