@@ -128,6 +128,7 @@ def test_the_set_up_program_is_keyed_by_what_it_computes():
     np.testing.assert_array_equal(got, np.stack([w * np.float32(scale)] * 2))
 
 
+@pytest.mark.slow  # Trains each loss twice, shared and alone (~6-20 s): slow suite.
 def test_the_losses_of_a_table_share_one_training_loop(problem):
   """Groups that differ only in the loss compile one training loop between them (`train_vmap`'s
   ``loss_table``): each trains as the same group with its own loop does, and its step FLOPs are its own

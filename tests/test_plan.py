@@ -52,6 +52,7 @@ def test_unknown_checkpoint_is_an_error_naming_the_shipped_ones():
 # ---------------------------------------------------------------- the plan
 
 
+@pytest.mark.slow  # Compiles the paper smoke config on 8 simulated devices (~30 s): slow suite.
 def test_smoke_plan_fits_and_reports_every_figure(tmp_path):
   code, p = run_main(tmp_path, f"--config={SMOKE}", "--devices=8", "--device-memory=1")
   assert code == 0 and p["fits"]
