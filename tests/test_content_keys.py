@@ -296,6 +296,7 @@ def fake_hub(tmp_path, monkeypatch):
   return hub
 
 
+@pytest.mark.slow  # Two pipeline runs on a fake hub (~8-15 s): slow suite.
 def test_hub_id_is_resolved_once_fetched_at_its_commit_and_keyed_by_it(tmp_path, cache_dir, fake_hub):
   strong = _copy_checkpoint(STRONG_SPEC, tmp_path / "s")
   config = _load("w2s_llama.py:tweets_smoke", **{"weak.checkpoint": "org/tiny", "strong.checkpoint": str(strong),

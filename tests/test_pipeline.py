@@ -108,6 +108,7 @@ def test_later_experiment_with_same_weak_setup_reuses_the_store(synthetic_run, m
   assert other["weak"]["store"] == first["weak"]["store"]
 
 
+@pytest.mark.slow  # A sweep run, interrupted and resumed (~7-13 s): slow suite.
 def test_interrupted_sweep_keeps_finished_groups(tmp_path, monkeypatch):
   config = _config()
   real = engines.train_runs

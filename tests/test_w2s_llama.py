@@ -41,6 +41,7 @@ def test_smoke_builds_tiny_random_models_of_both_families_in_code():
   assert strong["rope_scaling"]["rope_type"] == "llama3"
 
 
+@pytest.mark.slow  # A LoRA student end to end (~10-20 s): slow suite.
 def test_lora_student_trains_only_adapters_and_head(tmp_path):
   config = _config(cache_dir=str(tmp_path))
   task = tasks.get("preference")

@@ -99,6 +99,7 @@ def test_a_warm_rerun_redraws_nothing_and_its_report_is_one_made_from_scratch(ru
   assert results == _paths_as(fresh[1], root / "run", root / "scratch")
 
 
+@pytest.mark.slow  # On another xdist worker it rebuilds the module's pipeline fixture (~20 s): slow suite.
 def test_another_workdir_reads_the_bootstraps_from_their_entry(runs):
   root, _, _, _, _ = runs
   with pytest.MonkeyPatch.context() as mp:
