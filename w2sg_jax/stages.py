@@ -284,6 +284,7 @@ class WeakResult:
   seed_results: dict[int, "WeakResult"] = dataclasses.field(default_factory=dict)  # weak.per_seed: each seed's.
   grid_point: dict[str, float] = dataclasses.field(default_factory=dict)  # weak.grid's pick; {} = the config's.
   grid: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # weak.grid: every point's scores.
+  holdout_score: float | None = None  # weak.grid: its best score on its weak_train holdout (ground truth).
 
   def result_for(self, seed: int) -> "WeakResult":
     """The weak model a student of ``seed`` learns from (its own under weak.per_seed)."""
@@ -482,8 +483,7 @@ class Stages:
     optimizer = self.config.weak.train.optimizer
     points = [{}] + [p for p in grid_lib.expand(grid) if not _is_optimizer_setting(optimizer, p)]
     models = [self._weak_model(data, seed, point=p) for p in points]
-    scores = [_holdout_score(self.cache.open("weak", cache_lib.stage_key("weak", self._weak_key_components(
-        data, seed, p)))) for p in points]
+    scores = [m.holdout_score for m in models]
     best = max(range(len(points)), key=lambda i: (-math.inf if scores[i] is None else scores[i], -i))
     table = [{"grid_point": dict(p), "holdout_score": sc, "test_accuracy": m.test_accuracy}
              for p, sc, m in zip(points, scores, models)]
@@ -563,6 +563,7 @@ class Stages:
         w2s_label_accuracy=float(np.mean(np.argmax(stores["w2s_train"].probs, -1) == data.splits["w2s_train"].labels)),
         weak_model_runs=len(self.cache.computed("weak")) - runs_before,
         selected_step=_weak_selected_step(self.cache, weak_key) if _selects(cfg.train) else None,
+        holdout_score=_holdout_score(self.cache.open("weak", weak_key)) if cfg.get("grid", None) else None,
         cost=_weak_cost(self.cache, weak_key), **test,
     )
     self.curves.append(metric_writers.RunCurves("weak", {"seed": int(seed)}, self.cache.directory("weak", weak_key),
