@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -13,69 +14,79 @@ from typing import Any
 import ml_collections
 
 
+def _block(cls: type, **given: Any) -> dict[str, Any]:
+  """A schema block's fields as plain data: ``given`` where set, else the schema's default (`w2sg_jax.config`).
+
+  The builders below write every field of their block, so each key can be
+  overridden from the command line, and take each default from the schema,
+  its one home. Nothing is checked here: the schema checks the whole config
+  at the boundary, with every key's full dotted name in its message.
+  """
+  from w2sg_jax import config as schema  # pylint: disable=g-import-not-at-top
+
+  out = {}
+  for f in dataclasses.fields(cls):
+    if f.name in given:
+      out[f.name] = given[f.name]
+    elif f.default is not dataclasses.MISSING:
+      out[f.name] = schema.to_dict(f.default)
+    elif f.default_factory is not dataclasses.MISSING:
+      out[f.name] = schema.to_dict(f.default_factory())
+  unknown = set(given) - {f.name for f in dataclasses.fields(cls)}
+  if unknown:
+    raise TypeError(f"{cls.__name__} has no field {', '.join(sorted(unknown))}.")
+  return out
+
+
+def _set(**kwargs: Any) -> dict[str, Any]:
+  """The arguments a caller gave (None: the schema's default)."""
+  return {k: v for k, v in kwargs.items() if v is not None}
+
+
 def train_config(
     *,
     batch_size: int,
     epochs: float,
     learning_rate: float,
-    optimizer: str = "adamw",
-    eval_batch_size: int = 512,
-    save_every: int = 500,
-    log_every: int = 50,
-    grad_clip: float = 1.0,
-    weight_decay: float = 0.0,
-    sharding: str = "auto",
+    optimizer: str | None = None,
+    eval_batch_size: int | None = None,
+    save_every: int | None = None,
+    log_every: int | None = None,
+    grad_clip: float | None = None,
+    weight_decay: float | None = None,
+    sharding: str | None = None,
 ) -> ml_collections.ConfigDict:
-  """One model's training settings; every field can be overridden from the command line."""
-  return ml_collections.ConfigDict({
-      "batch_size": batch_size,  # Global batch (examples or pairs), split over every device.
-      # Passes over the split (a float, so --config.*.epochs=1.5 parses); or set num_steps > 0 to fix the step count.
-      "epochs": float(epochs),
-      "num_steps": 0,
-      "eval_batch_size": eval_batch_size,  # Examples per prediction batch.
-      "save_every": save_every,  # Steps between checkpoints (every run also saves at its end).
-      "log_every": log_every,  # Steps between logged metrics (metrics.jsonl).
-      # Training state over the devices: 'replicated', 'fsdp' (sharded over `data`),
-      # or 'auto' (fsdp when a replica would not fit one device's memory).
-      "sharding": sharding,
-      # Model selection (w2sg_jax/selection.py): 'last' returns the final step's model;
-      # 'auroc' or 'accuracy' the best evaluated step's on the last `holdout` rows of the
-      # training split, labelled by the run's own labels (weak labels for a student).
-      "select": {
-          "metric": "last",
-          "holdout": 0,  # Rows held out of the training split (the run trains on the rest).
-          "every": 0,  # Steps between evaluations; 0 = each epoch. The final step is always evaluated.
-      },
-      "optimizer": {
-          "name": optimizer,  # 'adamw', 'adam' or 'sgd'.
-          "learning_rate": learning_rate,  # Peak learning rate.
-          "schedule": "cosine",  # 'cosine' or 'linear' decay to 0, or 'constant'.
-          "warmup_steps": 0,  # Linear warm-up from 0, in optimizer updates.
-          "weight_decay": weight_decay,  # Decoupled (AdamW) weight decay.
-          "grad_clip": grad_clip,  # Global-norm clip; 0 = off.
-          "accum_steps": 1,  # Gradient accumulation: micro-batches per update.
-      },
-  })
+  """One model's training settings (`config.TrainConfig`); an argument left out takes the schema's default.
+
+  Every field is written, so each can be overridden from the command line.
+  """
+  from w2sg_jax import config as schema  # pylint: disable=g-import-not-at-top
+
+  opt = _block(schema.OptimizerConfig, learning_rate=learning_rate,
+               **_set(name=optimizer, grad_clip=grad_clip, weight_decay=weight_decay))
+  # epochs as a float, so that --config.*.epochs=1.5 parses.
+  return ml_collections.ConfigDict(_block(
+      schema.TrainConfig, batch_size=batch_size, epochs=float(epochs), optimizer=opt,
+      **_set(eval_batch_size=eval_batch_size, save_every=save_every, log_every=log_every, sharding=sharding)))
 
 
-def noise_config(rates: tuple[float, ...], *, scale: float = -1.0, seed: int = 0,
-                 per_seed: bool = False) -> ml_collections.ConfigDict:
-  """Label noise on the weak labels of w2s_train (see ``labels/noise.py``)."""
-  return ml_collections.ConfigDict({
-      "rates": tuple(rates),  # Fraction of weak labels corrupted, one student group per rate.
-      "scale": scale,  # q -> 1/C + scale (q - 1/C): -1 flips (binary), 0 makes the label uniform.
-      "seed": seed,  # Picks the corrupted examples; the same for every student (unless per_seed).
-      # True: each student's corrupted subset is drawn with its own seed (as in the Yao et al. code).
-      "per_seed": per_seed,
-  })
+def noise_config(rates: tuple[float, ...], *, scale: float | None = None, seed: int | None = None,
+                 per_seed: bool | None = None) -> ml_collections.ConfigDict:
+  """Label noise on the weak labels of w2s_train (`config.NoiseConfig`, ``labels/noise.py``)."""
+  from w2sg_jax import config as schema  # pylint: disable=g-import-not-at-top
+
+  return ml_collections.ConfigDict(_block(schema.NoiseConfig, rates=tuple(rates),
+                                          **_set(scale=scale, seed=seed, per_seed=per_seed)))
 
 
-def ceiling_config(split: str = "w2s_train", grid: Mapping[str, tuple[float, ...]] | None = None
+def ceiling_config(split: str | None = None, grid: Mapping[str, tuple[float, ...]] | None = None
                    ) -> ml_collections.ConfigDict:
-  """The strong ceiling of PGR: the strong model trained on ground truth."""
-  # 'w2s_train' (the students' examples) or 'weak_train' (the weak model's, as Burns et al. and Yao et al.).
-  # grid: optimizer settings to tune it over, picked on student.train.select's holdout ({} = none).
-  return ml_collections.ConfigDict({"split": split, "grid": ml_collections.ConfigDict(dict(grid or {}))})
+  """The strong ceiling of PGR (`config.CeilingConfig`): the strong model trained on ground truth."""
+  from w2sg_jax import config as schema  # pylint: disable=g-import-not-at-top
+
+  block = _block(schema.CeilingConfig, **_set(split=split))
+  block["grid"] = ml_collections.ConfigDict(dict(grid or {}))  # Empty, yet typed as a block for overrides.
+  return ml_collections.ConfigDict(block)
 
 
 def add_tuning_grids(c: ml_collections.ConfigDict) -> None:
@@ -135,44 +146,25 @@ def methods_config(**overrides: Any) -> ml_collections.ConfigDict:
 def pretrained_model(
     checkpoint: str,
     *,
-    dtype: str = "bfloat16",
-    finetune: str = "full",
-    lora_rank: int = 8,
-    lora_alpha: float = 16.0,
+    dtype: str | None = None,
+    finetune: str | None = None,
+    lora_rank: int | None = None,
+    lora_alpha: float | None = None,
 ) -> ml_collections.ConfigDict:
-  """A pretrained Hugging Face model (GPT-2, Llama, Qwen2, GPT-NeoX, BERT) with a task head."""
-  return ml_collections.ConfigDict({
-      "checkpoint": checkpoint,  # Hub id or local folder (config.json, *.safetensors, tokenizer.json).
-      # Hub ids only: the branch, tag or commit to fetch; '' = the default branch, resolved to its
-      # commit at first use (that commit enters the keys and results.json's data.checkpoints).
-      "checkpoint_revision": "",
-      "num_layers": 0,  # Keep only the first k transformer layers; 0 = all.
-      "dtype": dtype,  # Compute dtype: 'bfloat16' or 'float32' (trained parameters and the loss stay float32).
-      # 'full', 'top' (top_layers + head), 'head' (a probe on a frozen encoder),
-      # or 'lora' (adapters on the frozen encoder's projections + head).
-      "finetune": finetune,
-      "top_layers": 0,  # With finetune='top': how many of the top layers train.
-      "lora": {
-          "rank": lora_rank,  # With finetune='lora': inner width r of each adapter.
-          "alpha": lora_alpha,  # Adapter output scaled by alpha / r.
-          "dropout": 0.0,  # Dropout on the adapter input while training.
-          "target_modules": (),  # () = the attention and MLP projections of the model's family.
-      },
-      "pooling": "",  # '' = the last real token (decoders) / mean (BERT); or 'last', 'mean'.
-      "head_hidden": (),  # Hidden widths of the head; () = a linear head (zero-initialised).
-      # Rematerialisation of each transformer block in the backward pass: 'none', 'block'
-      # (recompute attention and elementwise ops) or 'full' (keep only block inputs); see models/remat.py.
-      "remat": "none",
-  })
+  """A pretrained Hugging Face model (GPT-2, Llama, Qwen2, GPT-NeoX, BERT) with a task head
+  (`config.PretrainedConfig`); an argument left out takes the schema's default."""
+  from w2sg_jax import config as schema  # pylint: disable=g-import-not-at-top
+
+  lora = _block(schema.LoraConfig, **_set(rank=lora_rank, alpha=lora_alpha))
+  return ml_collections.ConfigDict(_block(schema.PretrainedConfig, checkpoint=checkpoint, lora=lora,
+                                          **_set(dtype=dtype, finetune=finetune)))
 
 
-def report_config(*, min_gap: float = 0.005) -> ml_collections.ConfigDict:
-  """What the report needs beyond the runs."""
-  return ml_collections.ConfigDict({
-      # PGR is undefined (null, "n/a", never ranked) unless the ceiling beats the weak
-      # model by at least this much test accuracy (0.005 = half a point).
-      "min_gap": min_gap,
-  })
+def report_config(*, min_gap: float | None = None) -> ml_collections.ConfigDict:
+  """What the report needs beyond the runs (`config.ReportConfig`)."""
+  from w2sg_jax import config as schema  # pylint: disable=g-import-not-at-top
+
+  return ml_collections.ConfigDict(_block(schema.ReportConfig, **_set(min_gap=min_gap)))
 
 
 def head_model(head_hidden: tuple[int, ...] = ()) -> ml_collections.ConfigDict:
@@ -227,7 +219,9 @@ def load_config(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_col
   """``experiments/NAME.py[:variant]`` -> its ``get_config(variant)``, with dotted overrides.
 
   The Python twin of ``--config=experiments/NAME.py:variant --config.KEY=VALUE``
-  for notebooks and tests; an unknown key raises a KeyError that names it.
+  for notebooks and tests (values as Python values, not text); any key of the
+  schema can be set (with overrides, the returned config has every key, as
+  `config.filled`); an unknown key raises a KeyError that names it.
 
   Raises:
     FileNotFoundError: no file at the path.
@@ -255,15 +249,22 @@ def load_config(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_col
     raise ExperimentFileError(
         f"{path}: {call} returned {type(config).__name__}, not an ml_collections.ConfigDict. End get_config with "
         "`return config` of a ConfigDict (see experiments/synthetic.py).")
-  from w2sg_jax import validate  # Unknown keys get a "did you mean".
+  if not overrides:
+    return config
+  from w2sg_jax import config as schema  # pylint: disable=g-import-not-at-top
 
+  # Any key of the schema can be set, also one the file leaves at its default (`config.filled` writes them);
+  # an unknown key gets a "did you mean". Values are Python values here, checked when the config is resolved.
+  config = schema.filled(config)
   with config.unlocked():
-    for dotted, value in (overrides or {}).items():
+    for dotted, value in overrides.items():
+      if not schema.settable(config, dotted):
+        raise schema.UnknownKeyError(dotted, config, where=spec)
       *parents, leaf = dotted.split(".")
-      if not validate.has_key(config, dotted):
-        raise validate.UnknownKeyError(dotted, config, where=spec)
       node = config
       for key in parents:
         node = node[key]
+      if leaf in node:
+        del node[leaf]  # The value given decides the type (an int where the file wrote a float is fine).
       node[leaf] = value
   return config
