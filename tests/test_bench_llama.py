@@ -130,8 +130,7 @@ def test_first_step_losses_agree_with_transformers(stepped):
   _, model, batch, js, _ = stepped
   tm = llama_bench.torch_classifier(model)  # The model's own arrays: the step updated a private copy.
   opt = step.OPT
-  torch_step, _ = torch_ref.make_step(tm, lr=opt["learning_rate"], weight_decay=opt["weight_decay"],
-                                      grad_clip=opt["grad_clip"])
+  torch_step, _ = torch_ref.make_step(tm, lr=opt.learning_rate, weight_decay=opt.weight_decay, grad_clip=opt.grad_clip)
   loss = torch_step(torch.from_numpy(batch["input_ids"]), torch.from_numpy(batch["attention_mask"]),
                     torch.from_numpy(batch["targets"]))
   np.testing.assert_allclose(float(loss), float(js.last_metrics["loss"]), rtol=1e-5, atol=1e-7)

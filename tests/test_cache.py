@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import pytest
 
+from w2sg_jax import config as schema
 from w2sg_jax import cache as cache_lib
 from w2sg_jax import config_lib, engines, hashing, losses, pipeline, tasks
 from w2sg_jax.labels import store as store_lib
@@ -309,7 +310,7 @@ def _run(cache_dir, workdir, **overrides):
   config = _config(**overrides)
   with config.unlocked():
     config.cache_dir = str(cache_dir)
-  return pipeline.Pipeline(config, str(workdir), tasks.get(config.task)).run()
+  return pipeline.Pipeline(schema.Experiment.from_configdict(config), str(workdir), tasks.get(config.task)).run()
 
 
 def _computed(results):
@@ -392,7 +393,7 @@ def test_vmap_engine_equals_independent_single_runs():
     stores = [store_lib.write_store(os.path.join(tmp, str(k)), ids, rng.dirichlet([1, 1], n).astype(np.float32),
                                     components={"k": k}) for k in range(3)]
     make_model = lambda rngs: FeatureHead(d, (16,), 2, rngs=rngs)  # noqa: E731
-    opt = {"name": "adamw", "learning_rate": 1e-2}
+    opt = schema.OptimizerConfig(name="adamw", learning_rate=1e-2)
     streams = [stream_lib.LabelStream(ids, {"features": x}, s, batch_size=32, num_steps=40, seed=seed)
                for seed, s in zip((5, 6, 7), stores)]
     apply, params, _ = engines.train_vmap(make_model, stream_lib.stack(streams), loss_fn=losses.get("js"), opt=opt,

@@ -1,9 +1,9 @@
 """Config mistakes on the command line (issue 18, item 11): exit 2 with one paragraph naming the key.
 
 absl would fail on a value that does not parse as the key's type with a
-two-line message and exit 1; `main.check_override_values` parses each
-``--config.KEY=VALUE`` first, as config_flags will, and names the key and the
-type expected. Most checks run in-process; one subprocess checks the exit status.
+two-line message and exit 1; `main.check_arguments` applies each
+``--config.KEY=VALUE`` first, through the schema's one override road
+(`config.apply_overrides`), and names the key and the type expected. Most checks run in-process; one subprocess checks the exit status.
 """
 
 from __future__ import annotations
@@ -87,3 +87,37 @@ def test_cli_exits_2_naming_the_key_before_absl_parses(tmp_path):
   assert "seeds takes an integer" in proc.stderr and "student.train.batch_size takes an integer" in proc.stderr
   assert "Traceback" not in proc.stderr and "FATAL Flags parsing error" not in proc.stderr
   assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+
+
+def _checked(*args):
+  cwd = os.getcwd()
+  os.chdir(REPO)
+  try:
+    return main_lib.check_arguments(["main", SMOKE, "--workdir=/tmp/x", *args])
+  finally:
+    os.chdir(cwd)
+
+
+def test_one_override_road_for_main_and_plan():
+  """`--config.KEY=VALUE` of main (and so `w2sg run --set`) and of plan resolve through `config.apply_overrides`:
+  a key the file leaves at its default, and an entry of a dict-valued field, can be set on either."""
+  from w2sg_jax import plan
+
+  texts = {"weak.per_seed": "true", "student.train.optimizer.b2": "0.95", "student.grid.learning_rate": "(1e-3, 1e-2)",
+           "student.train.select.metric": "accuracy", "student.train.select.holdout": "64"}
+  experiment = _checked(*(f"--config.{k}={v}" for k, v in texts.items()))
+  assert experiment.weak.per_seed is True and experiment.student.train.optimizer.b2 == 0.95
+  assert experiment.student.grid == {"learning_rate": (1e-3, 1e-2)}
+  assert plan.load_config(os.path.join(REPO, "experiments", "synthetic.py:smoke"), texts) == experiment
+
+
+def test_a_bare_override_sets_a_boolean_and_is_refused_elsewhere(tmp_path):
+  assert _checked("--config.weak.per_seed").weak.per_seed is True
+  paragraph, status = _explained(tmp_path, "--config.seeds")
+  assert status == 2 and "--config.seeds: seeds takes a value (--config.seeds=VALUE)." in paragraph
+
+
+def test_absl_parses_the_flags_without_the_overrides():
+  argv = ["main", SMOKE, "--workdir=w", "--config.seeds=3", "--config.data.sizes.test", "512", "--config.weak.per_seed",
+          "--debug", "--", "--config.after=1"]
+  assert main_lib.without_overrides(argv) == ["main", SMOKE, "--workdir=w", "--debug", "--", "--config.after=1"]

@@ -314,3 +314,45 @@ def test_readme_block_is_up_to_date():
   with open(os.path.join(REPO, "README.md")) as f:
     text = f.read()
   assert schema.readme_block() in text, "run: python -m w2sg_jax.config --write-readme"
+
+
+def test_a_grid_value_its_optimizer_would_refuse_is_refused_before_compute():
+  """A grid point is the config's optimizer with the point's value set: a learning rate of 0 (or a negative
+  weight decay) fails at the boundary, not when its run starts."""
+  config = _load("tweets_minilm", None)  # Tuned: student.grid with its weak-labelled holdout.
+  _set(config, "student.grid", {"learning_rate": (0.0, 1e-3)})
+  _set(config, "weak.grid", {"weight_decay": (-0.1,)})
+  _set(config, "weak.train.select", {"metric": "accuracy", "holdout": 50, "every": 0})
+  assert sorted(_problems(config)) == [
+      "student.grid['learning_rate']=(0.0, 0.001): must be a non-empty tuple of numbers > 0 (a learning rate).",
+      "weak.grid['weight_decay']=(-0.1,): must be a non-empty tuple of numbers >= 0.",
+  ]
+  _set(config, "weak.grid", {"learning_rate": (1e-3, 0.0)})
+  assert "weak.grid['learning_rate']=(0.001, 0.0): must be a non-empty tuple of numbers > 0 (a learning rate)." \
+      in _problems(config)
+
+
+def test_stage_keys_come_from_the_resolved_config(tmp_path):
+  """Every stage's key reads the resolved blocks: a config that leaves a key out and one that writes it at its
+  default share every entry; a field that cannot change a number leaves the keys alone; any other changes them."""
+  from w2sg_jax import cache as cache_lib
+  from w2sg_jax import stages as stages_lib
+  from w2sg_jax import tasks
+
+  def keys(raw):
+    st = stages_lib.Stages(schema.Experiment.from_configdict(raw), tasks.get("synthetic"),
+                           cache_lib.Cache(str(tmp_path / "cache")))
+    data = st.data()
+    return {"weak": cache_lib.stage_key("weak", st.weak_components(data)),
+            "strong": cache_lib.stage_key("student", st._strong_components(data))}  # pylint: disable=protected-access
+
+  raw = _load("synthetic", "smoke")
+  written = schema.filled(raw)  # Every key the file leaves out, written at the schema's default.
+  assert set(schema.all_keys(written)) > set(schema.all_keys(raw))
+  base = keys(raw)
+  assert keys(written) == base
+  assert keys(_load("synthetic", "smoke", **{"student.train.log_every": 1, "weak.train.eval_batch_size": 7})) == base
+  changed = keys(_load("synthetic", "smoke", **{"student.train.optimizer.b2": 0.95}))
+  assert changed["strong"] != base["strong"] and changed["weak"] == base["weak"]
+  assert keys(_load("synthetic", "smoke", **{"weak.train.optimizer.eps": 1e-6}))["weak"] != base["weak"]
+  assert cache_lib.FORMAT_VERSION == 3  # Bumped once when keys moved from raw subtrees to resolved blocks.

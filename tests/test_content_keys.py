@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from w2sg_jax import config as schema
 from w2sg_jax import cache as cache_lib
 from w2sg_jax import config_lib, hashing, stages, tasks, validate
 from w2sg_jax.data import preference as preference_data
@@ -50,6 +51,11 @@ def _copy_checkpoint(spec: str, dest: Path) -> Path:
 
 def _load(experiment: str, **overrides):
   return config_lib.load_config(str(REPO / "experiments" / experiment), overrides)
+
+
+def _typed(experiment: str, **overrides) -> schema.Experiment:
+  """`_load`, converted at the boundary: what the tasks and the stages take."""
+  return schema.Experiment.from_configdict(_load(experiment, **overrides))
 
 
 def _rewrite_json(path: Path, **changes):
@@ -158,15 +164,15 @@ def cache_dir(tmp_path_factory):
 
 def _pretrained_config(task: str, cache_dir: str, weak: Path, strong: Path):
   experiment = "w2s_llama.py:smoke" if task == "preference" else "w2s_llama.py:tweets_smoke"
-  return _load(experiment, **{"weak.checkpoint": str(weak), "strong.checkpoint": str(strong),
-                              "cache_dir": cache_dir})
+  return _typed(experiment, **{"weak.checkpoint": str(weak), "strong.checkpoint": str(strong),
+                               "cache_dir": cache_dir})
 
 
 def _tweets_config(cache_dir: str, checkpoint: Path):
-  return _load("tweets_minilm.py:smoke", **{"strong.checkpoint": str(checkpoint), "cache_dir": cache_dir})
+  return _typed("tweets_minilm.py:smoke", **{"strong.checkpoint": str(checkpoint), "cache_dir": cache_dir})
 
 
-def _keys(config, cache_root: str) -> dict[str, str]:
+def _keys(config: schema.Experiment, cache_root: str) -> dict[str, str]:
   """The data fingerprint and the weak and strong stage keys a config gets."""
   task = tasks.get(config.task)
   fingerprint = task.fingerprint(config)
@@ -299,8 +305,8 @@ def fake_hub(tmp_path, monkeypatch):
 @pytest.mark.slow  # Two pipeline runs on a fake hub (~8-15 s): slow suite.
 def test_hub_id_is_resolved_once_fetched_at_its_commit_and_keyed_by_it(tmp_path, cache_dir, fake_hub):
   strong = _copy_checkpoint(STRONG_SPEC, tmp_path / "s")
-  config = _load("w2s_llama.py:tweets_smoke", **{"weak.checkpoint": "org/tiny", "strong.checkpoint": str(strong),
-                                                   "cache_dir": cache_dir})
+  config = _typed("w2s_llama.py:tweets_smoke", **{"weak.checkpoint": "org/tiny", "strong.checkpoint": str(strong),
+                                                    "cache_dir": cache_dir})
   task = tasks.get("text_classification")
   fp = task.fingerprint(config)
   task.make_model("weak", config)
@@ -313,8 +319,8 @@ def test_hub_id_is_resolved_once_fetched_at_its_commit_and_keyed_by_it(tmp_path,
   assert set(pretrained.HUB_PATTERNS) <= set(fake_hub.download_calls[0]["allow_patterns"])
 
   # A pinned branch: another commit, other files, another key; a pinned commit needs no lookup.
-  pinned = _load("w2s_llama.py:tweets_smoke", **{"weak.checkpoint": "org/tiny", "weak.checkpoint_revision": "v2",
-                                                   "strong.checkpoint": str(strong), "cache_dir": cache_dir})
+  pinned = _typed("w2s_llama.py:tweets_smoke", **{"weak.checkpoint": "org/tiny", "weak.checkpoint_revision": "v2",
+                                                    "strong.checkpoint": str(strong), "cache_dir": cache_dir})
   fp2 = task.fingerprint(pinned)
   assert fp2["checkpoints"]["weak"]["commit"] == "2" * 40 and fake_hub.info_calls[-1] == ("org/tiny", "v2")
   assert cache_lib.stage_key("data", fp2) != cache_lib.stage_key("data", fp)

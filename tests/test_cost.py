@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from w2sg_jax import config as schema
 from w2sg_jax import cost, engines, losses, plan, train
 from w2sg_jax.labels import store as store_lib
 from w2sg_jax.models import FeatureHead
@@ -20,7 +21,7 @@ from tests.helpers.compiles import count_compilations
 N, D, C, B = 512, 512, 64, 512
 N_EVAL, EVAL_BATCH = 300, 128
 NUM_STEPS = 2
-OPT = {"name": "adamw", "learning_rate": 1e-3}
+OPT = schema.OptimizerConfig(name="adamw", learning_rate=1e-3)
 
 
 
@@ -38,7 +39,7 @@ def problem(tmp_path_factory):
                                   components={"k": k}) for k in range(3)]
   kw = {"make_model": _make_model, "train_ids": ids, "train_inputs": {"features": x},
         "eval_inputs": {"test": {"features": x[:N_EVAL]}}, "loss_fn": losses.get("xent"), "progress": False,
-        "train_cfg": {"batch_size": B, "num_steps": NUM_STEPS, "optimizer": OPT, "eval_batch_size": EVAL_BATCH}}
+        "train_cfg": schema.TrainConfig(batch_size=B, num_steps=NUM_STEPS, optimizer=OPT, eval_batch_size=EVAL_BATCH)}
   return root, stores, kw
 
 

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from tests.helpers import tiny
+from w2sg_jax import config as schema
 from w2sg_jax import cpu, losses, parallel, train
 from w2sg_jax.models import Bert, BertConfig, SequenceClassifier
 
@@ -89,7 +90,7 @@ def test_chained_transformer_step_equals_plain_step():
   scores), so what reaches them is float noise, which Adam would normalise
   into full-size steps under any change in the order of float additions.
   """
-  sgd = {"name": "sgd", "learning_rate": 0.1, "schedule": "constant", "momentum": 0.9}
+  sgd = schema.OptimizerConfig(name="sgd", learning_rate=0.1, schedule="constant", momentum=0.9)
   _assert_same(_train("bert", 1, "logconf", 8, opt=sgd, confidence=0.75, warmup=0.2),
                _train("bert", 4, "logconf", 8, opt=sgd, confidence=0.75, warmup=0.2))
 

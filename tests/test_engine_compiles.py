@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from w2sg_jax import config as schema
 from w2sg_jax import engines, losses, train
 from w2sg_jax.labels import store as store_lib
 from w2sg_jax.models import FeatureHead
@@ -24,8 +25,8 @@ from tests.helpers.compiles import count_compilations
 
 # Shapes no other test uses, so this module's first group compiles cold in any order of the suite.
 N, D, H, C, B, STEPS, HOLDOUT = 44, 5, 7, 3, 4, 6, 12
-OPT = {"name": "adamw", "learning_rate": 1e-2, "schedule": "cosine", "warmup_steps": 1, "weight_decay": 1e-4,
-       "grad_clip": 1.0}
+OPT = schema.OptimizerConfig(name="adamw", learning_rate=1e-2, schedule="cosine", warmup_steps=1, weight_decay=1e-4,
+                             grad_clip=1.0)
 # Every program a group may compile: its set-up, its training loop, prediction (the holdout's shape and
 # the test split's), and the selection's bookkeeping (the best parameters; the runs back in the caller's
 # order, as the engine trains the runs of one batch order side by side).
@@ -48,8 +49,8 @@ def problem(tmp_path_factory):
   test_x = rng.normal(size=(N - 5, D)).astype(np.float32)
   kw = {"engine": "vmap", "make_model": _make_model, "train_ids": ids, "train_inputs": {"features": x},
         "eval_inputs": {"test": {"features": test_x}}, "progress": False,
-        "train_cfg": {"batch_size": B, "num_steps": STEPS, "optimizer": OPT,
-                      "select": {"metric": "accuracy", "holdout": HOLDOUT, "every": 2}}}
+        "train_cfg": schema.TrainConfig(batch_size=B, num_steps=STEPS, optimizer=OPT,
+                                        select=schema.SelectConfig(metric="accuracy", holdout=HOLDOUT, every=2))}
   return store, kw
 
 
@@ -134,7 +135,7 @@ def test_the_losses_of_a_table_share_one_training_loop(problem):
   ``loss_table``): each trains as the same group with its own loop does, and its step FLOPs are its own
   loss's (XLA costs a conditional as its costliest branch)."""
   store, kw = problem
-  kw = {**kw, "train_cfg": {**kw["train_cfg"], "num_steps": STEPS + 1}}  # A loop no other test compiled.
+  kw = {**kw, "train_cfg": kw["train_cfg"].replace(num_steps=STEPS + 1)}  # A loop no other test compiled.
   table = (losses.get("xent"), losses.get("pearson"), losses.get("tv"))
   group = _group(store, [0, 1, 0, 1], [1e-2, 3e-2, 1e-3, 3e-3])
   counts, shared = [], {}

@@ -126,13 +126,16 @@ def test_bf16_features_match_float32_on_the_tiny_bert_fixture():
 
 def test_feature_dtype_enters_the_keys_only_when_not_float32():
   """float32 (the default) keeps every existing key; bfloat16 features key apart, and so does all downstream."""
-  import ml_collections
+  import os
 
-  config = ml_collections.ConfigDict({"strong": {"feature_dtype": "float32"}})
-  assert tweets.feature_dtype(config) == "float32"
-  assert tweets.feature_dtype(ml_collections.ConfigDict({"strong": {}})) == "float32"
-  config.strong.feature_dtype = "bfloat16"
-  assert tweets.feature_dtype(config) == "bfloat16"
-  config.strong.feature_dtype = "float16"
-  with pytest.raises(ValueError, match="float32"):
-    tweets.feature_dtype(config)
+  from w2sg_jax import config as schema
+  from w2sg_jax import config_lib
+
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = schema.Experiment.from_configdict(config_lib.load_config(f"{repo}/experiments/tweets_minilm.py:smoke"))
+  assert tweets.feature_dtype(config) == "float32"  # The schema's default.
+  strong = config.strong
+  assert tweets.feature_dtype(config.replace(strong=strong.replace(feature_dtype="float32"))) == "float32"
+  assert tweets.feature_dtype(config.replace(strong=strong.replace(feature_dtype="bfloat16"))) == "bfloat16"
+  with pytest.raises(schema.ConfigError, match="feature_dtype='float16'.*float32"):
+    strong.replace(feature_dtype="float16")  # Refused by the schema: the task never sees it.

@@ -27,8 +27,8 @@ def load(**overrides):
   return config_lib.load_config(f"{REPO / 'w2sg_jax' / 'experiments' / 'files_example.py'}", overrides)
 
 
-def config_for(path, cache_dir, *, sizes=(8, 8, 8), **data):
-  """files_example with its data block on ``path``."""
+def config_for(path, cache_dir, *, sizes=(8, 8, 8), **data) -> schema.Experiment:
+  """files_example with its data block on ``path``, typed (what the task takes; the schema's checks pass)."""
   c = load(cache_dir=str(cache_dir))
   c.data.source = str(path)
   c.data.columns = {"id": "", "text": "text", "label": "label"}
@@ -36,8 +36,7 @@ def config_for(path, cache_dir, *, sizes=(8, 8, 8), **data):
   c.data.sizes = {"weak_train": sizes[0], "w2s_train": sizes[1], "test": sizes[2]}
   for k, v in data.items():
     c.data[k] = v
-  schema.Experiment.from_configdict(c)  # Every config here passes the schema's checks.
-  return c
+  return schema.Experiment.from_configdict(c)
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +107,11 @@ def test_one_file_per_split_keeps_each_split(cache_dir, tmp_path):
     path.write_text("text,label\n" + "".join(f"row {start + i},{i % 2}\n" for i in range(10)))
     parts[split] = str(path)
   c = config_for("", cache_dir, split_files=parts, num_classes=2, sizes=(4, 6, 10))
-  c.data.source = ""
   splits = files_task.FilesTask().splits(c, str(cache_dir))
   assert splits["weak_train"].ids.tolist() == [f"weak_train-{i}" for i in range(4)]
   assert splits["test"].ids.tolist() == [f"test-{i}" for i in range(10)]
   with pytest.raises(ValueError, match=r"data.sizes.test=11, but data.split_files.test holds only 10 rows"):
-    c.data.sizes.test = 11
-    files_task.prepare(c, str(cache_dir))
+    files_task.prepare(c.replace(data=c.data.replace(sizes=c.data.sizes.replace(test=11))), str(cache_dir))
 
 
 # ---------------------------------------------------------------- bad inputs
@@ -217,8 +214,7 @@ def test_fingerprint_follows_the_content_not_the_path(cache_dir, tmp_path):
 
 def test_a_changed_source_is_a_different_cache_key(cache_dir, tmp_path):
   """The path is not semantic (moving a file keeps the keys); the content enters through the fingerprint."""
-  c = config_for(FIXTURES / "topics3.csv", cache_dir, num_classes=2)
-  exp = schema.Experiment.from_configdict(c)
+  exp = config_for(FIXTURES / "topics3.csv", cache_dir, num_classes=2)
   assert "source" not in schema.semantic_dict(exp.data)
 
 
@@ -243,8 +239,8 @@ def hub_fixtures(monkeypatch):
   return calls
 
 
-def suite_config(name, cache_dir, *, revision=None):
-  """The experiment's variant, tiny models; an entry that pins no revision gets ``FIXTURE_REVISION``."""
+def suite_config(name, cache_dir, *, revision=None) -> schema.Experiment:
+  """The experiment's variant, tiny models, typed; an entry that pins no revision gets ``FIXTURE_REVISION``."""
   c = config_lib.load_config(f"{REPO / 'w2sg_jax' / 'experiments' / 'w2s_suite.py'}:{name}",
                              {"cache_dir": str(cache_dir)})
   c.data.sizes = {"weak_train": 4, "w2s_train": 4, "test": 4}
@@ -252,8 +248,7 @@ def suite_config(name, cache_dir, *, revision=None):
   c.data.revision = (c.data.revision or FIXTURE_REVISION) if revision is None else revision
   tiny = load()
   c.weak, c.strong = tiny.weak, tiny.strong
-  schema.Experiment.from_configdict(c)
-  return c
+  return schema.Experiment.from_configdict(c)
 
 
 # What the peer's own functions (openai/weak-to-strong weak_to_strong/datasets.py at commit

@@ -69,7 +69,7 @@ def grid_run(tmp_path_factory):
   default_lr = float(c.student.train.optimizer.learning_rate)
   with c.unlocked():
     c.student.grid = {"learning_rate": (default_lr, default_lr * 10)}
-  p = pipeline.Pipeline(c, str(tmp / "run"), tasks.get(c.task))
+  p = pipeline.Pipeline(schema.Experiment.from_configdict(c), str(tmp / "run"), tasks.get(c.task))
   return tmp, p.run(), p.cache, default_lr
 
 
@@ -129,7 +129,7 @@ def test_the_plan_counts_every_grid_point_once_with_the_default_among_them():
         "student.losses": ("xent", "alpha", "logconf"), "student.train.select.metric": "accuracy",
         "student.train.select.holdout": 64, **overrides})
     c = schema.Experiment.from_configdict(c).to_configdict()
-    return plan.whole_config_counts(c, plans)["strong"]
+    return plan.whole_config_counts(schema.Experiment.from_configdict(c), plans)["strong"]
 
   base = counts()
   cells = base["runs"] - 2  # Minus the ceiling's seeds.
@@ -158,7 +158,7 @@ def weak_and_ceiling_grid_run(tmp_path_factory):
   with c.unlocked():
     c.weak.grid = {"learning_rate": (weak_lr / 30, weak_lr, weak_lr * 10)}
     c.ceiling.grid = {"learning_rate": (strong_lr / 30, strong_lr * 3)}
-  p = pipeline.Pipeline(c, str(tmp / "run"), tasks.get(c.task))
+  p = pipeline.Pipeline(schema.Experiment.from_configdict(c), str(tmp / "run"), tasks.get(c.task))
   results = p.run()
   plain = config_lib.load_config(os.path.join(REPO, "experiments", "synthetic.py:smoke"), overrides)
   return tmp, results, p.cache, (weak_lr, strong_lr), plain
@@ -196,7 +196,7 @@ def test_the_config_s_own_weak_and_ceiling_points_are_the_runs_without_a_grid(we
   with plain.unlocked():
     plain.cache_dir = str(tmp / "cache")
     plain.student.grid = {}
-  p = pipeline.Pipeline(plain, str(tmp / "plain"), tasks.get(plain.task))
+  p = pipeline.Pipeline(schema.Experiment.from_configdict(plain), str(tmp / "plain"), tasks.get(plain.task))
   again = p.run()
   assert not [e for e in p.cache.computed() if e.stage in ("weak", "ceiling")]
   assert again["weak"]["test_accuracy"] == pytest.approx(results["weak"]["grid"][0]["test_accuracy"], abs=1e-12)
@@ -229,12 +229,15 @@ def test_the_plan_counts_the_weak_and_ceiling_grid_points():
   plans = {"weak": {"num_steps": 10, "eval_batch_size": 8}, "strong": {"num_steps": 100, "eval_batch_size": 8}}
   c = config_lib.load_config(os.path.join(REPO, "experiments", "synthetic.py:smoke"))
   c = schema.Experiment.from_configdict(c).to_configdict()
-  before = plan.whole_config_counts(c, plans)
+  with c.unlocked():  # The holdouts that weak.grid and ceiling.grid pick on.
+    c.weak.train.select = {"metric": "accuracy", "holdout": 50, "every": 0}
+    c.student.train.select = {"metric": "accuracy", "holdout": 50, "every": 0}
+  before = plan.whole_config_counts(schema.Experiment.from_configdict(c), plans)
   lr = float(c.weak.train.optimizer.learning_rate)
   with c.unlocked():
     c.weak.grid = {"learning_rate": (lr, lr / 3, lr * 3)}  # The config's own rate among them: 3 models, not 4.
     c.ceiling.grid = {"weight_decay": (0.5,)}  # One more point per seed.
-  after = plan.whole_config_counts(c, plans)
+  after = plan.whole_config_counts(schema.Experiment.from_configdict(c), plans)
   assert after["weak"]["runs"] == 3 * before["weak"]["runs"]
   assert after["strong"]["runs"] == before["strong"]["runs"] + int(c.seeds)
 
@@ -252,7 +255,7 @@ def test_a_loss_hparam_grid_and_every_loss_share_one_training_loop(tmp_path):
       "cache_dir": str(tmp_path / "cache")})
   with c.unlocked():
     c.student.grid = {"loss_alpha": (0.25, 0.75)}
-  p = pipeline.Pipeline(c, str(tmp_path / "run"), tasks.get(c.task))
+  p = pipeline.Pipeline(schema.Experiment.from_configdict(c), str(tmp_path / "run"), tasks.get(c.task))
   data = p.stages.data()
   weak = p.stages.weak(data)
   with count_compilations() as compiled:

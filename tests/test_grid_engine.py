@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from w2sg_jax import config as schema
 from w2sg_jax import engines, losses, train
 from w2sg_jax.labels import store as store_lib
 from w2sg_jax.labels import stream as stream_lib
 from tests.helpers.compiles import count_compilations
 
 N, D, C, B, STEPS = 64, 8, 3, 8, 12
-OPT = {"name": "adamw", "learning_rate": 1e-2, "schedule": "cosine", "warmup_steps": 2, "weight_decay": 1e-4,
-       "grad_clip": 1.0}
+OPT = schema.OptimizerConfig(name="adamw", learning_rate=1e-2, schedule="cosine", warmup_steps=2, weight_decay=1e-4,
+                             grad_clip=1.0)
 LRS, WDS = [1e-3, 3e-3, 1e-2, 3e-2], [0.0, 0.01, 0.0, 0.01]
 
 
@@ -58,7 +59,7 @@ def problem(tmp_path_factory):
 
 
 def _cfg(opt=None, num_steps=STEPS):
-  return {"batch_size": B, "num_steps": num_steps, "optimizer": dict(opt or OPT), "eval_batch_size": 16, "log_every": 1}
+  return schema.TrainConfig(batch_size=B, num_steps=num_steps, optimizer=opt or OPT, eval_batch_size=16, log_every=1)
 
 
 # Two seeds, each read by two runs: the engine trains the runs of one batch order side by side
@@ -91,12 +92,12 @@ def test_grid_equals_each_setting_trained_alone(problem, grid):
   for r, (seed, lr, wd) in enumerate(zip(SEEDS, LRS, WDS)):
     with count_compilations() as compiled_now:
       alone = engines.train_runs([engines.RunSpec(seed=seed, store=store)], engine="vmap",
-                                 train_cfg=_cfg({**OPT, "learning_rate": lr, "weight_decay": wd}), **kw)
+                                 train_cfg=_cfg(OPT.replace(learning_rate=lr, weight_decay=wd)), **kw)
     compiled.append(compiled_now)
     np.testing.assert_allclose(grid.logits["test"][r], alone.logits["test"][0], atol=1e-6, rtol=0)
     # The reported lr is the run's own: its schedule at its own peak.
     assert [h["lr"] for h in grid.history[r]] == [h["lr"] for h in alone.history[0]]
-    _, schedule = train.make_optimizer({**OPT, "learning_rate": lr}, STEPS)
+    _, schedule = train.make_optimizer(OPT.replace(learning_rate=lr), STEPS)
     assert [h["lr"] for h in grid.history[r]] == [float(jax.jit(schedule)(h["step"] - 1)) for h in grid.history[r]]
   assert compiled[0]["jit(run_steps)"] <= 1
   assert [sum(c.values()) for c in compiled[1:]] == [0, 0, 0], compiled
@@ -162,7 +163,7 @@ def test_default_runs_share_the_grid_program_and_equal_the_plain_optimizer(probl
                                for s, w in zip(SEEDS, warmups)], engine="vmap", train_cfg=_cfg(), **kw)
   assert sum(compiled.values()) == 0, compiled
   for r, w in enumerate(warmups):
-    _, schedule = train.make_optimizer({**OPT, "warmup_steps": w}, STEPS)
+    _, schedule = train.make_optimizer(OPT.replace(warmup_steps=w), STEPS)
     assert [h["lr"] for h in warm.history[r]] == [float(jax.jit(schedule)(h["step"] - 1)) for h in warm.history[r]]
   # Against the old engine: four seeds, four orders (each run gathers its own batch, as before).
   seeds = [0, 1, 2, 3]
@@ -185,35 +186,39 @@ def test_vmap_rejects_what_one_program_cannot_hold(problem):
     engines.train_runs([engines.RunSpec(seed=0, store=store, optimizer={"learning_rte": 0.5})], engine="vmap",
                        train_cfg=_cfg(), **kw)
   with pytest.raises(ValueError, match=r"optimizer 'adam' has no weight decay"):
-    engines.group_optimizer({"name": "adam", "learning_rate": 1e-3},
+    engines.group_optimizer(schema.OptimizerConfig(name="adam", learning_rate=1e-3),
                             [engines.RunSpec(seed=0, store=store, optimizer={"weight_decay": 0.1})])
-  with pytest.raises(ValueError, match=r"learning_rate=nan"):
+  # Each run's merged config is checked as any OptimizerConfig is, the message naming the run.
+  with pytest.raises(ValueError, match=r"of the run of seed 0: learning_rate=nan: must be a finite number > 0"):
     engines.group_optimizer(OPT, [engines.RunSpec(seed=0, store=store, optimizer={"learning_rate": float("nan")})])
+  with pytest.raises(ValueError, match=r"of the run of seed 2: learning_rate=0.0: must be a finite number > 0"):
+    engines.run_optimizer(OPT, engines.RunSpec(seed=2, store=store, optimizer={"learning_rate": 0.0}))
   # Keys every run sets alike join the shared config (and so the program's key).
   opt, hp = engines.group_optimizer(OPT, [engines.RunSpec(seed=s, store=store, optimizer={"grad_clip": 0.5})
                                           for s in (0, 1)])
-  assert opt["grad_clip"] == 0.5 and hp == {"learning_rate": [1e-2] * 2, "weight_decay": [1e-4] * 2,
+  assert opt == OPT.replace(grad_clip=0.5) and hp == {"learning_rate": [1e-2] * 2, "weight_decay": [1e-4] * 2,
                                             "warmup_steps": [2] * 2}
 
 
 @pytest.mark.slow
 def test_data_parallel_merges_the_run_overrides(problem, tmp_path):
-  """learning_rate=0 in a run's RunSpec.optimizer leaves its parameters where they started."""
+  """A learning rate of 1e-9 in a run's RunSpec.optimizer leaves its parameters where they started (the
+  schema refuses 0)."""
   _, store, kw = problem
-  run = engines.RunSpec(seed=3, store=store, work_dir=str(tmp_path / "lr0"), optimizer={"learning_rate": 0.0})
+  run = engines.RunSpec(seed=3, store=store, work_dir=str(tmp_path / "lr0"), optimizer={"learning_rate": 1e-9})
   trained = engines.train_runs([run], engine="data_parallel", train_cfg=_cfg(num_steps=2), **kw)
   x = kw["eval_inputs"]["test"]["features"]
   start = np.asarray(Head(rngs=nnx.Rngs(params=3))(jnp.asarray(x)))
   # The config's lr (1e-2, warm-up 2) would move the logits by ~1e-2; the run's override keeps them.
   np.testing.assert_allclose(trained.logits["test"][0], start, atol=1e-6)
-  assert [h["lr"] for h in trained.history[0]] == [0.0] * 2
-  assert engines.run_optimizer(OPT, run) == {**OPT, "learning_rate": 0.0}
+  assert all(0 <= h["lr"] <= 1e-9 for h in trained.history[0]) and len(trained.history[0]) == 2
+  assert engines.run_optimizer(OPT, run) == OPT.replace(learning_rate=1e-9)
 
 
 @pytest.mark.parametrize("opt", [
-    {**OPT, "weight_decay": 0.0},
-    {"name": "adamw", "learning_rate": 3e-3, "schedule": "linear", "end_lr_factor": 0.1, "warmup_steps": 3,
-     "weight_decay": 0.1, "accum_steps": 2},
+    OPT.replace(weight_decay=0.0),
+    schema.OptimizerConfig(name="adamw", learning_rate=3e-3, schedule="linear", end_lr_factor=0.1, warmup_steps=3,
+                           weight_decay=0.1, accum_steps=2),
 ])
 def test_injected_optimizer_equals_the_plain_one(opt):
   """make_optimizer(inject=True) at the config's values: the plain optimizer's updates and rates, to the bit;
@@ -238,8 +243,8 @@ def test_injected_optimizer_equals_the_plain_one(opt):
   (p0, lr0), (p1, lr1) = outs
   np.testing.assert_array_equal(np.asarray(p0["w"]), np.asarray(p1["w"]))
   np.testing.assert_array_equal(np.asarray(lr0), np.asarray(lr1))
-  state = train.with_hyperparams(tx.init(params), {"learning_rate": 2 * opt["learning_rate"]})
-  assert float(train.injected_hyperparams(state)["learning_rate"]) == np.float32(2 * opt["learning_rate"])
+  state = train.with_hyperparams(tx.init(params), {"learning_rate": 2 * opt.learning_rate})
+  assert float(train.injected_hyperparams(state)["learning_rate"]) == np.float32(2 * opt.learning_rate)
   assert float(schedule(jnp.int32(4), state)) == pytest.approx(2 * float(lr1[4]), rel=1e-6)
   with pytest.raises(ValueError, match="b1 cannot be set per run"):
     train.with_hyperparams(state, {"b1": 0.5})

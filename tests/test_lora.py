@@ -12,6 +12,7 @@ from flax import nnx
 
 from jax.sharding import PartitionSpec as P
 
+from w2sg_jax import config as schema
 from w2sg_jax import parallel, train
 from w2sg_jax.models import (
     GPT2,
@@ -311,8 +312,8 @@ def _trainer_run(num_devices, mode, accum_steps, batches):
   the state (frozen base included) born in ``mode``'s sharding; returns (state, born specs, born
   params and frozen as flat numpy dicts, copied before the donating step)."""
   mesh = parallel.make_mesh(num_devices)
-  opt = {"name": "adamw", "learning_rate": 2e-2, "weight_decay": 0.1, "schedule": "constant",
-         "accum_steps": accum_steps}
+  opt = schema.OptimizerConfig(name="adamw", learning_rate=2e-2, weight_decay=0.1, schedule="constant",
+                              accum_steps=accum_steps)
   tx, schedule = train.make_optimizer(opt, len(batches))
   clf = apply_lora(_classifier(num_layers=2), LoRAConfig(rank=4, alpha=8), rngs=nnx.Rngs(1))
   apply_fn, params, frozen = split_lora_model(clf)

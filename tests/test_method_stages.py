@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from w2sg_jax import config as schema
 from w2sg_jax import config_lib, engines, losses, pipeline, tasks, validate
 from w2sg_jax import methods as methods_lib
 from w2sg_jax.labels import store as store_lib
@@ -28,7 +29,7 @@ def _config(**overrides):
 def _run(tmp, config, workdir="run"):
   with config.unlocked():
     config.cache_dir = str(tmp / "cache")
-  p = pipeline.Pipeline(config, str(tmp / workdir), tasks.get(config.task))
+  p = pipeline.Pipeline(schema.Experiment.from_configdict(config), str(tmp / workdir), tasks.get(config.task))
   return p.run(), p.cache
 
 
@@ -122,7 +123,7 @@ def test_probe_stores_match_an_independent_knn(methods_run):
   with config.unlocked():
     config.cache_dir = cache_dir
   task = tasks.get("synthetic")
-  splits = task.splits(config, cache_dir)
+  splits = task.splits(schema.Experiment.from_configdict(config), cache_dir)
   x = splits["w2s_train"].inputs["strong"]["features"].astype(np.float64)
   x = x / np.linalg.norm(x, axis=1, keepdims=True)
   probes = _stores_of(cache_dir, "probe")
@@ -201,8 +202,8 @@ def test_rows_weighted_zero_do_not_change_training(tmp_path):
     trained = engines.train_runs(
         [engines.RunSpec(seed=1, store=store)], engine="vmap", make_model=lambda r: FeatureHead(d, (), 2, rngs=r),
         train_ids=ids, train_inputs={"features": x}, eval_inputs={"test": {"features": x}},
-        loss_fn=losses.get("js"), train_cfg=config_lib.train_config(batch_size=16, epochs=2, learning_rate=1e-2),
-        progress=False)
+        loss_fn=losses.get("js"), progress=False, train_cfg=schema.resolve_block(
+            schema.TrainConfig, config_lib.train_config(batch_size=16, epochs=2, learning_rate=1e-2), "student.train."))
     logits.append(trained.logits["test"][0])
   np.testing.assert_array_equal(logits[0], logits[1])
   # ... and a LabelStream gives them weight 0 in each batch's mask.
@@ -246,7 +247,7 @@ def test_the_plan_counts_the_extra_weak_models_and_rounds():
   config = schema.Experiment.from_configdict(config_lib.load_config(
       os.path.join(REPO, "experiments", "paper_hh.py:methods"))).to_configdict()
   plans = {"weak": {"num_steps": 10, "eval_batch_size": 8}, "strong": {"num_steps": 100, "eval_batch_size": 8}}
-  counts = plan.whole_config_counts(config, plans)
+  counts = plan.whole_config_counts(schema.Experiment.from_configdict(config), plans)
   seeds, rates, n_losses = 3, 5, 6
   assert counts["weak"]["runs"] == seeds * 3  # per_seed weak models, each with two more ensemble members
   cells = seeds * rates * n_losses
@@ -255,7 +256,7 @@ def test_the_plan_counts_the_extra_weak_models_and_rounds():
   assert counts["strong"]["runs"] == 6 * cells + seeds
   single = config_lib.load_config(os.path.join(REPO, "experiments", "paper_hh.py"))
   single = schema.Experiment.from_configdict(single).to_configdict()
-  assert plan.whole_config_counts(single, plans)["weak"]["runs"] == seeds
+  assert plan.whole_config_counts(schema.Experiment.from_configdict(single), plans)["weak"]["runs"] == seeds
 
 
 @pytest.mark.slow

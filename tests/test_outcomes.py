@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from w2sg_jax import config as schema
 from w2sg_jax import config_lib, engines, losses, parallel, pipeline, tasks, train
 from w2sg_jax.losses import registry as losses_registry
 
@@ -29,7 +30,7 @@ def _config(cache_dir, **overrides) -> ml_collections.ConfigDict:
 
 
 def _run(config, workdir):
-  return pipeline.Pipeline(config, str(workdir), tasks.get("synthetic")).run()
+  return pipeline.Pipeline(schema.Experiment.from_configdict(config), str(workdir), tasks.get("synthetic")).run()
 
 
 def _finished(cache_dir, stage):
@@ -133,12 +134,12 @@ def _train_reward_model(dtype: str, cache_dir: str, steps: int = 12):
   """The tiny GPT-2 reward model of the paper's smoke config, trained ``steps`` steps on its w2s pairs."""
   from w2sg_jax.tasks import preference as pref
 
-  config = config_lib.load_config(os.path.join(REPO, "experiments", "paper_hh.py:smoke"),
-                                  {"strong.dtype": dtype, "cache_dir": cache_dir})
+  config = schema.Experiment.from_configdict(config_lib.load_config(
+      os.path.join(REPO, "experiments", "paper_hh.py:smoke"), {"strong.dtype": dtype, "cache_dir": cache_dir}))
   task = pref.PreferenceTask()
   split = task.splits(config, cache_dir)["w2s_train"]
   mesh = parallel.make_mesh()
-  tx, schedule = train.make_optimizer({"name": "adam", "learning_rate": 1e-3, "schedule": "constant"}, steps)
+  tx, schedule = train.make_optimizer(schema.OptimizerConfig(name="adam", learning_rate=1e-3, schedule="constant"), steps)
   apply_fn, state, sharding = train.create_state(task.make_model("strong", config), tx=tx, seed=0, mesh=mesh,
                                                  trainable=task.trainable("strong", config))
   trainer = train.Trainer(apply_fn=apply_fn, loss_fn=losses.get("xent"), tx=tx, schedule=schedule, num_steps=steps,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.test_pipeline import _config
+from w2sg_jax import config as schema
 from w2sg_jax import cache as cache_lib
 from w2sg_jax import config_lib, pipeline, stages as stages_lib, tasks
 from w2sg_jax.data import preference as preference_lib
@@ -38,8 +39,8 @@ def _with(config, **dotted):
 
 
 def test_noise_subset_is_fixed_or_drawn_per_student_seed(tmp_path):
-  fixed = stages_lib.Stages(_synthetic(tmp_path), tasks.get("synthetic"), cache_lib.Cache(str(tmp_path / "c")))
-  per_seed = stages_lib.Stages(_synthetic(tmp_path, **{"student.noise.per_seed": True}), tasks.get("synthetic"),
+  fixed = stages_lib.Stages(schema.Experiment.from_configdict(_synthetic(tmp_path)), tasks.get("synthetic"), cache_lib.Cache(str(tmp_path / "c")))
+  per_seed = stages_lib.Stages(schema.Experiment.from_configdict(_synthetic(tmp_path, **{"student.noise.per_seed": True})), tasks.get("synthetic"),
                                cache_lib.Cache(str(tmp_path / "c")))
   s1, s2 = fixed.student_seeds
   assert fixed.noise_spec(0.2, s1) == fixed.noise_spec(0.2, s2)  # One subset for every student.
@@ -55,7 +56,7 @@ def per_seed_run(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("per_seed")
   config = _synthetic(tmp, **{"student.noise.per_seed": True})
   _with(config, **{"weak.per_seed": True, "ceiling": config_lib.ceiling_config("weak_train")})
-  results = pipeline.Pipeline(config, str(tmp / "run"), tasks.get("synthetic")).run()
+  results = pipeline.Pipeline(schema.Experiment.from_configdict(config), str(tmp / "run"), tasks.get("synthetic")).run()
   return tmp, config, results
 
 
@@ -63,7 +64,7 @@ def per_seed_run(tmp_path_factory):
 def test_per_seed_noise_reaches_each_students_labels(per_seed_run):
   tmp, config, _ = per_seed_run
   cache = cache_lib.Cache(config.cache_dir)
-  stages = stages_lib.Stages(config, tasks.get("synthetic"), cache)
+  stages = stages_lib.Stages(schema.Experiment.from_configdict(config), tasks.get("synthetic"), cache)
   data = stages.data()
   weak = stages.weak(data)
   students = stages.students(data, weak)
@@ -89,10 +90,11 @@ def test_weak_per_seed_trains_one_weak_model_per_seed_and_a_rerun_reuses_them(pe
   assert len(weak_entries) == len(seeds)
   manifests = [json.loads((tmp / "cache" / "weak" / d / cache_lib.MANIFEST).read_text()) for d in weak_entries]
   assert sorted(m["components"]["seed"] for m in manifests) == seeds
-  assert all(m["components"]["per_seed"] is True for m in manifests)  # Stores are keyed by the option.
+  # A model is keyed by its seed and settings; which option asked for that seed is not one of them.
+  assert all("per_seed" not in m["components"]["weak"] for m in manifests)
 
   cache = cache_lib.Cache(config.cache_dir)
-  stages = stages_lib.Stages(config, tasks.get("synthetic"), cache)
+  stages = stages_lib.Stages(schema.Experiment.from_configdict(config), tasks.get("synthetic"), cache)
   weak = stages.weak(stages.data())
   assert weak.weak_model_runs == 0 and not cache.computed("weak")
   assert sorted(weak.seed_stores) == seeds
@@ -101,7 +103,7 @@ def test_weak_per_seed_trains_one_weak_model_per_seed_and_a_rerun_reuses_them(pe
   assert weak.test_accuracy == pytest.approx(np.mean([
       np.mean(np.argmax(weak.stores_for(s)["test"].probs, -1) == stages.data().splits["test"].labels) for s in seeds]))
 
-  second = pipeline.Pipeline(config, str(tmp / "rerun"), tasks.get("synthetic")).run()
+  second = pipeline.Pipeline(schema.Experiment.from_configdict(config), str(tmp / "rerun"), tasks.get("synthetic")).run()
   assert second["weak"]["weak_model_runs"] == 0 and second["cache"]["computed"] == []
   assert second["summary"] == results["summary"]
 
@@ -114,7 +116,7 @@ def test_ceiling_trains_on_the_chosen_split(per_seed_run):
     manifest = json.loads((tmp / "cache" / "ceiling" / d / cache_lib.MANIFEST).read_text())
     assert manifest["components"]["train_split"] == "weak_train"
   cache = cache_lib.Cache(config.cache_dir)
-  stages = stages_lib.Stages(config, tasks.get("synthetic"), cache)
+  stages = stages_lib.Stages(schema.Experiment.from_configdict(config), tasks.get("synthetic"), cache)
   data = stages.data()
   truth = stages.truth_store(data, "weak_train")
   assert {json.loads((tmp / "cache" / "ceiling" / d / cache_lib.MANIFEST).read_text())["components"]["labels"]
@@ -123,16 +125,16 @@ def test_ceiling_trains_on_the_chosen_split(per_seed_run):
 
 def test_an_unknown_ceiling_split_is_a_clear_error(tmp_path):
   config = _with(_synthetic(tmp_path), ceiling=config_lib.ceiling_config("test"))
-  stages = stages_lib.Stages(config, tasks.get("synthetic"), cache_lib.Cache(str(tmp_path / "c")))
-  with pytest.raises(ValueError, match="weak_train"):
-    stages.ceiling_split  # noqa: B018
+  with pytest.raises(schema.ConfigError, match=r"ceiling.split='test'.*weak_train"):
+    schema.Experiment.from_configdict(config)
 
 
 def test_default_keys_are_unchanged_by_the_options(tmp_path):
-  """A config without the new keys keys its weak model and ceiling exactly as before."""
-  plain = stages_lib.Stages(_synthetic(tmp_path), tasks.get("synthetic"), cache_lib.Cache(str(tmp_path / "c")))
+  """A config that leaves the options out keys its weak model and ceiling as one that writes them at their
+  defaults, and a weak model's key is the model's settings, not which seeds asked for it (per_seed)."""
+  plain = stages_lib.Stages(schema.Experiment.from_configdict(_synthetic(tmp_path)), tasks.get("synthetic"), cache_lib.Cache(str(tmp_path / "c")))
   off = _with(_synthetic(tmp_path), **{"weak.per_seed": False, "ceiling": config_lib.ceiling_config()})
-  off = stages_lib.Stages(off, tasks.get("synthetic"), cache_lib.Cache(str(tmp_path / "c")))
+  off = stages_lib.Stages(schema.Experiment.from_configdict(off), tasks.get("synthetic"), cache_lib.Cache(str(tmp_path / "c")))
   data = plain.data()
   assert plain.weak_components(data) == off.weak_components(data)
   assert "per_seed" not in plain.weak_components(data)
@@ -166,13 +168,13 @@ def test_single_turn_files_have_no_url_and_say_where_they_come_from(tmp_path):
 
 
 def test_paper_config_on_the_single_turn_files_keeps_their_split(tmp_path):
-  config = config_lib.load_config(os.path.join(REPO, "experiments", "paper_hh.py:single_turn_smoke"),
-                                  {"cache_dir": str(tmp_path / "cache")})
+  config = schema.Experiment.from_configdict(config_lib.load_config(
+      os.path.join(REPO, "experiments", "paper_hh.py:single_turn_smoke"), {"cache_dir": str(tmp_path / "cache")}))
   expected = json.loads(open(os.path.join(REPO, "tests", "fixtures", "data", "hh-single-turn_expected.json")).read())
   splits = tasks.get("preference").splits(config, config.cache_dir)
   for split, part in splits.items():
     want = [preference_lib.pair_id(e["chosen"], e["rejected"]) for e in expected[split]["examples"]]
-    assert list(part.ids) == want[: config.data.sizes[split]]  # The first n of its own file, in order.
+    assert list(part.ids) == want[: getattr(config.data.sizes, split)]  # The first n of its own file, in order.
   # The pair the authors' files hold in both weak_train and test stays in both.
   assert splits["weak_train"].ids[0] in set(splits["test"].ids)
 

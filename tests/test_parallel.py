@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from w2sg_jax import config as schema
 from w2sg_jax import losses, parallel, train
 from w2sg_jax.models import GPT2, GPT2Config, SequenceClassifier
 
@@ -40,7 +41,7 @@ def batches(num_steps):
 def run(num_devices, mode, num_steps=4, remat="none"):
   """Trains a small GPT-2 classifier with ``train.Trainer``; the state is born in its sharding, the step jitted with it."""
   mesh = parallel.make_mesh(num_devices)
-  opt = {"name": "adamw", "learning_rate": 3e-3, "weight_decay": 1e-4, "grad_clip": 1.0, "accum_steps": 2}
+  opt = schema.OptimizerConfig(name="adamw", learning_rate=3e-3, weight_decay=1e-4, grad_clip=1.0, accum_steps=2)
   tx, schedule = train.make_optimizer(opt, num_steps)
   trainable = nnx.Param
   graphdef_model = nnx.eval_shape(lambda: make_model(nnx.Rngs(params=0), remat))
@@ -127,7 +128,7 @@ def _constraints(lowered) -> int:
 def test_trainer_traces_under_the_mesh(mode):
   """The lowered step and prediction carry the models' constrain_batch: one per block, plus the embeddings."""
   mesh = parallel.make_mesh(8)
-  tx, schedule = train.make_optimizer({"name": "adamw", "learning_rate": 1e-3}, 4)
+  tx, schedule = train.make_optimizer(schema.OptimizerConfig(name="adamw", learning_rate=1e-3), 4)
   apply_fn, state, shardings = train.create_state(lambda rngs: make_model(rngs), tx=tx, seed=0, mesh=mesh,
                                                   sharding=mode)
   trainer = train.Trainer(apply_fn=apply_fn, loss_fn=losses.get("js"), tx=tx, schedule=schedule, num_steps=4,

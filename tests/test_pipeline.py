@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from w2sg_jax import config as schema
 from w2sg_jax import config_lib, engines, pipeline, tasks
 from w2sg_jax import workdir as workdir_lib
 from w2sg_jax.labels import store as store_lib
@@ -23,7 +24,7 @@ def _config(name="synthetic", variant="smoke", **overrides):
 def _run(tmp_path, config, workdir="run", cache="cache"):
   with config.unlocked():
     config.cache_dir = str(tmp_path / cache)
-  return pipeline.Pipeline(config, str(tmp_path / workdir), tasks.get(config.task)).run()
+  return pipeline.Pipeline(schema.Experiment.from_configdict(config), str(tmp_path / workdir), tasks.get(config.task)).run()
 
 
 def _stores(cache_dir):
@@ -223,8 +224,11 @@ def test_results_carry_the_hash_of_the_config_that_produced_them(synthetic_run):
   config = _config()
   with config.unlocked():
     config.cache_dir = str(tmp / "cache")
-  assert saved["config_hash"] == results["config_hash"] == _saved_hash(workdir) == workdir_lib.config_hash(config)
-  assert json.loads((workdir / "config.json").read_text()) == json.loads(json.dumps(config.to_dict()))
+  # config.json is the config as it ran: resolved by the schema, every default written out.
+  resolved = schema.Experiment.from_configdict(config)
+  assert saved["config_hash"] == results["config_hash"] == _saved_hash(workdir) == workdir_lib.config_hash(resolved)
+  assert json.loads((workdir / "config.json").read_text()) == json.loads(json.dumps(resolved.to_dict()))
+  assert schema.Experiment.from_configdict(json.loads((workdir / "config.json").read_text())) == resolved
   assert not (workdir / workdir_lib.MARKER).exists() and not _staged(workdir)
   # Another config gives another hash.
   assert workdir_lib.config_hash(_config(seeds=3)) != workdir_lib.config_hash(_config())
@@ -295,7 +299,7 @@ def test_the_theory_runner_writes_its_outputs_the_same_way(tmp_path, monkeypatch
   config = _config("tweets_theory", "synthetic", cache_dir=str(tmp_path / "cache"),
                    **{"student.losses": ("xent", "tv"), "theory.losses": ("kl", "tv")})
   with pytest.raises(RuntimeError):
-    theory.run(config, str(tmp_path / "run"))
+    theory.run(schema.Experiment.from_configdict(config), str(tmp_path / "run"))
   assert sorted(os.listdir(tmp_path / "run")) == [workdir_lib.MARKER]  # No config.json without its theory.json.
 
 

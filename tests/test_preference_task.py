@@ -14,6 +14,7 @@ import pytest
 import tokenizers
 from flax import nnx
 
+from w2sg_jax import config as schema
 from w2sg_jax import losses as losses_lib
 from w2sg_jax import config_lib, tasks
 from w2sg_jax.data import preference as preference_lib
@@ -28,6 +29,11 @@ def load_experiment(name: str, variant: str | None = None, **overrides):
   return config_lib.load_config(f"{REPO / 'experiments' / name}.py:{variant or ''}", overrides)
 
 
+def typed(config) -> schema.Experiment:
+  """The experiment the task's functions take: the ConfigDict converted at the boundary."""
+  return schema.Experiment.from_configdict(config)
+
+
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("cache"))
@@ -35,7 +41,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def smoke(cache_dir):
-  config = load_experiment("paper_hh", "smoke", cache_dir=cache_dir)
+  config = typed(load_experiment("paper_hh", "smoke", cache_dir=cache_dir))
   return config, pref.prepare(config, cache_dir)
 
 
@@ -93,14 +99,14 @@ def test_splits_sizes_disjoint_and_order_matches_labels(smoke, cache_dir):
   labels = np.concatenate([s.labels for s in splits.values()])
   assert 0 < labels.mean() < 1  # Both orders occur, so AUROC is defined.
   for split in splits.values():
-    np.testing.assert_array_equal(split.labels, pref.a_is_chosen(split.ids, int(config.data.order_seed)))
+    np.testing.assert_array_equal(split.labels, pref.a_is_chosen(split.ids, config.data.order_seed))
 
 
 def test_tokens_are_the_left_truncated_presented_transcripts(smoke, cache_dir):
   """Reference: the raw tokenizer on the texts, keeping the LAST max_length tokens."""
   config, prepared = smoke
   tok = tokenizers.Tokenizer.from_file(str(TINY_GPT2 / "tokenizer.json"))
-  max_length = int(config.data.max_length)
+  max_length = config.data.max_length
   truth = raw_pairs(cache_dir)
   for name, split in prepared["splits"].items():
     inputs = split.inputs["weak"]
@@ -144,18 +150,19 @@ def test_too_little_data_is_a_clear_error(cache_dir):
   config.data.sizes.weak_train = 40
   config.data.sizes.w2s_train = 40
   with pytest.raises(ValueError, match=r"needs 96 pairs.*hold only \d+.*Lower data.sizes"):
-    pref.prepare(config, cache_dir)
+    pref.prepare(typed(config), cache_dir)
 
 
 def test_unknown_dataset_is_a_clear_error(cache_dir):
+  """Refused at the boundary (the schema's check), before the task reads anything."""
   config = load_experiment("paper_hh", "smoke", cache_dir=cache_dir)
   config.data.dataset = "imdb"
-  with pytest.raises(ValueError, match="hh_rlhf, cai_harmless"):
-    pref.prepare(config, cache_dir)
+  with pytest.raises(schema.ConfigError, match="data.dataset='imdb'.*hh_rlhf, cai_harmless"):
+    typed(config)
 
 
 def test_cai_smoke_data(cache_dir):
-  config = load_experiment("paper_cai", "smoke", cache_dir=cache_dir)
+  config = typed(load_experiment("paper_cai", "smoke", cache_dir=cache_dir))
   prepared = pref.prepare(config, cache_dir)
   assert {k: len(v) for k, v in prepared["splits"].items()} == {"weak_train": 16, "w2s_train": 16, "test": 16}
   assert prepared["fingerprint"]["dataset"] == "cai_harmless"
@@ -165,8 +172,7 @@ def test_fingerprint_pins_data_order_and_tokenizer(smoke, cache_dir):
   config, prepared = smoke
   fp = prepared["fingerprint"]
   assert fp["max_length"] == 64 and fp["truncation_side"] == "left" and fp["pool_size"] == 50
-  other = load_experiment("paper_hh", "smoke", cache_dir=cache_dir)
-  other.data.order_seed = 1
+  other = config.replace(data=config.data.replace(order_seed=1))
   fp_other = pref.prepare(other, cache_dir)["fingerprint"]
   assert fp_other["content_sha256"] != fp["content_sha256"]
   json.dumps(fp)  # Goes into content hashes: must be plain JSON.
@@ -212,16 +218,15 @@ def test_models_are_independent_and_weak_uses_its_layers(smoke):
 
 
 def test_trainable_follows_finetune_mode(cache_dir):
-  config = load_experiment("paper_hh", "smoke", cache_dir=cache_dir)
+  config = typed(load_experiment("paper_hh", "smoke", cache_dir=cache_dir))
   task = pref.PreferenceTask()
   model = task.make_model("strong", config)(nnx.Rngs(0))
   count = lambda filt: sum(x.size for x in jax.tree.leaves(nnx.state(model, filt)))
   total = count(nnx.Param)
   assert count(task.trainable("strong", config)) == total  # finetune = full
-  config.strong.finetune = "head"
+  config = config.replace(strong=config.strong.replace(finetune="head"))
   assert count(task.trainable("strong", config)) == 32 + 1  # Linear head on 32-d states.
-  config.strong.finetune = "top"
-  config.strong.top_layers = 1
+  config = config.replace(strong=config.strong.replace(finetune="top", top_layers=1))
   n_top = count(task.trainable("strong", config))
   assert 33 < n_top < total
 
@@ -230,7 +235,7 @@ def test_max_length_beyond_positions_is_a_clear_error(cache_dir):
   config = load_experiment("paper_hh", "smoke", cache_dir=cache_dir)
   config.data.max_length = 128
   with pytest.raises(ValueError, match="data.max_length <= 64"):
-    pref.PreferenceTask().make_model("strong", config)
+    pref.PreferenceTask().make_model("strong", typed(config))
 
 
 # ---------------------------------------------------------------- losses and configs
@@ -296,7 +301,7 @@ def test_smoke_pipeline_end_to_end_and_rerun_skips_everything(tmp_path):
 
   config = load_experiment("paper_hh", "smoke", cache_dir=str(tmp_path / "cache"))
   workdir = tmp_path / "work"
-  first = Pipeline(config, str(workdir), tasks.get("preference")).run()
+  first = Pipeline(schema.Experiment.from_configdict(config), str(workdir), tasks.get("preference")).run()
 
   saved = json.loads((workdir / "results.json").read_text())
   assert saved["task"] == "preference"
@@ -313,7 +318,7 @@ def test_smoke_pipeline_end_to_end_and_rerun_skips_everything(tmp_path):
 
   # A second run of the same config finds every artifact: nothing trains again.
   before = _mtimes(tmp_path / "cache")
-  second = Pipeline(config, str(workdir), tasks.get("preference")).run()
+  second = Pipeline(schema.Experiment.from_configdict(config), str(workdir), tasks.get("preference")).run()
   assert second["weak"]["weak_model_runs"] == 0 and second["cache"]["computed"] == []
   assert _mtimes(tmp_path / "cache") == before
   key = lambda r: (r["loss"], r["noise"], r["seed"])

@@ -12,7 +12,6 @@ import inspect
 import types
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -22,6 +21,13 @@ from w2sg_jax.labels import store as store_lib
 from w2sg_jax.models import FeatureHead
 from w2sg_jax.tasks import pretrained_roles
 from w2sg_jax.theory import lab as lab_lib
+
+
+def _train(**raw):
+  """A training block that leaves out every key but ``raw`` (and the two it needs), converted at the boundary."""
+  return schema.resolve_block(schema.TrainConfig, {"batch_size": 8, "optimizer": {"learning_rate": 1e-2}, **raw},
+                              "student.train.")
+
 
 # ------------------------------------------------------------------ optimizer
 
@@ -33,8 +39,8 @@ def test_an_optimizer_without_grad_clip_clips_at_the_schemas_norm(inject):
   grads = {"w": jnp.array([6.0, 8.0])}  # Global norm 10.
 
   def first_update(**extra):
-    tx, _ = train.make_optimizer({"name": "sgd", "learning_rate": 1.0, "schedule": "constant", **extra}, 10,
-                                 inject=inject)
+    opt = schema.OptimizerConfig(name="sgd", learning_rate=1.0, schedule="constant", **extra)
+    tx, _ = train.make_optimizer(opt, 10, inject=inject)
     return np.asarray(tx.update(grads, tx.init(params), params)[0]["w"])
 
   # SGD at rate 1: the update is -g, clipped to norm 1 -> -g / 10.
@@ -44,7 +50,8 @@ def test_an_optimizer_without_grad_clip_clips_at_the_schemas_norm(inject):
 
 
 def test_a_bare_optimizer_follows_the_schemas_schedule_and_adamw():
-  bare = {"learning_rate": 1.0}
+  # A config block that leaves every other key out, converted at the boundary.
+  bare = schema.resolve_block(schema.OptimizerConfig, {"learning_rate": 1.0}, "student.train.optimizer.")
   full = {"learning_rate": 1.0, **{f.name: f.default for f in dataclasses.fields(schema.OptimizerConfig)
                                    if f.default is not dataclasses.MISSING}}
   assert full["schedule"] == "cosine" and full["end_lr_factor"] == 0.0 and full["warmup_steps"] == 0
@@ -52,7 +59,7 @@ def test_a_bare_optimizer_follows_the_schemas_schedule_and_adamw():
   np.testing.assert_allclose([float(schedule(s)) for s in (0, 5, 10)], [1.0, 0.5, 0.0], atol=1e-6)  # Cosine to 0.
   params = {"w": jnp.array([1.0, -2.0])}
   grads = {"w": jnp.array([0.3, 0.4])}
-  a, b = (train.make_optimizer(opt, 10)[0] for opt in (bare, full))
+  a, b = (train.make_optimizer(opt, 10)[0] for opt in (bare, schema.OptimizerConfig(**full)))
   np.testing.assert_array_equal(np.asarray(a.update(grads, a.init(params), params)[0]["w"]),
                                 np.asarray(b.update(grads, b.init(params), params)[0]["w"]))
 
@@ -60,11 +67,12 @@ def test_a_bare_optimizer_follows_the_schemas_schedule_and_adamw():
 def test_a_vmap_group_without_a_key_trains_at_the_schemas_value():
   store = types.SimpleNamespace()
   runs = [engines.RunSpec(seed=s, store=store, optimizer=o) for s, o in ((0, {"grad_clip": 1.0}), (1, None))]
-  opt, hparams = engines.group_optimizer({"learning_rate": 1e-2}, runs)  # No grad_clip: the schema's 1.0, the same.
-  assert opt["grad_clip"] == 1.0
+  bare = schema.OptimizerConfig(learning_rate=1e-2)
+  opt, hparams = engines.group_optimizer(bare, runs)  # No grad_clip: the schema's 1.0, the same.
+  assert opt.grad_clip == 1.0
   assert hparams == {"learning_rate": [1e-2] * 2, "weight_decay": [0.0] * 2, "warmup_steps": [0] * 2}
   with pytest.raises(ValueError, match="set optimizer.grad_clip differently"):
-    engines.group_optimizer({"learning_rate": 1e-2},
+    engines.group_optimizer(bare,
                             [engines.RunSpec(seed=0, store=store, optimizer={"grad_clip": 0.5}),
                              engines.RunSpec(seed=1, store=store)])
 
@@ -102,7 +110,7 @@ def test_data_parallel_reads_the_schemas_train_defaults(tmp_path, monkeypatch):
       [engines.RunSpec(seed=0, store=store, work_dir=str(tmp_path / "run"))], engine="data_parallel",
       make_model=lambda rngs: FeatureHead(dim, (), 2, rngs=rngs), train_ids=ids, train_inputs={"features": x},
       eval_inputs={"all": {"features": x}}, loss_fn=losses.get("xent"),
-      train_cfg={"batch_size": 16, "optimizer": {"learning_rate": 1e-2}}, progress=False)
+      train_cfg=_train(batch_size=16), progress=False)
   t = schema.TrainConfig
   assert seen == {"save_every": t.save_every, "log_every": t.log_every, "eval_batch_size": t.eval_batch_size,
                   "sharding": t.sharding}
@@ -142,11 +150,11 @@ def test_sharding_modes_are_the_schemas():
 
 
 def test_selection_defaults_are_the_schemas():
-  s = selection.Selection.from_config({"batch_size": 8})
+  s = selection.Selection.from_config(_train())
   d = schema.SelectConfig()
   assert (s.metric, s.holdout, s.every) == (d.metric, d.holdout, d.every) == ("last", 0, 0)
   assert selection.Selection() == s
-  assert selection.Selection.from_config({"select": {"metric": "accuracy", "holdout": 5}}).every == d.every
+  assert selection.Selection.from_config(_train(select={"metric": "accuracy", "holdout": 5})).every == d.every
 
 
 def test_min_gap_default_is_the_schemas():
@@ -163,7 +171,9 @@ class _Task(pretrained_roles.PretrainedRolesTask):
 
 
 def _role(**keys):
-  return ml_collections.ConfigDict({"weak": {"checkpoint": "stub", **keys}, "strong": {"checkpoint": "stub"}})
+  """The two roles the task reads, the weak block leaving out every key but ``keys``, converted at the boundary."""
+  weak = schema.resolve_block(schema.PretrainedConfig, {"checkpoint": "stub", **keys}, "weak.")
+  return types.SimpleNamespace(weak=weak, strong=schema.PretrainedConfig(checkpoint="stub"))
 
 
 def test_a_pretrained_role_without_dtype_or_lora_keys_takes_the_schemas(monkeypatch):
@@ -185,7 +195,7 @@ def test_a_pretrained_role_without_dtype_or_lora_keys_takes_the_schemas(monkeypa
   assert (d.alpha, d.dropout) == (16.0, 0.0)
   assert pretrained_roles.lora_spec(_role(finetune="lora").weak).rank == d.rank == 8
   assert pretrained_roles.lora_spec(_role().weak) is None  # finetune: the schema's 'full'.
-  assert pretrained_roles.checkpoint_revision(_role().weak) == schema.PretrainedConfig.checkpoint_revision == ""
+  assert pretrained_roles.role_config(_role(), "weak").checkpoint_revision == schema.PretrainedConfig.checkpoint_revision == ""
   assert pretrained_roles.num_layers(_role().weak) is None  # num_layers: the schema's 0 = all.
   assert task.model_name("weak", _role()) == "stub model (full)"
 
@@ -194,21 +204,22 @@ def test_a_pretrained_role_without_dtype_or_lora_keys_takes_the_schemas(monkeypa
 
 
 def test_theory_sections_left_out_take_the_schemas_defaults():
-  th = lab_lib._theory_cfg(ml_collections.ConfigDict(  # pylint: disable=protected-access
-      {"theory": {"losses": ("kl",), "sample_complexity": {"sizes": (10, 20)}}}))
+  th = schema.resolve_block(schema.TheoryConfig, {"losses": ("kl",), "sample_complexity": {"sizes": (10, 20)}},
+                            "theory.")
   assert th.sample_complexity.num_steps == 0 and th.sample_complexity.noise_rates == (0.0, 0.2)
   assert (th.trajectory.n, th.trajectory.epochs, th.trajectory.points) == (2000, 40, 40)
   assert th.noise_dose.kinds == {"flip": -1.0, "shrink": 0.25}
   with pytest.raises(schema.ConfigError, match=r"theory.trajectory.points=0: must be an integer >= 1"):
-    lab_lib._theory_cfg(ml_collections.ConfigDict(  # pylint: disable=protected-access
-        {"theory": {"losses": ("kl",), "sample_complexity": {"sizes": (10,)}, "trajectory": {"points": 0}}}))
+    schema.resolve_block(schema.TheoryConfig, {"losses": ("kl",), "sample_complexity": {"sizes": (10,)},
+                                               "trajectory": {"points": 0}}, "theory.")
 
 
 def test_the_lab_counts_student_steps_with_the_schemas_epochs():
-  config = ml_collections.ConfigDict({"student": {"train": {"batch_size": 32, "optimizer": {"learning_rate": 1e-3}}}})
+  train = schema.resolve_block(schema.TrainConfig, {"batch_size": 32, "optimizer": {"learning_rate": 1e-3}},
+                               "student.train.")
+  config = types.SimpleNamespace(student=types.SimpleNamespace(train=train))  # What the lab reads of it.
   data = types.SimpleNamespace(splits={"w2s_train": list(range(100)), "test": types.SimpleNamespace(labels=[0, 1])})
   lab = lab_lib.Lab(config, stages=None, data=data)
   assert schema.TrainConfig.epochs == 1.0 and lab.student_steps == 3  # 1 x 100 // 32.
-  with config.unlocked():
-    config.student.train.num_steps = 7
+  config.student.train = train.replace(num_steps=7)
   assert lab_lib.Lab(config, stages=None, data=data).student_steps == 7

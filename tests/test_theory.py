@@ -9,6 +9,7 @@ from scipy import special, stats
 from scipy.spatial import distance
 
 from tests.test_pipeline import _config
+from w2sg_jax import config as schema
 from w2sg_jax import cache as cache_lib
 from w2sg_jax import stages as stages_lib
 from w2sg_jax import tasks, theory
@@ -217,7 +218,7 @@ def _theory_config(variant="synthetic", **overrides):
 def synthetic_lab(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("theory")
   config = _theory_config(**{"cache_dir": str(tmp / "cache")})
-  return tmp, config, theory.run(config, str(tmp / "run"))
+  return tmp, config, theory.run(schema.Experiment.from_configdict(config), str(tmp / "run"))
 
 
 @pytest.mark.slow
@@ -274,7 +275,7 @@ def test_lab_rows_match_the_pipeline_students_and_their_misfits(synthetic_lab):
   tmp, config, result = synthetic_lab
   # The theory lab went through the stages: the same cache answers the pipeline's students without training.
   cache = cache_lib.Cache(config.cache_dir)
-  stages = stages_lib.Stages(config, tasks.get(config.task), cache)
+  stages = stages_lib.Stages(schema.Experiment.from_configdict(config), tasks.get(config.task), cache)
   data = stages.data()
   weak = stages.weak(data)
   students = stages.students(data, weak)
@@ -312,14 +313,14 @@ def test_main_dispatches_on_runner(tmp_path):
 def test_a_loss_without_an_f_is_refused_before_any_compute(tmp_path):
   config = _theory_config(**{"cache_dir": str(tmp_path / "cache"), "theory.losses": ("kl", "product")})
   with pytest.raises(ValueError, match="product"):
-    theory.run(config, str(tmp_path / "run"))
+    theory.run(schema.Experiment.from_configdict(config), str(tmp_path / "run"))
   assert not (tmp_path / "cache" / "weak").exists()
 
 
 @pytest.mark.slow
 def test_rerun_trains_nothing_and_gives_the_same_sections(synthetic_lab):
   tmp, config, first = synthetic_lab
-  second = theory.run(config, str(tmp / "rerun"))
+  second = theory.run(schema.Experiment.from_configdict(config), str(tmp / "rerun"))
   assert second["cache"]["computed"] == [] and second["cache"]["lab_groups_trained"] == 0
   for section in ("misfit_gain", "sample_complexity", "noise_dose", "trajectory", "equivalence"):
     assert second[section] == first[section], section
@@ -328,7 +329,7 @@ def test_rerun_trains_nothing_and_gives_the_same_sections(synthetic_lab):
 @pytest.mark.slow
 def test_tweets_theory_smoke_on_the_minilm_features(tmp_path):
   config = _theory_config("smoke", cache_dir=str(tmp_path / "cache"))
-  result = theory.run(config, str(tmp_path / "run"))
+  result = theory.run(schema.Experiment.from_configdict(config), str(tmp_path / "run"))
   assert result["task"] == "tweets"
   assert len({r["n"] for r in result["sample_complexity"]}) == len(config.theory.sample_complexity.sizes)
   assert (tmp_path / "run" / "theory.md").exists() and len(result["figures"]) >= 5

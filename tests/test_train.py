@@ -14,6 +14,7 @@ import pytest
 from flax import nnx
 
 from tests.helpers import tiny
+from w2sg_jax import config as schema
 from w2sg_jax import losses, parallel, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,13 +91,13 @@ def test_mask_makes_padding_rows_irrelevant():
 def test_gradient_accumulation_matches_large_batch():
   """accum_steps=2 over two half batches equals one step on the whole batch (SGD)."""
   x, probs = tiny.data()
-  opt = {"name": "sgd", "learning_rate": 0.1, "schedule": "constant"}
+  opt = schema.OptimizerConfig(name="sgd", learning_rate=0.1, schedule="constant")
   batch = next(tiny.batches(x, probs, 32)(0))
   halves = [{k: (v if k != "inputs" else {"features": v["features"][s]}) if k == "inputs" else v[s]
              for k, v in batch.items()} for s in (slice(0, 16), slice(16, 32))]
   big_trainer, big = tiny.make_trainer(1, loss="xent", opt=opt)
   big, _ = big_trainer.step(big, batch)
-  acc_trainer, acc = tiny.make_trainer(1, loss="xent", opt={**opt, "accum_steps": 2})
+  acc_trainer, acc = tiny.make_trainer(1, loss="xent", opt=opt.replace(accum_steps=2))
   for h in halves:
     acc, _ = acc_trainer.step(acc, h)
   for a, b in zip(jax.tree.leaves(big.params), jax.tree.leaves(acc.params)):
@@ -199,7 +200,7 @@ def test_sigkill_then_a_flipped_bit_in_the_latest_checkpoint_still_equals_the_un
 
 
 def test_schedule_with_accumulation_decays_over_real_updates():
-  opt = {"name": "adamw", "learning_rate": 1.0, "schedule": "cosine", "accum_steps": 4}
+  opt = schema.OptimizerConfig(name="adamw", learning_rate=1.0, schedule="cosine", accum_steps=4)
   _, schedule = train.make_optimizer(opt, num_steps=32)  # 32 micro-batches = 8 updates.
   assert float(schedule(0)) == pytest.approx(1.0)
   assert float(schedule(3)) == pytest.approx(1.0)  # Same update, same rate.

@@ -10,8 +10,14 @@ import pytest
 from flax import nnx
 
 from tests.test_pipeline import _config, _run
+from w2sg_jax import config as schema
 from w2sg_jax import losses, parallel, pipeline, tasks, train
 from w2sg_jax.tasks import tweets as tweets_task
+
+
+def _experiment(name, **overrides) -> schema.Experiment:
+  """The typed experiment the task methods take: ``_config`` converted at the boundary."""
+  return schema.Experiment.from_configdict(_config(name, **overrides))
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +85,14 @@ def test_checkpoint_folder_without_weights_names_the_missing_files(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["top", "full"])
 def test_finetune_modes_train_the_right_parameters(mode):
-  config = _config("tweets_minilm", **{"strong.finetune": mode, "strong.head_hidden": ()})
+  config = _experiment("tweets_minilm", **{"strong.finetune": mode, "strong.head_hidden": ()})
   task = tasks.get("tweets")
   model = task.make_model("strong", config)(nnx.Rngs(0))
   # Start the head away from zero so that gradients reach the encoder.
   head = model.classifier.head.out
   head.kernel.set_value(0.1 * jax.random.normal(jax.random.PRNGKey(1), head.kernel.shape))
   mesh = parallel.make_mesh(2)
-  tx, schedule = train.make_optimizer({"name": "adamw", "learning_rate": 1e-3}, 2)
+  tx, schedule = train.make_optimizer(schema.OptimizerConfig(name="adamw", learning_rate=1e-3), 2)
   apply_fn, state, _ = train.create_state(lambda rngs: model, tx=tx, seed=0, mesh=mesh,
                                           trainable=task.trainable("strong", config))
   before = jax.tree.map(np.asarray, state.params)
@@ -119,8 +125,8 @@ TINY_BERT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
 
 def _finetune_logits_and_grads(remat):
   """Logits and trained-parameter gradients of the tweets fine-tuning model on the tiny BERT."""
-  config = _config("tweets_minilm", **{"strong.checkpoint": TINY_BERT, "strong.finetune": "full",
-                                       "strong.head_hidden": (8,), "strong.remat": remat})
+  config = _experiment("tweets_minilm", **{"strong.checkpoint": TINY_BERT, "strong.finetune": "full",
+                                           "strong.head_hidden": (8,), "strong.remat": remat})
   task = tasks.get("tweets")
   model = task.make_model("strong", config)(nnx.Rngs(0))
   head = model.classifier.head.out  # Away from zero, so that gradients reach the encoder.
@@ -158,22 +164,21 @@ def test_finetune_remat_reaches_the_encoder_and_changes_no_number():
 
 
 def test_finetune_unknown_remat_is_a_clear_error():
+  """The schema refuses it at the boundary, before any task method (which takes only a checked experiment)."""
   config = _config("tweets_minilm", **{"strong.checkpoint": TINY_BERT, "strong.finetune": "top",
                                        "strong.remat": "sometimes"})
-  with pytest.raises(ValueError, match="rematerialisation mode"):
-    tasks.get("tweets").make_model("strong", config)
+  with pytest.raises(schema.ConfigError, match=r"strong\.remat='sometimes'.*remat mode"):
+    schema.Experiment.from_configdict(config)
 
 
 def test_bf16_feature_pass_keys_apart_and_float32_keys_stay():
   """``strong.feature_dtype``: absent or float32 gives the same data fingerprint; bfloat16 another one."""
   task = tasks.get("tweets")
-  config = _config("tweets_minilm")
+  config = _experiment("tweets_minilm")
   base = task.fingerprint(config)
   assert "feature_dtype" not in base
-  with config.unlocked():
-    config.strong.feature_dtype = "float32"
+  config = config.replace(strong=config.strong.replace(feature_dtype="float32"))
   assert task.fingerprint(config) == base
-  with config.unlocked():
-    config.strong.feature_dtype = "bfloat16"
+  config = config.replace(strong=config.strong.replace(feature_dtype="bfloat16"))
   bf16 = task.fingerprint(config)
   assert bf16 == dict(base, feature_dtype="bfloat16")

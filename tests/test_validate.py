@@ -8,6 +8,7 @@ import os
 import ml_collections
 import pytest
 
+from w2sg_jax import config as schema
 from w2sg_jax import config_lib, engines, pipeline, tasks, train, validate
 from w2sg_jax.models import remat
 
@@ -169,7 +170,7 @@ def test_a_typo_inside_a_training_block_is_named_with_a_suggestion():
 
 def test_report_min_gap_is_read_and_checked():
   config = _config()
-  assert validate.min_gap(config) == 0.005
+  assert validate.check_config(config, num_devices=8)["min_gap"] == 0.005  # The schema's default.
   with config.unlocked():
     config.report = ml_collections.ConfigDict({"min_gap": 0.02})
   assert validate.check_config(config, num_devices=8)["min_gap"] == 0.02
@@ -214,13 +215,13 @@ def test_unknown_key_without_a_close_match_lists_the_keys_there():
 
 def test_allowed_names_are_the_ones_the_code_builds():
   for name in validate.OPTIMIZERS:
-    train.make_optimizer({"name": name, "learning_rate": 0.1}, num_steps=10)
+    train.make_optimizer(schema.OptimizerConfig(name=name, learning_rate=0.1), num_steps=10)
   for schedule in validate.SCHEDULES:
-    train.make_optimizer({"learning_rate": 0.1, "schedule": schedule}, num_steps=10)
+    train.make_optimizer(schema.OptimizerConfig(learning_rate=0.1, schedule=schedule), num_steps=10)
+  with pytest.raises(ValueError):  # Refused by the schema, before any code could build it.
+    schema.OptimizerConfig(name="adamz", learning_rate=0.1)
   with pytest.raises(ValueError):
-    train.make_optimizer({"name": "adamz", "learning_rate": 0.1}, num_steps=10)
-  with pytest.raises(ValueError):
-    train.make_optimizer({"learning_rate": 0.1, "schedule": "cosin"}, num_steps=10)
+    schema.OptimizerConfig(learning_rate=0.1, schedule="cosin")
   for name in tasks._TASKS:  # pylint: disable=protected-access
     assert name in validate._task_names()  # pylint: disable=protected-access
   defaults = config_lib.train_config(batch_size=8, epochs=1, learning_rate=0.1)
@@ -254,7 +255,7 @@ def test_pipeline_validates_before_any_compute(tmp_path, monkeypatch):
   monkeypatch.setattr(engines, "train_runs", no_training)
   config = _config(**{"student.train.batch_size": 0, "cache_dir": str(tmp_path / "cache")})
   with pytest.raises(validate.ConfigError, match="student.train.batch_size=0"):
-    pipeline.Pipeline(config, str(tmp_path / "run"), tasks.get("synthetic")).run()
+    pipeline.Pipeline(schema.Experiment.from_configdict(config), str(tmp_path / "run"), tasks.get("synthetic")).run()
   assert not (tmp_path / "cache" / "weak").exists() and not (tmp_path / "run").exists()
 
 
@@ -295,7 +296,7 @@ def test_accum_steps_beyond_the_run_is_refused_before_any_compute(tmp_path, monk
   monkeypatch.setattr(engines, "train_runs", lambda *a, **k: pytest.fail("training started"))
   config = _config(**{"student.train.optimizer.accum_steps": 1000, "cache_dir": str(tmp_path / "cache")})
   with pytest.raises(validate.ConfigError, match="student.train.optimizer.accum_steps=1000"):
-    pipeline.Pipeline(config, str(tmp_path / "run"), tasks.get("synthetic")).run()
+    pipeline.Pipeline(schema.Experiment.from_configdict(config), str(tmp_path / "run"), tasks.get("synthetic")).run()
   assert not (tmp_path / "cache" / "weak").exists()
 
 
@@ -323,7 +324,7 @@ def test_a_negative_noise_seed_is_refused_before_any_compute(tmp_path, monkeypat
   monkeypatch.setattr(engines, "train_runs", lambda *a, **k: pytest.fail("training started"))
   config = _config(**{"student.noise.seed": -1, "cache_dir": str(tmp_path / "cache")})
   with pytest.raises(validate.ConfigError, match="student.noise.seed=-1"):
-    pipeline.Pipeline(config, str(tmp_path / "run"), tasks.get("synthetic")).run()
+    pipeline.Pipeline(schema.Experiment.from_configdict(config), str(tmp_path / "run"), tasks.get("synthetic")).run()
   assert not (tmp_path / "cache" / "weak").exists()
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from w2sg_jax import config as schema
 from w2sg_jax import config_lib, losses, parallel, tasks, train, validate
 from w2sg_jax.models.pretrained import SafetensorsReader, resolve_checkpoint_dir
 
@@ -43,13 +44,13 @@ def test_smoke_builds_tiny_random_models_of_both_families_in_code():
 
 @pytest.mark.slow  # A LoRA student end to end (~10-20 s): slow suite.
 def test_lora_student_trains_only_adapters_and_head(tmp_path):
-  config = _config(cache_dir=str(tmp_path))
+  config = schema.Experiment.from_configdict(_config(cache_dir=str(tmp_path)))
   task = tasks.get("preference")
   task.splits(config, str(tmp_path))
   make_model = task.make_model("strong", config)
   filt = task.trainable("strong", config)
   mesh = parallel.make_mesh(2)
-  tx, schedule = train.make_optimizer({"name": "adamw", "learning_rate": 1e-2}, 3)
+  tx, schedule = train.make_optimizer(schema.OptimizerConfig(name="adamw", learning_rate=1e-2), 3)
   apply_fn, state, _ = train.create_state(make_model, tx=tx, seed=0, mesh=mesh, trainable=filt)
   params0 = jax.tree.map(np.asarray, state.params)
   frozen0 = jax.tree.map(np.asarray, state.frozen)
@@ -101,11 +102,11 @@ def test_smoke_experiment_trains_lora_students_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_lora_dropout_follows_the_step_key_and_is_off_in_evaluation(tmp_path):
-  config = _config(cache_dir=str(tmp_path), **{"strong.lora.dropout": 0.5})
+  config = schema.Experiment.from_configdict(_config(cache_dir=str(tmp_path), **{"strong.lora.dropout": 0.5}))
   task = tasks.get("preference")
   task.splits(config, str(tmp_path))
   mesh = parallel.make_mesh(1)
-  tx, _ = train.make_optimizer({"name": "adamw", "learning_rate": 1e-2}, 1)
+  tx, _ = train.make_optimizer(schema.OptimizerConfig(name="adamw", learning_rate=1e-2), 1)
   apply_fn, state, _ = train.create_state(task.make_model("strong", config), tx=tx, seed=0, mesh=mesh,
                                           trainable=task.trainable("strong", config))
   # Move the adapters' B away from zero so that dropout on their input shows in the output.

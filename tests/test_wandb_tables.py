@@ -15,6 +15,7 @@ import types
 
 import pytest
 
+from w2sg_jax import config as schema
 from w2sg_jax import config_lib, metric_writers, pipeline, tasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,7 +142,7 @@ def test_the_pipeline_logs_results_json_tables_to_wandb(tmp_path, fake_wandb):
   with config.unlocked():
     config.report.wandb = True  # Not in the experiment's report block: the schema's default is False.
   workdir = tmp_path / "run"
-  pipeline.Pipeline(config, str(workdir), tasks.get(config.task)).run()
+  pipeline.Pipeline(schema.Experiment.from_configdict(config), str(workdir), tasks.get(config.task)).run()
   results = json.loads((workdir / "results.json").read_text())
 
   (report,) = [r for r in fake_wandb.runs if r.init["name"] == "report"]

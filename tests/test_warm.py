@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from w2sg_jax import config as schema
 from w2sg_jax import cache as cache_lib
 from w2sg_jax import config_lib, engines, losses, pipeline, stages, tasks
 from tests.helpers.compiles import count_compilations
@@ -19,7 +20,7 @@ def _run(root, workdir="run"):
   config = config_lib.load_config(
       os.path.join(REPO, "experiments", "synthetic.py:smoke"),
       {"student.losses": ("xent", "kl"), "cache_dir": str(root / "cache")})
-  return pipeline.Pipeline(config, str(root / workdir), tasks.get(config.task)).run()
+  return pipeline.Pipeline(schema.Experiment.from_configdict(config), str(root / workdir), tasks.get(config.task)).run()
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_cached_metrics_equal_the_metrics_recomputed_from_the_logits(two_runs):
   by_entry = {r["cache_entry"]: r for r in warm["runs"]}
   config = config_lib.load_config(os.path.join(REPO, "experiments", "synthetic.py:smoke"),
                                   {"cache_dir": str(root / "cache")})
-  labels = tasks.get(config.task).splits(config, str(root / "cache"))["test"].labels
+  labels = tasks.get(config.task).splits(schema.Experiment.from_configdict(config), str(root / "cache"))["test"].labels
   for entry_dir in _student_entries(root / "cache"):
     metrics = _manifest(entry_dir)["info"][stages.METRICS_INFO]
     logits = np.load(os.path.join(entry_dir, stages.TEST_LOGITS))

@@ -15,6 +15,7 @@ import shutil
 import numpy as np
 import pytest
 
+from w2sg_jax import config as schema
 from w2sg_jax import config_lib, metric_writers, metrics, pipeline, report, tasks
 from w2sg_jax import cache as cache_lib
 from w2sg_jax.data import tweets as tweets_lib
@@ -38,7 +39,7 @@ def _config(root):
 
 def _run(root, workdir="run"):
   config = _config(root)
-  return pipeline.Pipeline(config, str(root / workdir), tasks.get(config.task)).run()
+  return pipeline.Pipeline(schema.Experiment.from_configdict(config), str(root / workdir), tasks.get(config.task)).run()
 
 
 def _outputs(workdir):
@@ -198,7 +199,7 @@ def test_the_summary_entry_is_keyed_by_every_number_it_reads(tmp_path, monkeypat
   config = _config(tmp_path)
   with config.unlocked():
     config.student.grid = {}
-  p = pipeline.Pipeline(config, str(tmp_path / "run"), tasks.get(config.task))
+  p = pipeline.Pipeline(schema.Experiment.from_configdict(config), str(tmp_path / "run"), tasks.get(config.task))
   rng = np.random.default_rng(0)
   correct = {name: (rng.random(64) < 0.7).astype(np.float64) for name in ("weak", "ceiling")}
   refs = tuple({"test_accuracy": float(c.mean()), "test_correct": c} for c in correct.values())
@@ -241,6 +242,7 @@ def _tweets_config(cache_dir, **overrides):
 
 
 def _splits(config):
+  config = schema.Experiment.from_configdict(config)  # The task takes the typed experiment.
   task = tasks.get("tweets")
   return {name: (s.ids.tolist(), s.labels.tolist(), {role: {k: np.asarray(v) for k, v in inputs.items()}
                                                      for role, inputs in s.inputs.items()})

@@ -359,7 +359,7 @@ def test_cli_passes_the_flags_to_main(monkeypatch, tmp_path):
   def fake_run(config, workdir, *, worker=None, report_only=False):
     seen.update(worker=worker, report_only=report_only, workdir=workdir)
   monkeypatch.setattr(main_lib, "run", fake_run)
-  monkeypatch.setattr("w2sg_jax.validate.check_config", lambda config: None)
+  monkeypatch.setattr("w2sg_jax.validate.check_config", lambda config: {"experiment": config})
   monkeypatch.delenv("W2SG_WORKER", raising=False)
   monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
   monkeypatch.delenv("SLURM_ARRAY_TASK_COUNT", raising=False)

@@ -75,7 +75,9 @@ __all__ = [
 ]
 
 # Bump when the layout or meaning of any stage artifact changes: it enters every key.
-FORMAT_VERSION = 2
+# 3: config parts of keys come from the resolved schema blocks (`config.semantic_dict`, defaults included),
+# not from the raw config subtrees.
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 KEY_CHARS = 20  # 80 bits of the sha256 name a folder; the full key is in the manifest.
 PARTIAL_SUFFIX = ".partial"

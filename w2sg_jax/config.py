@@ -616,9 +616,25 @@ class StudentConfig(Block):
         c.fail(f"grid[{key!r}]", values, "must be a non-empty tuple of numbers.")
       elif len(set(float(v) for v in values)) != len(values):
         c.fail(f"grid[{key!r}]", values, "lists a value twice.")
+      elif _optimizer_axis_problem(str(key), values):
+        c.fail(f"grid[{key!r}]", values, _optimizer_axis_problem(str(key), values))
     if grid and _is_mapping(grid) and getattr(getattr(self.train, "select", None), "metric", "last") == "last":
       c.fail("grid", dict(grid), "picking a grid point without gold labels needs the weak-labelled holdout: set "
              "student.train.select.metric='accuracy' (or 'auroc') and student.train.select.holdout (e.g. 500).")
+
+
+# What `OptimizerConfig` takes on each optimizer grid axis: a point is that config with the value set, so a
+# value it would refuse is refused here, before any compute, not when its run starts.
+_OPTIMIZER_AXIS_RULES = {"learning_rate": (lambda v: v > 0, "numbers > 0 (a learning rate)"),
+                         "weight_decay": (lambda v: v >= 0, "numbers >= 0 (a weight decay)")}
+
+
+def _optimizer_axis_problem(key: str, values: Sequence[Any]) -> str | None:
+  """Why an optimizer axis's ``values`` are not settings `OptimizerConfig` takes, or None."""
+  rule = _OPTIMIZER_AXIS_RULES.get(key)
+  if rule is None or all(rule[0](float(v)) for v in values):
+    return None
+  return f"must be a non-empty tuple of {rule[1]}."
 
 
 def _check_optimizer_grid(c: Checks, grid: Any) -> bool:
@@ -640,6 +656,9 @@ def _check_optimizer_grid(c: Checks, grid: Any) -> bool:
       ok = False
     elif len(set(float(v) for v in values)) != len(values):
       c.fail(f"grid[{key!r}]", values, "lists a value twice.")
+      ok = False
+    elif _optimizer_axis_problem(str(key), values):
+      c.fail(f"grid[{key!r}]", values, _optimizer_axis_problem(str(key), values))
       ok = False
   return ok and bool(grid)
 
@@ -1411,8 +1430,8 @@ def _kind(hint: Any) -> tuple[type | None, bool]:
 def parse_override(text: str, kind: Any) -> Any:
   """A ``--config.KEY=VALUE`` text as the schema type ``kind`` (or a Python type); ValueError names what it takes.
 
-  The one parser of command-line values: `main.check_override_values`
-  checks them with it before absl parses, and `plan.load_config` applies them.
+  The one parser of command-line values, used by `apply_overrides` (main's
+  ``--config.KEY=VALUE``, ``w2sg run --set``, and `plan.load_config`).
   """
   base, optional = _kind(kind)
   if optional and text.strip() in ("None", "none", ""):
@@ -1447,6 +1466,105 @@ def parse_override(text: str, kind: Any) -> Any:
     return ast.literal_eval(text)
   except (ValueError, SyntaxError):
     return text
+
+
+def _filled(cls: type, raw: Any, override: Mapping[str, type] | None = None) -> Any:
+  """``raw`` (a block's mapping) as plain data with every field it leaves out at the schema's default; unchecked."""
+  if not _is_mapping(raw):
+    return raw
+  hints = _hints(cls)
+  out = {str(k): _plain_tree(v) for k, v in _items(raw)}
+  for f in dataclasses.fields(cls):
+    subs = [(override or {}).get(f.name)] if (override or {}).get(f.name) else _blocks_of(hints[f.name])
+    if f.name in out:
+      if subs and _is_mapping(out[f.name]):
+        out[f.name] = _filled(subs[0], out[f.name])
+    elif f.default is not dataclasses.MISSING:
+      out[f.name] = to_dict(f.default)
+    elif f.default_factory is not dataclasses.MISSING:
+      out[f.name] = to_dict(f.default_factory())
+  return out
+
+
+def _plain_tree(node: Any) -> Any:
+  if _is_mapping(node):
+    return {str(k): _plain_tree(v) for k, v in _items(node)}
+  return node
+
+
+def filled(config: Any):
+  """An experiment's ``ConfigDict`` with every key the schema has and the file leaves out, at its default.
+
+  Nothing is checked (`Experiment.from_configdict` does that); the task's
+  blocks are the ones `TASK_BLOCKS` names for ``config.task``.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  task = config["task"] if _is_mapping(config) and "task" in config else None
+  override = None
+  if isinstance(task, str) and task in TASK_BLOCKS:
+    data_cls, weak_cls, strong_cls = TASK_BLOCKS[task]
+    override = {"data": data_cls, "weak": weak_cls, "strong": strong_cls}
+  return ml_collections.ConfigDict(_filled(Experiment, config, override))
+
+
+def settable(config: Any, dotted: str) -> bool:
+  """Whether ``dotted`` can be set in ``config`` (`filled`): a key it has, or a new entry of a dict-valued
+  field (``student.grid.learning_rate``, ``student.loss_hparams.alpha``)."""
+  *parents, leaf = dotted.split(".")
+  node = config
+  for key in parents:
+    node = node[key] if _is_mapping(node) and key in node else None
+  if node is None or not _is_mapping(node):
+    return False
+  return leaf in node or any(typing.get_origin(field_type(config, ".".join(parents[:i]))) is dict
+                             for i in range(1, len(parents) + 1))
+
+
+def apply_overrides(config: Any, overrides: Iterable[tuple[str, str | None]], *, where: str = "",
+                    flag: str = "--config.") -> Experiment:
+  """The one override road: ``config`` with each ``(dotted key, text)`` set, resolved and checked.
+
+  `main` (``--config.KEY=VALUE``, and so ``w2sg run --set KEY=VALUE``) and
+  `plan` both call it. Every key of the schema can be set, also one the
+  experiment file leaves at its default (`filled`), and an entry of a
+  dict-valued field (``student.grid.learning_rate``). Each text is parsed
+  with the key's schema type (`parse_override`); a bare ``--config.KEY`` sets
+  a boolean. `ConfigError` lists every unknown key and unparsable value at
+  once, or else every problem the schema finds with the overrides applied.
+  """
+  full = filled(config)
+  known = schema_keys(Experiment)
+  problems = []
+  with full.unlocked():
+    for dotted, text in overrides:
+      if not settable(full, dotted):
+        problems.append(suggest_key(full, dotted, where=where, known=known))
+        continue
+      *parents, leaf = dotted.split(".")
+      node = full
+      for key in parents:
+        node = node[key]
+      kind = field_type(full, dotted)
+      current = node[leaf] if leaf in node else None
+      if text is None:
+        if _kind(kind)[0] is bool:
+          text = "true"
+        else:
+          problems.append(f"{flag}{dotted}: {dotted} takes a value ({flag}{dotted}=VALUE).")
+          continue
+      try:
+        value = parse_override(text, kind if kind is not None or leaf not in node else type(current))
+      except ValueError as e:
+        like = f", like its current value {current!r}" if leaf in node else ""
+        problems.append(f"{flag}{dotted}={text!r}: {dotted} takes {str(e).replace('KEY', dotted)}{like}.")
+        continue
+      if leaf in node:
+        del node[leaf]  # The schema decides the type, not the value the file happened to write.
+      node[leaf] = value
+  if problems:
+    raise ConfigError(problems)
+  return Experiment.from_configdict(full, where=where)
 
 
 def kind_name(kind: Any) -> str:

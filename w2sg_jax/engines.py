@@ -21,6 +21,11 @@ the machine:
   `RunSpec.optimizer` is merged into its optimizer config (one program per
   distinct setting).
 
+Every setting comes typed (`config.TrainConfig`, `config.OptimizerConfig`),
+its defaults filled and its values checked once at the boundary; only a run's
+grid point (`RunSpec.optimizer`) is a plain dict, merged with
+``OptimizerConfig.replace`` (so checked the same way).
+
 The old names ``sweep`` and ``fit`` still work, with a deprecation message.
 """
 
@@ -38,7 +43,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -75,8 +79,9 @@ def resolve_engine(name: str) -> str:
 class RunSpec:
   """One run: its seed, the store it learns from, (data_parallel) where it checkpoints, and its optimizer.
 
-  ``optimizer``: this run's overrides of the group's ``train_cfg["optimizer"]``
-  (None: that config as it is), e.g. ``{"learning_rate": 3e-3,
+  ``optimizer``: this run's overrides of the group's ``train_cfg.optimizer``
+  (None: that config as it is), a plain dict of `config.OptimizerConfig`
+  fields such as a grid point, e.g. ``{"learning_rate": 3e-3,
   "weight_decay": 0.01}``. On the vmap engine the runs of a group may differ in
   `train.INJECTED_HPARAMS` (``learning_rate``, ``weight_decay``,
   ``warmup_steps``): one compiled program trains them all. Any other key must
@@ -145,7 +150,7 @@ def train_runs(
     train_inputs: Mapping[str, np.ndarray],
     eval_inputs: Mapping[str, Mapping[str, np.ndarray]],
     loss_fn: losses_lib.LossFn,
-    train_cfg: ml_collections.ConfigDict | Mapping[str, Any],
+    train_cfg: schema.TrainConfig,
     trainable: Any = nnx.Param,
     desc: str = "train",
     progress: bool = True,
@@ -162,10 +167,10 @@ def train_runs(
     train_ids, train_inputs: the training split's ids and model inputs.
     eval_inputs: ``{split: inputs}`` to predict after training.
     loss_fn: from ``losses.get``.
-    train_cfg: ``batch_size``, ``epochs`` or ``num_steps``, ``optimizer``,
-      ``select`` (model selection on a holdout of the training split, see
-      `w2sg_jax.selection`), and (data_parallel) ``sharding``, ``save_every``,
-      ``log_every``, ``eval_batch_size``.
+    train_cfg: the typed training block: ``batch_size``, ``epochs`` or
+      ``num_steps``, ``optimizer``, ``select`` (model selection on a holdout
+      of the training split, see `w2sg_jax.selection`), and (data_parallel)
+      ``sharding``, ``save_every``, ``log_every``, ``eval_batch_size``.
     trainable: NNX filter of the parameters that train (vmap: all of them).
     on_chunk: vmap only; ``on_chunk(step, apply, params_R)`` at every chunk
       boundary, e.g. to evaluate a trajectory without retraining.
@@ -179,8 +184,9 @@ def train_runs(
   """
   started = time.perf_counter()
   engine = resolve_engine(engine)
+  train_lib.expect_block(train_cfg, schema.TrainConfig, "train_cfg")
   cfg = train_cfg
-  batch_size = int(cfg["batch_size"])
+  batch_size = int(cfg.batch_size)
   select = selection_lib.Selection.from_config(cfg)
   val_inputs, val_targets = None, []
   if select.active:  # Hold out the tail of the split, labelled by each run's own store.
@@ -191,7 +197,7 @@ def train_runs(
       val_targets.append(np.asarray(r.store.probs[len(train_ids):n], np.float32))
       select.check_targets(val_targets[-1], f"the run of seed {r.seed} ({desc})")
     runs = [dataclasses.replace(r, store=selection_lib.store_rows(r.store, 0, len(train_ids))) for r in runs]
-  num_steps = stream_lib.num_steps_for(len(train_ids), batch_size, _train(cfg, "epochs"), _train(cfg, "num_steps"))
+  num_steps = cfg.steps_for(len(train_ids))
   eval_steps = select.eval_steps(num_steps, len(train_ids) // batch_size) if select.active else ()
   streams = _label_streams(runs, train_ids, train_inputs, batch_size=batch_size, num_steps=num_steps)
   if engine == "vmap":
@@ -203,7 +209,7 @@ def train_runs(
                                   targets_RxNxC=np.stack(val_targets))
     run_history = [[] for _ in runs]
     step_cost = {}
-    opt, hparams = group_optimizer(cfg["optimizer"], runs)
+    opt, hparams = group_optimizer(cfg.optimizer, runs)
     try:
       apply, params_R, _ = train_vmap(
           make_model, stream_lib.stack(streams), loss_fn=loss_fn, opt=opt, num_steps=num_steps,
@@ -236,7 +242,7 @@ def train_runs(
       logits, result, cost = _train_data_parallel(
           make_model, stream, eval_inputs, loss_fn=loss_fn, cfg=cfg, trainable=trainable, work_dir=run.work_dir,
           desc=f"{desc} seed {run.seed}", progress=progress, validate=validate,
-          opt=run_optimizer(cfg["optimizer"], run),
+          opt=run_optimizer(cfg.optimizer, run),
       )
     except train_lib.NonFiniteError as e:
       raise _group_error(e, desc, runs, lost=runs[i:]) from e
@@ -280,20 +286,6 @@ def _run_cost(step_flops: float, num_steps: int, eval_flops: float, peak_bytes: 
   return out
 
 
-def _plain(opt: Mapping[str, Any]) -> dict[str, Any]:
-  return opt.to_dict() if hasattr(opt, "to_dict") else dict(opt)
-
-
-def _train(cfg: Mapping[str, Any], key: str) -> Any:
-  """``cfg[key]`` of a training block, or `config.TrainConfig`'s default when it is left out."""
-  return cfg.get(key, getattr(schema.TrainConfig, key))
-
-
-def _opt(opt: Mapping[str, Any], key: str) -> Any:
-  """``opt[key]``, or `config.OptimizerConfig`'s default when it is left out."""
-  return opt.get(key, getattr(schema.OptimizerConfig, key))
-
-
 def _check_overrides(run: RunSpec) -> dict[str, Any]:
   """``run.optimizer`` as a dict, its keys checked against the optimizer config's fields."""
   over = dict(run.optimizer or {})
@@ -305,44 +297,49 @@ def _check_overrides(run: RunSpec) -> dict[str, Any]:
   return over
 
 
-def run_optimizer(opt: Mapping[str, Any], run: RunSpec) -> dict[str, Any]:
-  """The optimizer config of one run: the group's ``opt`` with ``run.optimizer`` merged in (data_parallel)."""
-  return {**_plain(opt), **_check_overrides(run)}
+def run_optimizer(opt: schema.OptimizerConfig, run: RunSpec) -> schema.OptimizerConfig:
+  """The optimizer config of one run: the group's ``opt`` with ``run.optimizer`` merged in, checked as any
+  `config.OptimizerConfig` is (a ValueError names the run's seed)."""
+  train_lib.expect_block(opt, schema.OptimizerConfig, "opt")
+  over = _check_overrides(run)
+  if not over:
+    return opt
+  try:
+    return opt.replace(**over)
+  except schema.ConfigError as e:
+    raise ValueError(f"RunSpec.optimizer {over} of the run of seed {run.seed}: {e}") from e
 
 
-def group_optimizer(opt: Mapping[str, Any], runs: Sequence[RunSpec]) -> tuple[dict[str, Any], dict[str, list]]:
+def group_optimizer(opt: schema.OptimizerConfig,
+                    runs: Sequence[RunSpec]) -> tuple[schema.OptimizerConfig, dict[str, list]]:
   """The optimizer config a vmapped group shares, and each run's `train.INJECTED_HPARAMS`.
 
   Returns ``(opt, hparams)``: ``opt`` with the overrides every run makes alike
   merged in, and ``hparams[name][r]`` run r's value (its override, else the
-  group's). Raises a ValueError for a key outside `train.INJECTED_HPARAMS` that
-  runs set differently (one program cannot hold two of them), and for a weight
-  decay on an optimizer that has none.
+  group's). Each run's merged config is checked (`run_optimizer`). Raises a
+  ValueError for a field outside `train.INJECTED_HPARAMS` that runs set
+  differently (one program cannot hold two of them), and for a weight decay
+  on an optimizer that has none.
   """
-  opt = _plain(opt)
-  overrides = [_check_overrides(r) for r in runs]
-  for key in sorted(set().union(*overrides) - set(train_lib.INJECTED_HPARAMS)):
-    values = [o.get(key, _opt(opt, key)) for o in overrides]  # A run without the key trains at the group's.
+  per_run = [run_optimizer(opt, r) for r in runs]
+  shared = {}
+  for f in dataclasses.fields(schema.OptimizerConfig):
+    if f.name in train_lib.INJECTED_HPARAMS:
+      continue
+    values = [getattr(o, f.name) for o in per_run]  # A run without the key trains at the group's.
     if any(v != values[0] for v in values[1:]):
       raise ValueError(
-          f"the runs of one vmap group set optimizer.{key} differently; they may differ only in "
-          f"{', '.join(train_lib.INJECTED_HPARAMS)}. Train each {key} in its own train_runs call, or use "
+          f"the runs of one vmap group set optimizer.{f.name} differently; they may differ only in "
+          f"{', '.join(train_lib.INJECTED_HPARAMS)}. Train each {f.name} in its own train_runs call, or use "
           "engine='data_parallel'.")
-    opt[key] = values[0]
-  defaults = {"learning_rate": opt["learning_rate"], "weight_decay": _opt(opt, "weight_decay"),
-              "warmup_steps": _opt(opt, "warmup_steps")}
-  hparams = {k: [o.get(k, v) for o in overrides] for k, v in defaults.items()}
-  for r, o in zip(runs, overrides):
-    lr, wd, warmup = (o.get(k, v) for k, v in defaults.items())
-    if not (np.isfinite(float(lr)) and float(lr) >= 0 and np.isfinite(float(wd)) and float(wd) >= 0):
-      raise ValueError(f"the run of seed {r.seed} has learning_rate={lr}, weight_decay={wd}; each must be a "
-                       "finite number >= 0.")
-    if int(warmup) != warmup or int(warmup) < 0:
-      raise ValueError(f"the run of seed {r.seed} has warmup_steps={warmup}; it must be a whole number >= 0.")
-    if float(wd) and _opt(opt, "name") != "adamw":
-      raise ValueError(f"the run of seed {r.seed} sets weight_decay={wd}, but optimizer {_opt(opt, 'name')!r} has "
+    if values and values[0] != getattr(opt, f.name):
+      shared[f.name] = values[0]
+  for r, o in zip(runs, per_run):
+    if o.weight_decay and o.name != "adamw":
+      raise ValueError(f"the run of seed {r.seed} sets weight_decay={o.weight_decay}, but optimizer {o.name!r} has "
                        "no weight decay; use name='adamw'.")
-  return opt, hparams
+  hparams = {k: [getattr(o, k) for o in per_run] for k in train_lib.INJECTED_HPARAMS}
+  return (opt.replace(**shared) if shared else opt), hparams
 
 
 def _run_name(run: RunSpec) -> str:
@@ -363,11 +360,11 @@ def _group_error(e: Exception, desc: str, runs: Sequence[RunSpec], lost: Sequenc
 # ------------------------------------------------------------- data parallel
 
 
-def _train_data_parallel(make_model, stream, eval_inputs, *, loss_fn, cfg, trainable, work_dir, desc, progress,
-                         validate=None, opt=None):
+def _train_data_parallel(make_model, stream, eval_inputs, *, loss_fn, cfg: schema.TrainConfig, trainable, work_dir,
+                         desc, progress, validate=None, opt: schema.OptimizerConfig | None = None):
   """One run over every device, checkpointed in ``work_dir`` (resumed when a checkpoint is there).
 
-  ``opt``: the run's optimizer config (`run_optimizer`; None: ``cfg["optimizer"]``).
+  ``opt``: the run's optimizer config (`run_optimizer`; None: ``cfg.optimizer``).
   ``validate``: ``(Selection, steps, val_inputs, val_targets)`` to select the
   best evaluated step instead of the last. Returns ``(logits, fit result,
   cost)``, ``cost`` with the run's ``step_flops``, ``eval_flops`` (all
@@ -375,9 +372,9 @@ def _train_data_parallel(make_model, stream, eval_inputs, *, loss_fn, cfg, train
   """
   mesh = parallel.make_mesh()
   parallel.check_batch_size(stream.batch_size, mesh)
-  tx, schedule = train_lib.make_optimizer(cfg["optimizer"] if opt is None else opt, stream.num_steps)
+  tx, schedule = train_lib.make_optimizer(cfg.optimizer if opt is None else opt, stream.num_steps)
   apply_fn, state, state_sharding = train_lib.create_state(
-      make_model, tx=tx, seed=stream.seed, mesh=mesh, trainable=trainable, sharding=str(_train(cfg, "sharding")),
+      make_model, tx=tx, seed=stream.seed, mesh=mesh, trainable=trainable, sharding=cfg.sharding,
   )
   trainer = train_lib.Trainer(apply_fn=apply_fn, loss_fn=loss_fn, tx=tx, schedule=schedule,
                               num_steps=stream.num_steps, mesh=mesh, state_sharding=state_sharding)
@@ -391,7 +388,7 @@ def _train_data_parallel(make_model, stream, eval_inputs, *, loss_fn, cfg, train
   def batches(position):
     return stream.host_batches(position, process_index=jax.process_index(), process_count=jax.process_count())
 
-  eval_batch = int(_train(cfg, "eval_batch_size"))
+  eval_batch = int(cfg.eval_batch_size)
   validation = None
   if validate is not None:
     select, steps, val_inputs, val_targets = validate
@@ -400,7 +397,7 @@ def _train_data_parallel(make_model, stream, eval_inputs, *, loss_fn, cfg, train
         evaluate=lambda state: select.score(trainer.predict(state, val_inputs, eval_batch), val_targets))
   result = train_lib.fit(
       trainer, state, batches, num_steps=stream.num_steps, workdir=work_dir,
-      save_every=int(_train(cfg, "save_every")), log_every=int(_train(cfg, "log_every")), desc=desc,
+      save_every=int(cfg.save_every), log_every=int(cfg.log_every), desc=desc,
       progress=progress, validation=validation,
   )
   logits = {split: trainer.predict(result.state, inputs, eval_batch, desc=f"{desc}: predict {split}" if progress else None)
@@ -540,11 +537,12 @@ class _VmapProgram:
   step_costs: dict[str, dict[str, float | int]] = dataclasses.field(default_factory=dict)
 
 
-def _opt_key(opt: Mapping[str, Any]) -> str:
+def _opt_key(opt: schema.OptimizerConfig) -> str:
   """The optimizer config as a hashable, canonical string, without `train.INJECTED_HPARAMS`: the program
-  reads those from the state, so every learning rate, weight decay and warm-up shares one compile."""
-  plain = {k: v for k, v in _plain(opt).items() if k not in train_lib.INJECTED_HPARAMS}
-  return json.dumps(plain, sort_keys=True, default=str)
+  reads those from the state, so every learning rate, weight decay and warm-up shares one compile. Every
+  field is in it (`config.to_dict`, defaults filled), so equal settings give equal strings."""
+  plain = {k: v for k, v in schema.to_dict(opt).items() if k not in train_lib.INJECTED_HPARAMS}
+  return json.dumps(plain, sort_keys=True)
 
 
 @functools.lru_cache(maxsize=32)
@@ -563,7 +561,9 @@ def _vmap_program(graphdef: Any, loss_fn: losses_lib.LossFn | tuple[losses_lib.L
   ``loss_fn`` a tuple of losses (a loss table): ``run_steps`` takes ``loss_index`` and trains with
   that loss through `jax.lax.switch`. The index is the same for every run of a call, so the switch stays
   a conditional that runs one branch, and every loss of the table shares one compiled loop."""
-  tx, schedule = train_lib.make_optimizer({**json.loads(opt_key), "learning_rate": 1.0}, num_steps, inject=True)
+  # Placeholders for the injected hyperparameters (learning rate 1, the defaults' weight decay and warm-up).
+  opt = schema.OptimizerConfig(**json.loads(opt_key), learning_rate=1.0)
+  tx, schedule = train_lib.make_optimizer(opt, num_steps, inject=True)
 
   def apply_fn(params, frozen, batch_inputs, rng):
     del frozen, rng
@@ -651,7 +651,7 @@ def train_vmap(
     data: stream_lib.StackedStreams,
     *,
     loss_fn: losses_lib.LossFn,
-    opt: Mapping[str, Any],
+    opt: schema.OptimizerConfig,
     num_steps: int,
     chunk_steps: int | None = None,
     desc: str = "vmap",
@@ -685,6 +685,7 @@ def train_vmap(
   compile one program, not one each. Then ``step_cost`` is that of ``loss_fn``'s own step (its program
   traced and costed, not compiled), since XLA would count every branch of the conditional.
   """
+  train_lib.expect_block(opt, schema.OptimizerConfig, "opt")
   num_runs = len(data.seeds)
   chunk_steps = chunk_steps or chunk_steps_for(num_steps)
   # Runs that read the same batches train side by side in the program (`_vmap_program`'s ``share``):
@@ -708,9 +709,7 @@ def train_vmap(
     host = all(isinstance(a, np.ndarray) for a in jax.tree.leaves(tree))
     return jax.tree.map(lambda a: a[inv], tree) if host else _take_runs(tree, inv.astype(np.int32))
 
-  plain = _plain(opt)
-  values = {"learning_rate": plain["learning_rate"], "weight_decay": _opt(plain, "weight_decay"),
-            "warmup_steps": _opt(plain, "warmup_steps")}
+  values = {k: getattr(opt, k) for k in train_lib.INJECTED_HPARAMS}
   values = {k: np.asarray((hparams or {}).get(k, [v] * num_runs), np.int32 if k == "warmup_steps" else np.float32)
             for k, v in values.items()}
   for k, v in values.items():

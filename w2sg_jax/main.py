@@ -46,6 +46,10 @@ _REPORT_ONLY = flags.DEFINE_bool(
     "(after the --worker=i/N processes), else fail naming the runs still missing (exit status 1).")
 flags.mark_flags_as_required(["config", "workdir"])
 
+# The experiment `check_arguments` resolved, with every --config.KEY=VALUE applied through the schema
+# (`config.apply_overrides`): what `main` runs. absl then parses the other flags only.
+_resolved = None
+
 
 def _use_compilation_cache(path: str) -> None:
   """Points JAX's persistent compilation cache at ``path``, also in a process that used another.
@@ -62,17 +66,24 @@ def _use_compilation_cache(path: str) -> None:
 
 
 def run(config, workdir: str, *, worker=None, report_only: bool = False) -> dict:
-  """Runs ``config`` into ``workdir``; ``worker`` (a `workers.Worker`) and ``report_only`` as the flags."""
+  """Runs ``config`` into ``workdir``; ``worker`` (a `workers.Worker`) and ``report_only`` as the flags.
+
+  ``config``: an experiment's ``ConfigDict`` (or the `config.Experiment` made from one). This is the
+  boundary: it is converted here, once, and everything below reads the typed object.
+  """
+  from w2sg_jax import config as schema
   from w2sg_jax import distributed, tasks
   from w2sg_jax.pipeline import Pipeline
 
+  if not isinstance(config, schema.Experiment):
+    config = schema.Experiment.from_configdict(config)  # `ConfigError` lists every problem.
   distributed.maybe_initialize()
   # A sweep compiles one step per run; the persistent cache makes every
   # compilation after the first (and every rerun) a disk read.
   _use_compilation_cache(os.path.join(os.path.abspath(config.cache_dir), "xla"))
   # `runner` picks what runs the config: the W2SG pipeline (default) or the
   # theory lab (experiments/tweets_theory.py), which reuses the pipeline's stages.
-  runner = str(config.get("runner", "pipeline"))
+  runner = config.runner
   if runner == "theory":
     if report_only or (worker is not None and worker.source == "--worker"):
       raise ValueError("--worker and --report_only split the training runs of the pipeline among processes; the "
@@ -98,14 +109,16 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from w2sg_jax import distributed, validate, workers
 
-  config, workdir = _CONFIG.value, _WORKDIR.value
+  # `cli` resolved the config with its overrides (`check_arguments`); a bare `app.run(main)` has absl's.
+  config, workdir = (_resolved if _resolved is not None else _CONFIG.value), _WORKDIR.value
   worker = workers.from_environment(_WORKER.value)  # A bad --worker fails before any compute.
   distributed.maybe_initialize()  # Before the first JAX call: check_config counts the devices.
-  validate.check_paths(workdir=workdir, cache_dir=str(config.get("cache_dir", "")))
-  validate.check_config(config)  # Every runner reads the pipeline's config blocks.
+  validate.check_paths(workdir=workdir, cache_dir=str(getattr(config, "cache_dir", "") or ""))
+  # Every runner reads the pipeline's config blocks; from here on the typed experiment is what runs.
+  experiment = validate.check_config(config)["experiment"]
   # Only when set: `run(config, workdir)` stays the call of a plain run (tests and callers wrap it).
   split = {"worker": worker} if worker is not None else {}
-  run(config, workdir, **split, **({"report_only": True} if _REPORT_ONLY.value else {}))
+  run(experiment, workdir, **split, **({"report_only": True} if _REPORT_ONLY.value else {}))
 
 
 # ------------------------------------------------------------ error boundary
@@ -143,17 +156,25 @@ def experiment_names(folder: str = "experiments") -> list[str]:
   return sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and not f.startswith("_"))
 
 
-def check_arguments(argv) -> None:
-  """What absl and config_flags would fail on with a traceback, checked first.
+def check_arguments(argv):
+  """What absl and config_flags would fail on with a traceback, checked first; returns the experiment to run.
 
   The config file must exist (else the experiments that do are listed), its
-  variant must load, and every ``--config.KEY`` must exist (else "did you mean").
+  variant must load, and every ``--config.KEY=VALUE`` goes through the one
+  override road, `config.apply_overrides`: any key of the schema (also one the
+  file leaves at its default; else "did you mean"), its value parsed with the
+  key's schema type (``--config.student.train.epochs=1.5`` is a float, ``abc`` for
+  an integer is named with the type it takes), then the whole config checked.
+  Every problem raises `validate.ConfigError`, one line each, before absl parses.
   """
-  from w2sg_jax import config_lib, validate
+  global _resolved
+  from w2sg_jax import config as schema
+  from w2sg_jax import config_lib
 
-  spec, keys = _config_args(argv)
+  _resolved = None
+  spec, _ = _config_args(argv)
   if not spec:
-    return  # absl reports the missing required flag itself.
+    return None  # absl reports the missing required flag itself.
   path = spec.partition(":")[0]
   if not os.path.isfile(path):
     folder = path if os.path.isdir(path) else (os.path.dirname(path) or ".")
@@ -170,15 +191,18 @@ def check_arguments(argv) -> None:
         f"no experiment config at {path!r}{what}. The experiments in {folder}/ are: {listing}. Run one with "
         f"make experiment NAME=<name>, or --config={folder}/<name>.py[:variant]."
     )
-  config = config_lib.load_config(spec)
-  for key in keys:
-    if not validate.has_key(config, key):
-      raise validate.UnknownKeyError(key, config, where=spec)
-  check_override_values(config, argv)
+  _resolved = schema.apply_overrides(config_lib.load_config(spec), _config_overrides(argv), where=spec)
+  return _resolved
 
 
 def _config_overrides(argv) -> list[tuple[str, str | None]]:
   """``[(key, raw value)]`` of each ``--config.KEY=VALUE`` or ``--config.KEY VALUE``; None for a bare flag."""
+  return [(key, value) for key, value, _ in _override_spans(argv)]
+
+
+def _override_spans(argv) -> list[tuple[str, str | None, int]]:
+  """``(key, raw value, tokens)`` of each override: 1 token for ``--config.KEY=VALUE`` or a bare flag, 2 for
+  ``--config.KEY VALUE``."""
   out = []
   args = list(argv[1:])
   for i, arg in enumerate(args):
@@ -187,52 +211,30 @@ def _config_overrides(argv) -> list[tuple[str, str | None]]:
     name, eq, value = arg.partition("=")
     if name.startswith("--config."):
       nxt = args[i + 1] if i + 1 < len(args) else None
-      out.append((name[len("--config."):], value if eq else (None if nxt is None or nxt.startswith("--") else nxt)))
+      if eq:
+        out.append((name[len("--config."):], value, 1))
+      elif nxt is None or nxt.startswith("--"):
+        out.append((name[len("--config."):], None, 1))
+      else:
+        out.append((name[len("--config."):], nxt, 2))
   return out
 
 
-def check_override_values(config, argv) -> None:
-  """Parses each ``--config.KEY=VALUE`` with the key's type from the schema (`w2sg_jax.config`), then checks the result.
-
-  absl would fail on a bad one with a two-line message and exit 1; this raises
-  `validate.ConfigError` (exit 2), one line per bad value, naming the key and
-  the type expected, and then every problem the schema finds in the config
-  with the overrides applied (``--config.student.train.epochs=0.5``: epochs
-  must be at least 1), before absl parses anything.
-  """
-  from w2sg_jax import config as schema
-  from w2sg_jax import validate
-
-  problems, parsed = [], []
-  for key, raw in _config_overrides(argv):
-    parent, _, leaf = key.rpartition(".")
-    holder = validate.lookup(config, parent) if parent else config
-    current = holder[leaf]
-    held = holder.get_type(leaf) if hasattr(holder, "get_type") else type(current)
-    kind = schema.field_type(config, key) or held
-    if raw is None:
-      continue  # A bare --config.KEY is a boolean (absl checks that itself).
-    try:
-      value = schema.parse_override(raw, kind)
-    except ValueError as e:
-      problems.append(f"--config.{key}={raw!r}: {key} takes {str(e).replace('KEY', key)}, like its current value "
-                      f"{current!r}.")
+def without_overrides(argv) -> list[str]:
+  """``argv`` less its ``--config.KEY`` overrides (`check_arguments` applied them): what absl parses."""
+  argv, out, i = list(argv), [], 0
+  while i < len(argv):
+    arg = argv[i]
+    if i and arg == "--":
+      out += argv[i:]
+      break
+    if i and arg.partition("=")[0].startswith("--config."):
+      takes_next = "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--")
+      i += 2 if takes_next else 1
       continue
-    if held is int and isinstance(value, float) and not value.is_integer():
-      problems.append(f"--config.{key}={raw!r}: {key} takes a number, but the experiment file writes it as the "
-                      f"integer {current!r}, which config_flags keeps; write {float(current)!r} there.")
-      continue
-    parsed.append((key, value))
-  if problems:
-    raise validate.ConfigError(problems)
-  if parsed:
-    with config.unlocked():
-      for key, value in parsed:
-        parent, _, leaf = key.rpartition(".")
-        holder = validate.lookup(config, parent) if parent else config
-        del holder[leaf]
-        holder[leaf] = value
-    schema.Experiment.from_configdict(config)
+    out.append(arg)
+    i += 1
+  return out
 
 
 def last_config_only(argv) -> list[str]:
@@ -256,7 +258,8 @@ def last_config_only(argv) -> list[str]:
 
 def _cache_dir_of_run() -> str | None:
   try:
-    return os.path.abspath(str(_CONFIG.value.cache_dir))
+    config = _resolved if _resolved is not None else _CONFIG.value
+    return os.path.abspath(str(config.cache_dir))
   except Exception:  # noqa: BLE001 -- flags not parsed yet: nothing was written.
     return None
 
@@ -382,12 +385,12 @@ def cli(argv=None, *, resume: list[str] | None = None) -> None:
   ``resume``: the command words to print as the way to resume after Ctrl-C
   (``w2sg run ...`` passes its own); default, this interpreter with ``-m w2sg_jax.main``.
   """
-  global _resume_words
+  global _resume_words, _resolved
   argv = last_config_only(sys.argv if argv is None else argv)
   _resume_words = resume
   try:
     check_arguments(argv)
-    app.run(main, argv=argv)
+    app.run(main, argv=without_overrides(argv))
   except SystemExit:
     raise
   except BaseException as exc:  # pylint: disable=broad-except (the boundary: expected failures become a paragraph)
@@ -402,6 +405,7 @@ def cli(argv=None, *, resume: list[str] | None = None) -> None:
     sys.exit(status)
   finally:
     _resume_words = None
+    _resolved = None
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ class MethodLabels:
 
   def _weak_seed(self, seed: int) -> int:
     """The seed of the weak model a student of ``seed`` learns from."""
-    return int(seed) if self.stages.config.weak.get("per_seed", False) else int(self.stages.config.seed)
+    return int(seed) if self.stages.config.weak.per_seed else int(self.stages.config.seed)
 
   def _members(self, seed: int) -> list:
     """The ensemble's K weak models (`stages.WeakResult`) for a student of ``seed``."""

@@ -31,10 +31,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 
 from w2sg_jax import cache as cache_lib
+from w2sg_jax import config as schema
 from w2sg_jax import metric_writers
 from w2sg_jax import metrics as metrics_lib
 from w2sg_jax import grid as grid_lib
@@ -81,7 +81,7 @@ def _runs(n: int) -> str:
 class Pipeline:
   """Runs an experiment config end to end in ``workdir``; see the module docstring."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, task: Task, *,
+  def __init__(self, config: schema.Experiment, workdir: str, task: Task, *,
                worker: workers_lib.Worker | None = workers_lib.ALL, report_only: bool = False):
     self.config = config
     self.workdir = os.path.abspath(workdir)
@@ -253,7 +253,7 @@ class Pipeline:
     summary.md and on the terminal, and no ranking.
     """
     pgr_status = metrics_lib.pgr_status(weak.test_accuracy, ceiling.test_accuracy,
-                                        min_gap=validate_lib.min_gap(self.config))
+                                        min_gap=self.config.report.min_gap)
     runs = []
     for r in students.runs:
       row = r.public()
@@ -323,10 +323,10 @@ class Pipeline:
         written = metric_writers.write_run_curves(
             staged["tensorboard"], self.stages.curves,
             previous=os.path.join(self.workdir, metric_writers.TENSORBOARD_DIR),
-            wandb=bool(self.config.get("report", {}).get("wandb", False)), wandb_group=str(self.config.name))
+            wandb=self.config.report.wandb, wandb_group=str(self.config.name))
         profile.add("curves_written", len(written))
         profile.add("figures_drawn", len(ledger.drawn))
-        if self.config.get("report", {}).get("wandb", False):  # results.json's summary and runs, as W&B tables.
+        if self.config.report.wandb:  # results.json's summary and runs, as W&B tables.
           metric_writers.log_final_tables(results, group=str(self.config.name), dir=staged["tensorboard"])
       paths = {k: self.outputs.final_path(v) for k, v in staged.items()}
     print(report_lib.markdown_table(headline_rows), flush=True)

@@ -159,45 +159,23 @@ def setup_devices(num_devices: int) -> None:
 
 
 def load_config(spec: str, overrides: dict[str, str]):
-  """The experiment's config resolved through the schema (every default filled), with the overrides applied.
+  """The experiment's typed config (`config.Experiment`, every default filled), with the overrides applied.
 
-  Each ``--config.KEY=VALUE`` is parsed by `config.parse_override` with the
-  key's schema type (the one parser main uses too), so a key the experiment
-  file leaves at its default can be set as well; the result is checked by
-  `config.Experiment` again.
+  The overrides take main's road, `config.apply_overrides`: each
+  ``--config.KEY=VALUE`` is parsed with the key's schema type, a key the file
+  leaves at its default can be set as well, and the result is checked once.
   """
   from w2sg_jax import config as schema  # pylint: disable=g-import-not-at-top
   from w2sg_jax import config_lib  # pylint: disable=g-import-not-at-top
 
   try:
     raw = config_lib.load_config(spec)
-    config = schema.Experiment.from_configdict(raw, where=spec).to_configdict()
   except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError) as e:
     raise PlanError(f"cannot load {spec}: {e}") from e
-  problems = []
-  with config.unlocked():
-    for dotted, text in overrides.items():
-      kind = schema.field_type(config, dotted)
-      *parents, leaf = dotted.split(".")
-      node = config
-      for key in parents:
-        node = node[key] if schema._is_mapping(node) and key in node else None  # pylint: disable=protected-access
-      if node is None or leaf not in node:
-        raise PlanError(schema.suggest_key(config, dotted, where=spec))
-      try:
-        value = schema.parse_override(text, kind if kind is not None else type(node[leaf]))
-      except ValueError as e:
-        problems.append(f"--config.{dotted}={text!r}: {dotted} takes {e}.")
-        continue
-      del node[leaf]  # The schema decides the type, not the value the file happened to write.
-      node[leaf] = value
-  if problems:
-    raise PlanError(str(schema.ConfigError(problems)))
   try:
-    schema.Experiment.from_configdict(config, where=spec)
+    return schema.apply_overrides(raw, overrides.items(), where=spec)
   except ValueError as e:
     raise PlanError(str(e)) from e
-  return config
 
 
 # ------------------------------------------------------------------- models
@@ -247,9 +225,10 @@ def _role_cfg(config, role: str):
 
 
 def _get(cfg, *names, default=None):
+  """The first of ``names`` the role's block has (each task's model block has its own fields)."""
   for n in names:
-    if n in cfg:
-      return cfg[n]
+    if hasattr(cfg, n):
+      return getattr(cfg, n)
   return default
 
 
@@ -278,7 +257,7 @@ def model_spec(config, role: str) -> ModelSpec:
   from w2sg_jax.models import remat as remat_lib  # pylint: disable=g-import-not-at-top
 
   cfg = _role_cfg(config, role)
-  task = str(config.get("task", ""))
+  task = config.task
   dtype_name = str(_get(cfg, "dtype", default="float32"))
   if dtype_name not in _DTYPES:
     raise PlanError(f"{role}.dtype={dtype_name!r}; use one of {', '.join(_DTYPES)}.")
@@ -356,7 +335,7 @@ def model_spec(config, role: str) -> ModelSpec:
 
   if task == "tweets":
     hf = hf_config(str(_get(cfg, "checkpoint", default="") or ""))
-    num_classes = 3 if str(config.data.get("task", "binary")) == "ternary" else 2
+    num_classes = config.num_classes_hint()
     max_len = int(config.data.max_length)
     if role == "strong" and finetune in ("top", "full"):
       make_encoder = encoder_factory(hf)
@@ -397,18 +376,14 @@ def _task_trainable(config, role: str):
 # --------------------------------------------------------------------- plan
 
 
-def _num_steps(train_cfg, num_examples: int) -> int:
-  from w2sg_jax.labels import stream as stream_lib  # pylint: disable=g-import-not-at-top (the one home of the rule)
-
-  return stream_lib.num_steps_for(num_examples, int(train_cfg.batch_size), train_cfg.epochs, train_cfg.num_steps)
-
-
 def _train_key(role: str) -> str:
   return "weak.train" if role == "weak" else "student.train"
 
 
 def _sizes(config) -> dict[str, int]:
-  return {str(k): int(v) for k, v in config.data.sizes.items()}
+  from w2sg_jax import config as schema  # pylint: disable=g-import-not-at-top
+
+  return {str(k): int(v) for k, v in schema.to_dict(config.data.sizes).items()}
 
 
 @dataclasses.dataclass
@@ -445,9 +420,9 @@ def build_steps(config, role: str, mesh, device_memory_bytes: int | None) -> Ste
   train_cfg = _train_cfg(config, role)
   sizes = _sizes(config)
   train_examples = sizes.get("weak_train" if role == "weak" else "w2s_train", 0)
-  if role == "weak" and int(config.weak.get("train_subset", 0) or 0):
+  if role == "weak" and getattr(config.weak, "train_subset", 0):  # Only the tweets weak block has it.
     train_examples = min(train_examples, int(config.weak.train_subset))
-  num_steps = _num_steps(train_cfg, train_examples)
+  num_steps = train_cfg.steps_for(train_examples)
   ndev = mesh.devices.size
   batch_size = int(train_cfg.batch_size)
   from w2sg_jax import config as schema  # pylint: disable=g-import-not-at-top
@@ -462,7 +437,7 @@ def build_steps(config, role: str, mesh, device_memory_bytes: int | None) -> Ste
   loss_name = _loss_name(config, role)
   loss_fn = _loss(losses_lib, config, loss_name)
 
-  seed = int(config.get("seed", 0))
+  seed = int(config.seed)
 
   def init():
     model = spec.make_model(nnx.Rngs(params=seed))
@@ -472,7 +447,7 @@ def build_steps(config, role: str, mesh, device_memory_bytes: int | None) -> Ste
   abstract_model = nnx.eval_shape(lambda: spec.make_model(nnx.Rngs(params=seed)))
   apply_fn, _, _ = train_lib.split_model(abstract_model, spec.trainable)
   abstract = jax.eval_shape(init)
-  mode = str(train_cfg.get("sharding", "auto"))
+  mode = train_cfg.sharding
   try:
     resolved = parallel.resolve_sharding(mode, abstract, mesh, device_memory_bytes)
   except ValueError as e:
@@ -493,13 +468,13 @@ def build_steps(config, role: str, mesh, device_memory_bytes: int | None) -> Ste
   # GPU/TPU; the plan runs on CPU).
   trainer = train_lib.Trainer(apply_fn=apply_fn, loss_fn=loss_fn, tx=tx, schedule=schedule, num_steps=num_steps,
                               mesh=mesh, state_sharding=shardings, num_chains=1)
-  eval_rows = int(train_cfg.eval_batch_size)  # Resolved by the schema: its default when the file sets none.
+  eval_rows = int(train_cfg.eval_batch_size)
   eval_rows = max(ndev, eval_rows - eval_rows % ndev)  # As Trainer.predict rounds it.
   return Steps(spec=spec, init=init, abstract_state=abstract, shardings=shardings, sharding=mode,
                sharding_resolved=resolved, trainer=trainer,
                train_batch=batch(batch_size, True), eval_inputs=batch(eval_rows, False), loss=loss_name,
                num_steps=num_steps, batch_size=batch_size, eval_batch_size=eval_rows,
-               accum_steps=int(train_cfg.optimizer.get("accum_steps", 1)))
+               accum_steps=int(train_cfg.optimizer.accum_steps))
 
 
 # The shared readers of a compiled program (``w2sg_jax.cost``); named here too, for ``plan.memory_of``'s users.
@@ -558,15 +533,12 @@ def plan_role(config, role: str, mesh, device_memory_bytes: int) -> dict[str, An
 def _loss_name(config, role: str) -> str:
   if role == "weak":
     return "xent"  # The weak model learns from one-hot ground truth.
-  names = list(config.student.get("losses", ())) or ["xent"]
+  names = list(config.student.losses) or ["xent"]
   return str(names[0])
 
 
 def _loss(losses_lib, config, name: str):
-  hparams = {}
-  lh = config.student.get("loss_hparams", None)
-  if lh is not None and name in lh:
-    hparams = dict(lh[name])
+  hparams = dict(config.student.loss_hparams.get(name, {}))  # Per-loss keyword arguments (a plain dict).
   try:
     return losses_lib.get(name, **hparams)
   except ValueError:
@@ -583,9 +555,10 @@ def _loss(losses_lib, config, name: str):
 def optimizer_grid_points(grid, optimizer) -> int:
   """Models a weak or ceiling ``grid`` trains per seed: its points, the config's own setting counted once."""
   from w2sg_jax import grid as grid_lib  # pylint: disable=g-import-not-at-top
+  from w2sg_jax import stages as stages_lib  # pylint: disable=g-import-not-at-top
 
   points = grid_lib.expand(dict(grid or {})) if grid else []
-  return 1 + sum(1 for p in points if any(k not in optimizer or float(optimizer[k]) != float(v) for k, v in p.items()))
+  return 1 + sum(1 for p in points if not stages_lib._is_optimizer_setting(optimizer, p))  # pylint: disable=protected-access
 
 
 def grid_settings(config, student) -> dict[str, int]:
@@ -602,32 +575,30 @@ def grid_settings(config, student) -> dict[str, int]:
     points = grid_lib.points_for(student.grid, lambda hp, loss=loss, base=base: stages_lib._accepts(loss, base, hp))  # pylint: disable=protected-access
     other = [p for p in points
              if stages_lib._resolved_hparams(loss, {**base, **grid_lib.loss_part(p)}) != resolved  # pylint: disable=protected-access
-             or any(k not in optimizer or float(optimizer[k]) != v for k, v in grid_lib.optimizer_part(p).items())]
+             or not stages_lib._is_optimizer_setting(optimizer, grid_lib.optimizer_part(p))]  # pylint: disable=protected-access
     out[loss] = len(other) + 1
   return out
 
 
 def whole_config_counts(config, plans: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
   """Training and evaluation steps of the whole config, per role."""
-  from w2sg_jax import config as schema  # pylint: disable=g-import-not-at-top
-
   sizes = _sizes(config)
-  student = schema.resolve_block(schema.StudentConfig, config.student, "student.")
+  student = config.student
   methods, settings = student.methods, student.method
   out = {}
   if "weak" in plans:
     p = plans["weak"]
     labelled = sizes.get("w2s_train", 0) + sizes.get("test", 0)
-    runs = int(config.get("seeds", 1)) if config.weak.get("per_seed", False) else 1  # One weak model per seed?
+    runs = int(config.seeds) if config.weak.per_seed else 1  # One weak model per seed?
     if {"ensemble", "disagreement_filter"} & set(methods):  # K - 1 more weak models per weak model.
       runs *= settings.ensemble_size
-    runs += (optimizer_grid_points(config.weak.get("grid", None), config.weak.train.optimizer) - 1) * (
-        int(config.get("seeds", 1)) if config.weak.get("per_seed", False) else 1)  # weak.grid's other points.
+    runs += (optimizer_grid_points(config.weak.grid, config.weak.train.optimizer) - 1) * (
+        int(config.seeds) if config.weak.per_seed else 1)  # weak.grid's other points.
     out["weak"] = {"runs": runs, "train_steps": runs * p["num_steps"],
                    "eval_steps": runs * math.ceil(labelled / p["eval_batch_size"])}
   if "strong" in plans:
     p = plans["strong"]
-    seeds = int(config.get("seeds", 1))
+    seeds = int(config.seeds)
     cells = seeds * len(student.noise.rates)
     # Students per method (an s2s chain trains its rounds, bootstrap an intermediate model per cell, a
     # strong-sized upper bound on the head it is); plus the strong ceiling per seed.
@@ -635,8 +606,7 @@ def whole_config_counts(config, plans: dict[str, dict[str, Any]]) -> dict[str, d
                  + (cells if m == "bootstrap" else 0) for m in methods}
     if student.grid and "single" in by_method:  # Every grid point of a loss is a student per cell.
       by_method["single"] = cells * sum(grid_settings(config, student).values())
-    ceiling_grid = (config.get("ceiling", None) or {}).get("grid", None)
-    runs = sum(by_method.values()) + seeds * optimizer_grid_points(ceiling_grid, config.student.train.optimizer)
+    runs = sum(by_method.values()) + seeds * optimizer_grid_points(config.ceiling.grid, config.student.train.optimizer)
     out["strong"] = {"runs": runs, "train_steps": runs * p["num_steps"],
                      "eval_steps": runs * math.ceil(sizes.get("test", 0) / p["eval_batch_size"]),
                      **({"runs_by_method": by_method} if list(methods) != ["single"] else {})}
@@ -676,7 +646,7 @@ def make_plan(config, *, devices: int, device_memory_gib: float, roles=("weak", 
     }
   return {
       "config": spec,
-      "name": str(config.get("name", "")),
+      "name": config.name,
       "devices": devices,
       "device_memory_gib": device_memory_gib,
       "platform": jax.devices()[0].platform,

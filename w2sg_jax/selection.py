@@ -57,10 +57,13 @@ class Selection:
                        "nothing; set select.metric to 'auroc' or 'accuracy', or select.holdout=0.")
 
   @classmethod
-  def from_config(cls, train_cfg: Mapping[str, Any]) -> Selection:
-    block = train_cfg.get("select", None) or {}
-    return cls(metric=str(block.get("metric", cls.metric)), holdout=int(block.get("holdout", cls.holdout)),
-               every=int(block.get("every", cls.every)))
+  def from_config(cls, train_cfg: schema.TrainConfig) -> Selection:
+    """The selection of a typed training block (its ``select``, defaults filled by the schema)."""
+    if not isinstance(train_cfg, schema.TrainConfig):
+      raise TypeError(f"Selection.from_config takes a config.TrainConfig, not {type(train_cfg).__name__}: convert "
+                      "at the boundary (config.resolve_block(config.TrainConfig, raw, prefix)).")
+    block = train_cfg.select
+    return cls(metric=block.metric, holdout=int(block.holdout), every=int(block.every))
 
   @property
   def active(self) -> bool:

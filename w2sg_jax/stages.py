@@ -4,9 +4,9 @@
          -> ceiling runs -> student runs -> report
 
 Every artifact goes through `cache.Cache` under a key built by
-`cache.stage_key` from exactly what the stage reads: its config subtree
-(`semantic` strips the keys that change nothing, such as ``log_every``), the
-keys of its inputs, and the data fingerprint. So a changed input recomputes
+`cache.stage_key` from exactly what the stage reads: its resolved config block
+(`config.semantic_dict`: defaults included, fields that change nothing, such
+as ``log_every``, left out), the keys of its inputs, and the data fingerprint. So a changed input recomputes
 exactly what depends on it, and nothing a stage did not read can make it
 recompute.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import copy
 import dataclasses
 import functools
 import math
@@ -29,7 +28,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -49,11 +47,6 @@ from w2sg_jax.labels import noise as noise_lib
 from w2sg_jax.labels import store as store_lib
 from w2sg_jax.log import log
 
-# Config keys that change how a run is logged or saved, never its numbers.
-# `checkpoint` and `checkpoint_revision` name where a model's files are, not what they hold: every
-# task keys each role's checkpoint by content (and a hub id by its resolved commit) in its data
-# fingerprint, so the same files at another path reuse every stage.
-NON_SEMANTIC_KEYS = frozenset({"log_every", "save_every", "eval_batch_size", "checkpoint", "checkpoint_revision"})
 CEILING_SPLITS = schema.CEILING_SPLITS  # ceiling.split; the schema says which (one list, not two).
 TEST_LOGITS = "test_logits.npy"
 # The key of a strong run's metrics in its cache entry's info: computed once, when the run is
@@ -65,27 +58,7 @@ COST_INFO = "cost"  # The key of a trained model's cost (`w2sg_jax.cost`) in its
 RUN_ENTRY_FORMAT = 2
 
 
-def semantic(tree: Any) -> Any:
-  """A config subtree as plain data, without the keys that cannot change a result."""
-  if isinstance(tree, ml_collections.ConfigDict):
-    tree = tree.to_dict()
-  if isinstance(tree, Mapping):
-    return {k: semantic(v) for k, v in tree.items() if k not in NON_SEMANTIC_KEYS and not _default_select(k, v)
-            and not (k in NEUTRAL_VALUES and v == NEUTRAL_VALUES[k])}
-  if isinstance(tree, (list, tuple)):
-    return [semantic(v) for v in tree]
-  return tree
-
-
-# Keys whose value reproduces what the code did before the key existed: holding that value, they are
-# left out of the key, so entries made before them stay valid (config.py's `neutral`).
-NEUTRAL_VALUES = {"feature_dtype": "float32"}
-
-
-def _default_select(key: str, value: Any) -> bool:
-  """A ``select`` block that keeps the last step changes nothing, so entries made before it existed stay valid."""
-  return key == "select" and isinstance(value, Mapping) and value.get("metric", "last") == "last" \
-      and not value.get("holdout", 0)
+semantic = schema.semantic_dict  # A resolved block as it enters keys (the schema's metadata says which fields).
 
 
 def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -370,7 +343,10 @@ class Stages:
 
   RUN_ENTRY_FORMAT = RUN_ENTRY_FORMAT
 
-  def __init__(self, config: ml_collections.ConfigDict, task: Task, cache: cache_lib.Cache):
+  def __init__(self, config: schema.Experiment, task: Task, cache: cache_lib.Cache):
+    if not isinstance(config, schema.Experiment):
+      raise TypeError(f"Stages takes the typed config (config.Experiment.from_configdict(c)), not "
+                      f"{type(config).__name__}: the schema fills defaults and checks values once, at the boundary.")
     self.config = config
     self.task = task
     self.cache = cache
@@ -431,28 +407,32 @@ class Stages:
 
   # -- weak model and its labels
   def weak_components(self, data: DataResult, seed: int | None = None) -> dict[str, Any]:
-    weak = semantic(self.config.weak)
-    per_seed = bool(weak.pop("per_seed", False))
-    weak.pop("grid", None)  # A point's model is keyed by the settings it trains with (`_weak_model`'s point).
-    components = {
-        "task": self.task.name, "data": data.fingerprint, "weak": weak,
-        "seed": int(self.config.seed if seed is None else seed), "truth": self.truth_store(data, "weak_train").hash,
-    }
-    if per_seed:  # In the key only when on, so that entries made without the option stay valid.
-      components["per_seed"] = True
-    components["entry_format"] = RUN_ENTRY_FORMAT
-    return components
+    return self._weak_key_components(data, int(self.config.seed if seed is None else seed), {})
+
+  def _weak_key_components(self, data: DataResult, seed: int, point: Mapping[str, float]) -> dict[str, Any]:
+    """The weak model's key components at grid ``point`` (its optimizer settings as if the config said them)."""
+    weak = self.config.weak
+    if point:
+      weak = weak.replace(train=weak.train.replace(optimizer=weak.train.optimizer.replace(**point)))
+    settings = semantic(weak)
+    # Which seeds get a model (per_seed) and which points train (grid) are not the model's settings:
+    # a point's model is keyed by the optimizer it trains with, and the model of a seed is the same model
+    # whichever option asked for it.
+    settings.pop("per_seed", None)
+    settings.pop("grid", None)
+    return {"task": self.task.name, "data": data.fingerprint, "weak": settings, "seed": int(seed),
+            "truth": self.truth_store(data, "weak_train").hash, "entry_format": RUN_ENTRY_FORMAT}
 
   @property
   def weak_seeds(self) -> list[int]:
     """The weak models' seeds: ``config.seed``, or every student seed under ``weak.per_seed``."""
-    return self.student_seeds if self.config.weak.get("per_seed", False) else [int(self.config.seed)]
+    return self.student_seeds if self.config.weak.per_seed else [int(self.config.seed)]
 
   @_profiled("weak")
   def weak(self, data: DataResult) -> WeakResult:
     """The weak model(s); with ``weak.per_seed`` one per student seed, so seed intervals include its variance."""
     results = {seed: self._tuned_weak_model(data, seed) for seed in self.weak_seeds}
-    if len(results) == 1 and not self.config.weak.get("per_seed", False):
+    if len(results) == 1 and not self.config.weak.per_seed:
       return next(iter(results.values()))
     runs = list(results.values())
     mean = lambda field: float(np.mean([getattr(r, field) for r in runs]))  # noqa: E731
@@ -477,7 +457,7 @@ class Stages:
     """The weak model of ``seed``; under ``weak.grid``, the point (the config's own setting among them)
     whose model scores best on weak.train.select's holdout of weak_train, which is labelled with ground
     truth, as the weak model's training labels are. Ties go to the earlier point, the config's first."""
-    grid = dict(self.config.weak.get("grid", None) or {})
+    grid = dict(self.config.weak.grid)
     if not grid:
       return self._weak_model(data, seed)
     optimizer = self.config.weak.train.optimizer
@@ -491,14 +471,6 @@ class Stages:
              grid_lib.point_name(points[best]), ", ".join(f"{grid_lib.point_name(r['grid_point'])}: "
                                                           f"{r['holdout_score']}" for r in table))
     return dataclasses.replace(models[best], grid_point=dict(points[best]), grid=table)
-
-  def _weak_key_components(self, data: DataResult, seed: int, point: Mapping[str, float]) -> dict[str, Any]:
-    """The weak model's key components at grid ``point`` (its optimizer settings as if the config said them)."""
-    components = self.weak_components(data, seed)
-    if point:
-      components["weak"].setdefault("train", {}).setdefault("optimizer", {}).update(
-          {k: float(v) for k, v in point.items()})
-    return components
 
   def _bagged_truth(self, data: DataResult, seed: int, member: int) -> store_lib.WeakLabelStore:
     """weak_train's ground truth weighted by member ``member``'s bootstrap resample counts."""
@@ -534,7 +506,7 @@ class Stages:
         train = data.splits["weak_train"]
         trained = engines.train_runs(
             [engines.RunSpec(seed=int(seed), store=truth, work_dir=work_dir, optimizer=point or None)],
-            engine=str(cfg.get("engine", "data_parallel")), make_model=make_model, train_ids=train.ids,
+            engine=cfg.engine, make_model=make_model, train_ids=train.ids,
             train_inputs=train.inputs["weak"],
             eval_inputs={s: data.splits[s].inputs["weak"] for s in ("w2s_train", "test")},
             loss_fn=losses_lib.get("xent"), train_cfg=cfg.train, trainable=trainable, desc="weak model",
@@ -562,8 +534,8 @@ class Stages:
         labelled_examples=len(data.splits["weak_train"]), stores=stores,
         w2s_label_accuracy=float(np.mean(np.argmax(stores["w2s_train"].probs, -1) == data.splits["w2s_train"].labels)),
         weak_model_runs=len(self.cache.computed("weak")) - runs_before,
-        selected_step=_weak_selected_step(self.cache, weak_key) if _selects(cfg.train) else None,
-        holdout_score=_holdout_score(self.cache.open("weak", weak_key)) if cfg.get("grid", None) else None,
+        selected_step=_weak_selected_step(self.cache, weak_key) if cfg.train.select.metric != "last" else None,
+        holdout_score=_holdout_score(self.cache.open("weak", weak_key)) if cfg.grid else None,
         cost=_weak_cost(self.cache, weak_key), **test,
     )
     self.curves.append(metric_writers.RunCurves("weak", {"seed": int(seed)}, self.cache.directory("weak", weak_key),
@@ -616,9 +588,7 @@ class Stages:
     ``owner``: under ``--worker``, the key that decides which worker trains the group
     (`cache.Cache.get_or_create_group`); the rounds of an s2s chain share one.
     """
-    base = self._strong_components(data)
-    if train_split != "w2s_train":  # In the key only when not the default, so older entries stay valid.
-      base["train_split"] = train_split
+    base = {**self._strong_components(data), "train_split": train_split}
     if method is not None:
       base["method"] = dict(method)
     if predict:
@@ -626,11 +596,11 @@ class Stages:
     resolved = _resolved_hparams(loss, hparams)
     components = [{**base, "loss": loss, "loss_hparams": resolved, "seed": seed, "labels": store.hash}
                   for seed, store in runs]
+    train_cfg = self.config.student.train
     for i, point in enumerate(overrides or ()):
       if point:  # The run's optimizer settings as if the config said them.
-        train_key = copy.deepcopy(base["train"])
-        train_key.setdefault("optimizer", {}).update({k: float(v) for k, v in point.items()})
-        components[i] = {**components[i], "train": train_key}
+        components[i] = {**components[i], "train": semantic(
+            train_cfg.replace(optimizer=train_cfg.optimizer.replace(**point)))}
     train = data.splits[train_split]
     cfg = self.config.student
 
@@ -673,11 +643,7 @@ class Stages:
   @property
   def ceiling_split(self) -> str:
     """``ceiling.split``: the split whose ground truth trains the ceiling (default ``w2s_train``)."""
-    split = str(self.config.get("ceiling", {}).get("split", "w2s_train"))
-    if split not in CEILING_SPLITS:
-      raise ValueError(f"ceiling.split={split!r}; use one of {', '.join(CEILING_SPLITS)} (Burns et al. and "
-                       "Yao et al. train the ceiling on the weak model's split, weak_train).")
-    return split
+    return self.config.ceiling.split  # One of CEILING_SPLITS: the schema checked it.
 
   @_profiled("ceiling")
   def ceiling(self, data: DataResult) -> CeilingResult:
@@ -686,7 +652,7 @@ class Stages:
     split = self.ceiling_split
     truth = self.truth_store(data, split)
     # ceiling.grid: every point x seed in one group; the config's own setting ({}) first, so it wins ties.
-    grid = dict((self.config.get("ceiling", None) or {}).get("grid", None) or {})
+    grid = dict(self.config.ceiling.grid)
     optimizer = self.config.student.train.optimizer
     points = [{}] + [p for p in grid_lib.expand(grid) if not _is_optimizer_setting(optimizer, p)] if grid else [{}]
     with self.profile.part("runs"):
@@ -747,7 +713,7 @@ class Stages:
     the choice of subset; otherwise with ``noise.seed``, the same for every student.
     """
     cfg = self.config.student.noise
-    seed = int(student_seed) if cfg.get("per_seed", False) else int(cfg.seed)
+    seed = int(student_seed) if cfg.per_seed else int(cfg.seed)
     return noise_lib.NoiseSpec(rate=float(rate), scale=float(cfg.scale), seed=seed)
 
   @_profiled("students")
@@ -843,8 +809,8 @@ class Stages:
       resolved = _resolved_hparams(loss, dict(student.loss_hparams.get(loss, {})))
       point = {}
       for axis in student.grid:
-        if axis in grid_lib.OPTIMIZER_KEYS and axis in optimizer:
-          point[axis] = float(optimizer[axis])
+        if axis in grid_lib.OPTIMIZER_KEYS and hasattr(optimizer, axis):
+          point[axis] = float(getattr(optimizer, axis))
         elif axis.startswith(grid_lib.LOSS_PREFIX) and axis[len(grid_lib.LOSS_PREFIX):] in resolved:
           point[axis] = float(resolved[axis[len(grid_lib.LOSS_PREFIX):]])
       out[loss] = point
@@ -898,10 +864,10 @@ class Stages:
         {k: getattr(run, k) for k in ("test_accuracy", "test_auroc", "misfit_kl", "misfit_tv")}))
     return run
 
-  @functools.cached_property
+  @property
   def student_settings(self) -> schema.StudentConfig:
-    """``config.student`` resolved through the schema once (defaults filled, checked)."""
-    return schema.resolve_block(schema.StudentConfig, self.config.student, "student.")
+    """``config.student``, typed."""
+    return self.config.student
 
   @functools.cached_property
   def student_loss_table(self) -> tuple[losses_lib.LossFn, ...]:
@@ -948,9 +914,9 @@ def _accepts(loss: str, hparams: Mapping[str, Any], hparam: str) -> bool:
   return True
 
 
-def _is_optimizer_setting(optimizer: Mapping[str, Any], settings: Mapping[str, float]) -> bool:
+def _is_optimizer_setting(optimizer: schema.OptimizerConfig, settings: Mapping[str, float]) -> bool:
   """Whether optimizer ``settings`` (a grid point's) are what the ``optimizer`` config already says."""
-  return all(k in optimizer and float(optimizer[k]) == float(v) for k, v in settings.items())
+  return all(hasattr(optimizer, k) and float(getattr(optimizer, k)) == float(v) for k, v in settings.items())
 
 
 def _holdout_score(entry: cache_lib.Entry | None) -> float | None:
@@ -969,10 +935,6 @@ def _cost_info(trained: engines.TrainedRuns, run: int) -> dict[str, Any]:
 def _weak_cost(cache: cache_lib.Cache, weak_key: str) -> dict[str, Any] | None:
   entry = cache.open("weak", weak_key)  # None if only its stores are kept.
   return entry.info.get(COST_INFO) if entry is not None else None
-
-
-def _selects(train_cfg: Any) -> bool:
-  return str((train_cfg.get("select", None) or {}).get("metric", "last")) != "last"
 
 
 def _weak_selected_step(cache: cache_lib.Cache, weak_key: str) -> int | None:

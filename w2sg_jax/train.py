@@ -58,26 +58,31 @@ ApplyFn = Callable[[PyTree, PyTree, Mapping[str, jax.Array], jax.Array], jax.Arr
 # ------------------------------------------------------------------ optimizer
 
 
-def _opt(opt: Mapping[str, Any], key: str) -> Any:
-  """``opt[key]``, or `config.OptimizerConfig`'s default when the dict leaves it out.
+def expect_block(value: Any, cls: type, what: str) -> None:
+  """Raises a TypeError unless ``value`` is a ``cls`` (a `config` block).
 
-  From the schema, not a literal, so that a dict without ``grad_clip`` clips
-  at the 1.0 that validation, ``--describe`` and the README promise.
+  Below the boundary every setting is read as an attribute of a checked block
+  with its defaults filled; a raw ``ConfigDict`` or dict here would lose those
+  defaults (or fail on the first missing key), so it is stopped with a message
+  that says where to convert.
   """
-  return opt.get(key, getattr(schema.OptimizerConfig, key))
+  if not isinstance(value, cls):
+    raise TypeError(f"{what} must be a config.{cls.__name__}, not {type(value).__name__}: convert once at the "
+                    f"boundary (config.Experiment.from_configdict, or config.resolve_block(config.{cls.__name__}, "
+                    "raw, prefix)), which fills the defaults and checks the values.")
 
 
-def make_schedule(opt: Mapping[str, Any], num_steps: int) -> optax.Schedule:
+def make_schedule(opt: schema.OptimizerConfig, num_steps: int) -> optax.Schedule:
   """Learning-rate schedule from ``opt.schedule`` in {cosine, linear, constant}.
 
   ``opt.warmup_steps`` of linear warm-up from 0 precede the decay; cosine and
-  linear decay to ``opt.end_lr_factor`` of the peak at the end. A key left
-  out takes `config.OptimizerConfig`'s default.
+  linear decay to ``opt.end_lr_factor`` of the peak at the end.
   """
-  lr = float(opt["learning_rate"])
-  warmup = int(_opt(opt, "warmup_steps"))
-  kind = _opt(opt, "schedule")
-  end = lr * float(_opt(opt, "end_lr_factor"))
+  expect_block(opt, schema.OptimizerConfig, "opt")
+  lr = float(opt.learning_rate)
+  warmup = int(opt.warmup_steps)
+  kind = opt.schedule
+  end = lr * float(opt.end_lr_factor)
   decay_steps = max(num_steps - warmup, 1)
   if kind == "constant":
     main = optax.constant_schedule(lr)
@@ -85,8 +90,8 @@ def make_schedule(opt: Mapping[str, Any], num_steps: int) -> optax.Schedule:
     main = optax.cosine_decay_schedule(lr, decay_steps, alpha=end / lr if lr else 0.0)
   elif kind == "linear":
     main = optax.linear_schedule(lr, end, decay_steps)
-  else:
-    raise ValueError(f"unknown schedule {kind!r}; use one of: {', '.join(schema.SCHEDULES)}.")
+  else:  # A name `config.SCHEDULES` gained without a branch here (the schema admits no other).
+    raise ValueError(f"make_schedule does not build schedule {kind!r}.")
   if warmup <= 0:
     return main
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
@@ -97,7 +102,8 @@ def make_schedule(opt: Mapping[str, Any], num_steps: int) -> optax.Schedule:
 INJECTED_HPARAMS = ("learning_rate", "weight_decay", "warmup_steps")
 
 
-def _traced_schedule(opt: Mapping[str, Any], num_steps: int) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+def _traced_schedule(opt: schema.OptimizerConfig,
+                     num_steps: int) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
   """``make_schedule``'s shape as ``rate(count, peak, warmup)``, the peak and the warm-up traced.
 
   The operations of the optax schedules ``make_schedule`` joins, divisions
@@ -105,10 +111,8 @@ def _traced_schedule(opt: Mapping[str, Any], num_steps: int) -> Callable[[jax.Ar
   constants, so a run at the config's values gets the same rate to the bit
   (`tests/test_grid_engine.py` checks it).
   """
-  kind = _opt(opt, "schedule")
-  if kind not in schema.SCHEDULES:
-    raise ValueError(f"unknown schedule {kind!r}; use one of: {', '.join(schema.SCHEDULES)}.")
-  factor = float(_opt(opt, "end_lr_factor"))
+  kind = opt.schedule
+  factor = float(opt.end_lr_factor)
 
   def rate(count, peak, warmup):
     decay_steps = jnp.maximum(num_steps - warmup, 1)
@@ -134,7 +138,7 @@ def _traced_schedule(opt: Mapping[str, Any], num_steps: int) -> Callable[[jax.Ar
 
 
 def make_optimizer(
-    opt: Mapping[str, Any], num_steps: int, *, inject: bool = False
+    opt: schema.OptimizerConfig, num_steps: int, *, inject: bool = False
 ) -> tuple[optax.GradientTransformation, Callable[..., jax.Array]]:
   """Clip by global norm, then AdamW (or Adam/SGD) on ``make_schedule``: ``(tx, schedule)``.
 
@@ -154,26 +158,25 @@ def make_optimizer(
   hyperparameters in ``opt_state``. At the config's own values the updates
   equal those of ``inject=False`` (adam and sgd have no weight decay to set).
   """
-  accum = int(_opt(opt, "accum_steps"))
-  if accum < 1:
-    raise ValueError(f"optimizer.accum_steps={accum}; it must be at least 1.")
+  expect_block(opt, schema.OptimizerConfig, "opt")
+  accum = int(opt.accum_steps)  # >= 1, and every value below, checked by `config.OptimizerConfig`.
   updates = max(num_steps // accum, 1)
   schedule = _traced_schedule(opt, updates) if inject else make_schedule(opt, updates)
-  name = _opt(opt, "name")
-  if name not in schema.OPTIMIZERS:
-    raise ValueError(f"unknown optimizer {name!r}; use one of: {', '.join(schema.OPTIMIZERS)}.")
+  name = opt.name
 
   def chain(learning_rate, weight_decay):
     if name == "adamw":
-      base = optax.adamw(learning_rate, b1=float(_opt(opt, "b1")), b2=float(_opt(opt, "b2")),
-                         eps=float(_opt(opt, "eps")), weight_decay=weight_decay)
+      base = optax.adamw(learning_rate, b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps),
+                         weight_decay=weight_decay)
     elif name == "adam":
-      base = optax.adam(learning_rate, b1=float(_opt(opt, "b1")), b2=float(_opt(opt, "b2")))
-    else:
-      base = optax.sgd(learning_rate, momentum=_opt(opt, "momentum"))
+      base = optax.adam(learning_rate, b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps))
+    elif name == "sgd":
+      base = optax.sgd(learning_rate, momentum=opt.momentum)
+    else:  # A name `config.OPTIMIZERS` gained without a branch here (the schema admits no other).
+      raise ValueError(f"make_optimizer does not build optimizer {name!r}.")
     parts = []
-    if _opt(opt, "grad_clip"):
-      parts.append(optax.clip_by_global_norm(float(_opt(opt, "grad_clip"))))
+    if opt.grad_clip:
+      parts.append(optax.clip_by_global_norm(float(opt.grad_clip)))
     return optax.chain(*parts, base)
 
   if inject:
@@ -183,14 +186,14 @@ def make_optimizer(
       return chain(lambda count: shape(count, learning_rate, warmup_steps), weight_decay)
 
     tx = optax.inject_hyperparams(factory)(
-        learning_rate=float(opt["learning_rate"]), weight_decay=float(_opt(opt, "weight_decay")),
-        warmup_steps=int(_opt(opt, "warmup_steps")))
+        learning_rate=float(opt.learning_rate), weight_decay=float(opt.weight_decay),
+        warmup_steps=int(opt.warmup_steps))
 
     def schedule(step, opt_state):
       hp = injected_hyperparams(opt_state)
       return shape(step // accum, hp["learning_rate"], hp["warmup_steps"])
   else:
-    tx = chain(schedule, float(_opt(opt, "weight_decay")))
+    tx = chain(schedule, float(opt.weight_decay))
   if accum > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=accum)
     if not inject:

@@ -87,14 +87,6 @@ def has_key(config: Any, key: str) -> bool:
   return lookup(config, key, default=_MISSING) is not _MISSING
 
 
-def min_gap(config: Any) -> float:
-  """``config.report.min_gap``: the margin by which the ceiling must beat the weak model for PGR.
-
-  Configs without a ``report`` block get `config.ReportConfig`'s default (half an accuracy point).
-  """
-  return float(lookup(config, "report.min_gap", schema.ReportConfig.min_gap))
-
-
 # ------------------------------------------------ checks on data, devices and files
 
 
@@ -233,7 +225,7 @@ def _engine(name: Any) -> str | None:
     return None
 
 
-def _trainable_checks(c: schema.Checks, task_obj: Any, config: Any, engines: Mapping[str, str | None]) -> None:
+def _trainable_checks(c: schema.Checks, task_obj: Any, config: schema.Experiment, engines: Mapping[str, str | None]) -> None:
   """The vmap engine trains every parameter; a task that freezes some needs data_parallel."""
   from flax import nnx
 
@@ -253,7 +245,8 @@ def check_config(config: Any, task: Any = None, *, num_devices: int | None = Non
   """The schema's checks, then the data's, the devices' and the files'; raises `ConfigError` listing each problem.
 
   Args:
-    config: an experiment config (``experiments/NAME.py``'s ``get_config``).
+    config: an experiment config (``experiments/NAME.py``'s ``get_config``), or the typed
+      `config.Experiment` already converted from one (its schema checks have run).
     task: the `Task` it runs, or None to look it up from ``config.task``.
     num_devices: devices a data-parallel batch is split over; default ``jax.device_count()``.
 
@@ -261,7 +254,7 @@ def check_config(config: Any, task: Any = None, *, num_devices: int | None = Non
     What was resolved: ``{"task", "runner", "engines": {"weak", "strong"}, "min_gap", "experiment"}``
     (``experiment``: the typed `config.Experiment`).
   """
-  experiment, problems = schema.resolve(config)
+  experiment, problems = (config, []) if isinstance(config, schema.Experiment) else schema.resolve(config)
   c = schema.Checks()
   c.problems = list(problems)
   if num_devices is None:
@@ -291,10 +284,10 @@ def check_config(config: Any, task: Any = None, *, num_devices: int | None = Non
         c.fail("task", exp.task, f"its module cannot be imported ({e}); install the task's dependencies.")
     if task is not None:
       num_classes = exp.num_classes_hint() or int(getattr(task, "num_classes", 2))
-      _trainable_checks(c, task, config, engines)
+      _trainable_checks(c, task, exp, engines)
       _noise_scale(c, exp.student.noise.scale, num_classes)
       for i, method in enumerate(exp.student.methods):  # Before any compute: a method the task cannot run.
-        problem = task.method_problem(method, config) if hasattr(task, "method_problem") else None
+        problem = task.method_problem(method, exp) if hasattr(task, "method_problem") else None
         if problem:
           c.fail(f"student.methods[{i}]", method, problem)
       if exp.student.method.probe_k >= exp.data.sizes.w2s_train and any(

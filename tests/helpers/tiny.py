@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from flax import nnx
 
+from w2sg_jax import config as schema
 from w2sg_jax import losses, parallel, train
 
 
@@ -27,11 +28,12 @@ def data(num_examples: int = 256, in_dim: int = 8, num_classes: int = 3, seed: i
   return x, probs.astype(np.float32)
 
 
-OPT = {"name": "adamw", "learning_rate": 1e-2, "schedule": "cosine", "warmup_steps": 2,
-       "weight_decay": 1e-4, "grad_clip": 1.0}
+OPT = schema.OptimizerConfig(name="adamw", learning_rate=1e-2, schedule="cosine", warmup_steps=2, weight_decay=1e-4,
+                             grad_clip=1.0)
 
 
-def make_trainer(num_devices: int, loss: str = "js", num_steps: int = 20, seed: int = 0, opt=None):
+def make_trainer(num_devices: int, loss: str = "js", num_steps: int = 20, seed: int = 0,
+                 opt: schema.OptimizerConfig | None = None):
   mesh = parallel.make_mesh(num_devices)
   tx, schedule = train.make_optimizer(opt or OPT, num_steps)
   apply_fn, params, frozen = train.split_model(TinyMLP(rngs=nnx.Rngs(seed)))

@@ -31,6 +31,7 @@ def _worker(out_path: str, quick: bool) -> None:
   import numpy as np
   from flax import nnx
 
+  from w2sg_jax import config as schema
   from w2sg_jax import losses, parallel, train
   from w2sg_jax.bench import timing
   from w2sg_jax.models import Bert, BertConfig, SequenceClassifier
@@ -54,7 +55,7 @@ def _worker(out_path: str, quick: bool) -> None:
               "attention_mask_BxT": np.ones((batch, seq), np.int32)}
   data = {"inputs": inputs, "targets": rng.dirichlet([1.0, 1.0], batch).astype(np.float32),
           "mask": np.ones(batch, np.float32)}
-  opt = {"name": "adamw", "learning_rate": 1e-3, "schedule": "constant", "grad_clip": 1.0}
+  opt = schema.OptimizerConfig(name="adamw", learning_rate=1e-3, schedule="constant", grad_clip=1.0)
   rows, reference, runners = [], None, {}
   num_steps = 10 + steps + (1 + reps * rounds)
   for n in DEVICE_COUNTS:

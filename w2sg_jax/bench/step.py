@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from w2sg_jax import config as schema
 from w2sg_jax import cpu as cpu_lib
 from w2sg_jax import losses as losses_lib
 from w2sg_jax import train
@@ -44,7 +45,7 @@ from w2sg_jax.bench import llama as llama_bench
 from w2sg_jax.bench import profile, timing
 from w2sg_jax.models import Bert, BertConfig, GPT2, GPT2Config, Llama, SequenceClassifier
 
-OPT = {"name": "adamw", "learning_rate": 1e-5, "schedule": "constant", "weight_decay": 0.01, "grad_clip": 1.0}
+OPT = schema.OptimizerConfig(name="adamw", learning_rate=1e-5, schedule="constant", weight_decay=0.01, grad_clip=1.0)
 NUM_CLASSES = 2
 
 # all-MiniLM-L6-v2's config.json, used when the weights package is absent.
@@ -233,8 +234,8 @@ def _torch_side(case: StepCase, model: SequenceClassifier, batch: Mapping[str, n
     cls = torch_ref.TorchBertClassifier if case.arch == "bert" else torch_ref.TorchGPT2Classifier
     tm = cls(case.config, NUM_CLASSES)
     torch_ref.copy_from_jax(tm, model)
-  step, opt = torch_ref.make_step(tm, lr=OPT["learning_rate"], weight_decay=OPT["weight_decay"],
-                                  grad_clip=OPT["grad_clip"], compile_model=compile_model)
+  step, opt = torch_ref.make_step(tm, lr=OPT.learning_rate, weight_decay=OPT.weight_decay, grad_clip=OPT.grad_clip,
+                                  compile_model=compile_model)
   ids = torch.from_numpy(batch["input_ids"]).long()
   mask = torch.from_numpy(batch["attention_mask"])
   targets = torch.from_numpy(batch["targets"])

@@ -31,6 +31,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from w2sg_jax import config as schema
 from w2sg_jax import losses as losses_lib
 from w2sg_jax import parallel, train
 from w2sg_jax.bench import timing
@@ -39,7 +40,7 @@ from w2sg_jax.labels import store as store_lib
 from w2sg_jax.labels import stream
 from w2sg_jax.models import MLPHead
 
-OPT = {"name": "adamw", "learning_rate": 1e-3, "schedule": "constant", "weight_decay": 0.0, "grad_clip": 1.0}
+OPT = schema.OptimizerConfig(name="adamw", learning_rate=1e-3, schedule="constant", weight_decay=0.0, grad_clip=1.0)
 
 
 class _DiskJoin:

@@ -36,6 +36,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from w2sg_jax import config as schema
 from w2sg_jax import engines
 from w2sg_jax import losses as losses_lib
 from w2sg_jax.bench import timing
@@ -43,8 +44,8 @@ from w2sg_jax.labels import store as store_lib
 from w2sg_jax.labels import stream as stream_lib
 from w2sg_jax.models import FeatureHead, MLPHead
 
-OPT = {"name": "adamw", "learning_rate": 1e-3, "schedule": "cosine", "warmup_steps": 0,
-       "weight_decay": 0.0, "grad_clip": 1.0}
+OPT = schema.OptimizerConfig(name="adamw", learning_rate=1e-3, schedule="cosine", warmup_steps=0, weight_decay=0.0,
+                             grad_clip=1.0)
 
 
 def features(num_examples: int, dim: int, num_classes: int = 2, seed: int = 0):
@@ -152,7 +153,7 @@ def bench_grid(*, quick: bool, log: Callable[[str], None] = print) -> dict[str, 
             for lr in lrs for wd in wds for s in range(num_seeds)]
     kw = {"make_model": make_model, "train_ids": ids, "train_inputs": {"features": x},
           "eval_inputs": {"test": {"features": x[:n_test]}}, "loss_fn": losses_lib.get("js"), "progress": False,
-          "train_cfg": {"batch_size": batch, "epochs": epochs, "optimizer": dict(OPT)}}
+          "train_cfg": schema.TrainConfig(batch_size=batch, epochs=epochs, optimizer=OPT)}
 
     def grid():
       return engines.train_runs(runs, engine="vmap", **kw).logits
@@ -161,8 +162,7 @@ def bench_grid(*, quick: bool, log: Callable[[str], None] = print) -> dict[str, 
       return [engines.train_runs([r], engine="vmap", **kw).logits for r in runs]
 
     # Warm-up: imports and the eager ops' first compilations, on programs of another step count.
-    engines.train_runs(runs[:2], engine="vmap", **{**kw, "train_cfg": {**kw["train_cfg"], "epochs": 0,
-                                                                       "num_steps": 3}})
+    engines.train_runs(runs[:2], engine="vmap", **{**kw, "train_cfg": kw["train_cfg"].replace(num_steps=3)})
     cold = {}
     # Cold programs, as a fresh process has: the training loop, the shared prediction and the set-up programs.
     engines._vmap_program.cache_clear()  # pylint: disable=protected-access

@@ -1,4 +1,9 @@
-"""What a data set contributes to the pipeline: its splits, fingerprint and models."""
+"""What a data set contributes to the pipeline: its splits, fingerprint and models.
+
+Every method takes the resolved, typed experiment (`w2sg_jax.config.Experiment`,
+converted once at the boundary): its settings are attributes with their
+defaults filled, and cache keys come from `config.semantic_dict` of its blocks.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,23 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-import ml_collections
 import numpy as np
 from flax import nnx
 
+from w2sg_jax import config as schema
+
 SPLITS = ("weak_train", "w2s_train", "test")
+
+
+def split_sizes(sizes: schema.SizesConfig) -> dict[str, int]:
+  """``data.sizes`` as ``{split: size}`` in name order (test, w2s_train, weak_train).
+
+  The order `splits.split_indices` takes its chunks in. It is the sorted order
+  in which a ConfigDict listed these keys before the typed schema, so equal
+  sizes and seed keep putting the same examples in each split as before (the
+  field order of `config.SizesConfig` would draw other ones).
+  """
+  return {name: int(getattr(sizes, name)) for name in sorted(SPLITS)}
 
 
 @dataclasses.dataclass
@@ -35,18 +52,18 @@ class Task:
   name: str = "task"
   num_classes: int = 2
 
-  def fingerprint(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+  def fingerprint(self, config: schema.Experiment) -> dict[str, Any]:
     """Everything about the data and preprocessing that changes the examples."""
     raise NotImplementedError
 
-  def splits(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Split]:
+  def splits(self, config: schema.Experiment, cache_dir: str) -> dict[str, Split]:
     raise NotImplementedError
 
-  def make_model(self, role: str, config: ml_collections.ConfigDict) -> Callable[[nnx.Rngs], nnx.Module]:
+  def make_model(self, role: str, config: schema.Experiment) -> Callable[[nnx.Rngs], nnx.Module]:
     """A factory for the ``weak`` or ``strong`` model, taking its ``nnx.Rngs``."""
     raise NotImplementedError
 
-  def method_problem(self, method: str, config: ml_collections.ConfigDict) -> str | None:
+  def method_problem(self, method: str, config: schema.Experiment) -> str | None:
     """Why ``method`` (`w2sg_jax.config.METHODS`) cannot run on this task with ``config``, or None.
 
     The probes read the strong model's cached features (``inputs["strong"]["features"]``);
@@ -61,14 +78,14 @@ class Task:
               "strong model on tokens (no cached features); use a head on cached features, or drop the method.")
     return None
 
-  def strong_features(self, config: ml_collections.ConfigDict) -> bool:
+  def strong_features(self, config: schema.Experiment) -> bool:
     """Whether the strong model's inputs are cached features (``inputs["strong"]["features"]``)."""
     del config
     return False
 
-  def trainable(self, role: str, config: ml_collections.ConfigDict) -> Any:
+  def trainable(self, role: str, config: schema.Experiment) -> Any:
     """The NNX filter of the parameters that train (default: all of them)."""
     return nnx.Param
 
-  def model_name(self, role: str, config: ml_collections.ConfigDict) -> str:
+  def model_name(self, role: str, config: schema.Experiment) -> str:
     return role

@@ -40,13 +40,13 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import ml_collections
 import numpy as np
 
+from w2sg_jax import config as schema
 from w2sg_jax.data import files as files_lib
 from w2sg_jax.data import splits as splits_lib
 from w2sg_jax.data import w2s_suite
-from w2sg_jax.data.task import SPLITS, Split
+from w2sg_jax.data.task import SPLITS, Split, split_sizes
 from w2sg_jax.log import log
 from w2sg_jax.tasks import preference as preference_task
 from w2sg_jax.tasks import pretrained_roles as roles_lib
@@ -57,44 +57,36 @@ VERSION = "1.0.0"  # Bump when the example construction changes: it is part of e
 KINDS = ("classification", "preference")
 
 
-def _get(cfg, key, default):
-  value = cfg.get(key, default)
-  return default if value is None else value
-
-
-def columns(cfg: ml_collections.ConfigDict) -> dict[str, str]:
+def columns(cfg: schema.FilesDataConfig) -> dict[str, str]:
+  """Role -> column name: ``data.columns`` over each role's default (an unnamed role reads its own name)."""
   defaults = {"id": "", "text": "text", "label": "label", "prompt": "", "chosen": "chosen", "rejected": "rejected"}
-  given = _get(cfg, "columns", {})
-  given = given.to_dict() if hasattr(given, "to_dict") else dict(given)
-  return {**defaults, **{str(k): str(v) for k, v in given.items()}}
+  return {**defaults, **{str(k): str(v) for k, v in cfg.columns.items()}}
 
 
-def label_names(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
-  suite = str(_get(cfg, "suite", ""))
-  if suite:
-    return w2s_suite.get(suite).label_names
-  return tuple(str(n) for n in _get(cfg, "label_names", ()))
+def label_names(cfg: schema.FilesDataConfig) -> tuple[str, ...]:
+  """Label values in class order: the suite entry's, else ``data.label_names``."""
+  if cfg.suite:
+    return w2s_suite.get(cfg.suite).label_names
+  return tuple(str(n) for n in cfg.label_names)
 
 
-def num_classes(config: ml_collections.ConfigDict) -> int:
+def num_classes(config: schema.Experiment) -> int:
   """Classes: 2 for pairs and suite entries; else ``len(data.label_names)`` or ``data.num_classes``."""
   cfg = config.data
-  if str(_get(cfg, "kind", "classification")) == "preference":
+  if cfg.kind == "preference":
     return 2
   names = label_names(cfg)
-  n = len(names) if names else int(_get(cfg, "num_classes", 0))
+  n = len(names) if names else cfg.num_classes
   if n < 2:
     raise ValueError("data.label_names or data.num_classes must give at least 2 classes for data.kind="
                      f"'classification'; got label_names={names!r}, num_classes={n}.")
   return n
 
 
-def _tables(cfg: ml_collections.ConfigDict) -> dict[str, list[tuple[str, files_lib.Table]]]:
+def _tables(cfg: schema.FilesDataConfig) -> dict[str, list[tuple[str, files_lib.Table]]]:
   """``{"pool": [(prefix, table), ...]}`` or ``{split: [(prefix, table)]}`` for one file per split."""
-  fmt = str(_get(cfg, "format", ""))
-  split_files = _get(cfg, "split_files", {})
-  split_files = split_files.to_dict() if hasattr(split_files, "to_dict") else dict(split_files)
-  source, hub = str(_get(cfg, "source", "")), str(_get(cfg, "hf_dataset", ""))
+  fmt, split_files = cfg.format, dict(cfg.split_files)
+  source, hub = cfg.source, cfg.hf_dataset
   given = [name for name, v in (("data.source", source), ("data.split_files", split_files),
                                 ("data.hf_dataset", hub)) if v]
   if len(given) != 1:
@@ -106,14 +98,14 @@ def _tables(cfg: ml_collections.ConfigDict) -> dict[str, list[tuple[str, files_l
     return {s: [(f"{s}-", files_lib.read_file(str(split_files[s]), fmt))] for s in SPLITS}
   if source:
     return {"pool": [("", files_lib.read_file(source, fmt))]}
-  config_name, revision = str(_get(cfg, "hf_config", "")), str(_get(cfg, "revision", ""))
-  if str(_get(cfg, "suite", "")):  # A suite entry reads no moving branch unasked (data/w2s_suite.py, Revisions).
-    w2s_suite.check_revision(str(_get(cfg, "suite", "")), revision)
+  config_name, revision = cfg.hf_config, cfg.revision
+  if cfg.suite:  # A suite entry reads no moving branch unasked (data/w2s_suite.py, Revisions).
+    w2s_suite.check_revision(cfg.suite, revision)
   elif not revision:
     log.warning("data.hf_dataset=%s is read at the default branch (data.revision=''); its rows are hashed into every"
                 " key, but pin data.revision to a commit to make the run repeatable.", hub)
   return {"pool": [(f"{s}-", files_lib.read_hf(hub, config_name, revision, str(s)))
-                   for s in _get(cfg, "hf_splits", ("train",))]}
+                   for s in cfg.hf_splits]}
 
 
 def _suite_rows(entry: w2s_suite.SuiteEntry, table: files_lib.Table, prefix: str, seed: int) -> dict[str, Any]:
@@ -132,30 +124,27 @@ def _suite_rows(entry: w2s_suite.SuiteEntry, table: files_lib.Table, prefix: str
   return {"id": np.array(ids, dtype=object), "text": np.array(texts, dtype=object), "label": np.array(labels, np.int32)}
 
 
-def rows(config: ml_collections.ConfigDict) -> tuple[dict[str, dict[str, np.ndarray]], list[dict[str, Any]]]:
+def rows(config: schema.Experiment) -> tuple[dict[str, dict[str, np.ndarray]], list[dict[str, Any]]]:
   """The examples of every source, checked, before any compute: ``({"pool" | split: rows}, sources)``.
 
   ``sources`` lists each table read as ``{"part", "sha256", "rows"}`` (no path).
   """
   cfg = config.data
-  kind = str(_get(cfg, "kind", "classification"))
-  if kind not in KINDS:
-    raise ValueError(f"data.kind={kind!r}; use one of {', '.join(KINDS)}.")
-  cols, suite = columns(cfg), str(_get(cfg, "suite", ""))
+  kind = cfg.kind  # One of KINDS (the schema's check).
+  cols, suite = columns(cfg), cfg.suite
   out, sources = {}, []
   for part, tables in _tables(cfg).items():
     parts = []
     for prefix, table in tables:
       sources.append({"part": part, "prefix": prefix, "sha256": table.sha256, "rows": len(table)})
       if suite:
-        parts.append(_suite_rows(w2s_suite.get(suite), table, prefix, int(_get(cfg, "order_seed", 0))))
+        parts.append(_suite_rows(w2s_suite.get(suite), table, prefix, cfg.order_seed))
       elif kind == "classification":
         parts.append(files_lib.classification_rows(
             table, cols, label_names=label_names(cfg), num_classes=num_classes(config),
-            template=str(_get(cfg, "template", "")), id_prefix=prefix))
+            template=cfg.template, id_prefix=prefix))
       else:
-        parts.append(files_lib.pair_rows(table, cols, separator=str(_get(cfg, "pair_separator", "\n")),
-                                         id_prefix=prefix))
+        parts.append(files_lib.pair_rows(table, cols, separator=cfg.pair_separator, id_prefix=prefix))
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     _, first = np.unique(merged["id"].astype(str), return_index=True)
     if len(first) < len(merged["id"]):
@@ -187,19 +176,19 @@ def _parts(examples: dict[str, dict[str, np.ndarray]], sizes: dict[str, int], sp
   return pool, parts
 
 
-def prepare(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]:
+def prepare(config: schema.Experiment, cache_dir: str) -> dict[str, Any]:
   """Reads, checks, splits and tokenizes; returns ``{"splits", "fingerprint"}``."""
   del cache_dir  # Files are read where they are; nothing is prepared on disk.
   cfg = config.data
-  kind = str(_get(cfg, "kind", "classification"))
-  sizes = tc._sizes(config)  # pylint: disable=protected-access  (the same order and checks as text_classification)
+  kind = cfg.kind
+  sizes = split_sizes(cfg.sizes)  # In name order, as text_classification takes them.
   examples, sources = rows(config)  # Every data error before any tokenizer or model loads.
   classes = num_classes(config)
   for role in roles_lib.ROLES:
     roles_lib.check_max_length(config, role)
-  pool, parts = _parts(examples, sizes, int(cfg.split_seed))
+  pool, parts = _parts(examples, sizes, cfg.split_seed)
 
-  max_length = int(cfg.max_length)
+  max_length = cfg.max_length
   tokenizers, tok_hash = roles_lib.role_tokenizers(config)
   splits: dict[str, Split] = {}
   truncated: dict[str, dict[str, int]] = {}
@@ -217,7 +206,7 @@ def prepare(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]
       shares = np.round(np.bincount(labels, minlength=classes) / max(len(ids), 1), 3).tolist()
       what = f"class shares {shares}; truncated on the right"
     else:
-      first = preference_task.a_is_chosen(ids, int(_get(cfg, "order_seed", 0)))
+      first = preference_task.a_is_chosen(ids, cfg.order_seed)
       a, b, labels = preference_task.present_pairs(pool["chosen"][idx], pool["rejected"][idx], first)
       for row in zip(ids, a, b):
         content.update("\x00".join(row).encode("utf-8") + b"\x01")
@@ -232,18 +221,17 @@ def prepare(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]
       "version": VERSION,
       "kind": kind,
       "sources": [{k: s[k] for k in ("part", "prefix", "sha256", "rows")} for s in sources],
-      "hub": ({"dataset": str(cfg.hf_dataset), "config": str(_get(cfg, "hf_config", "")),
-               "revision": str(_get(cfg, "revision", "")), "splits": [str(s) for s in _get(cfg, "hf_splits", ())]}
-              if str(_get(cfg, "hf_dataset", "")) else None),
-      "suite": str(_get(cfg, "suite", "")),
+      "hub": ({"dataset": cfg.hf_dataset, "config": cfg.hf_config, "revision": cfg.revision,
+               "splits": [str(s) for s in cfg.hf_splits]} if cfg.hf_dataset else None),
+      "suite": cfg.suite,
       "columns": columns(cfg),
-      "template": str(_get(cfg, "template", "")),
+      "template": cfg.template,
       "label_names": list(label_names(cfg)),
       "num_classes": classes,
-      "pair_separator": str(_get(cfg, "pair_separator", "\n")),
+      "pair_separator": cfg.pair_separator,
       "sizes": sizes,
-      "split_seed": int(cfg.split_seed),
-      "order_seed": int(_get(cfg, "order_seed", 0)),
+      "split_seed": cfg.split_seed,
+      "order_seed": cfg.order_seed,
       "max_length": max_length,
       "tokenizers": tok_hash,
       "content_sha256": content.hexdigest(),
@@ -259,27 +247,26 @@ class FilesTask(roles_lib.PretrainedRolesTask):
   num_classes = 2
   model_kind = "classifier"
 
-  def _prepare_data(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]:
+  def _prepare_data(self, config: schema.Experiment, cache_dir: str) -> dict[str, Any]:
     return prepare(config, cache_dir)
 
-  def _set_kind(self, config: ml_collections.ConfigDict) -> None:
+  def _set_kind(self, config: schema.Experiment) -> None:
     self.num_classes = num_classes(config)  # The truth stores one-hot with it.
-    pairs = str(_get(config.data, "kind", "classification")) == "preference"
-    self.model_kind = "reward model" if pairs else "classifier"
+    self.model_kind = "reward model" if config.data.kind == "preference" else "classifier"
 
-  def splits(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Split]:
+  def splits(self, config: schema.Experiment, cache_dir: str) -> dict[str, Split]:
     self._set_kind(config)
     return super().splits(config, cache_dir)
 
-  def fingerprint(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+  def fingerprint(self, config: schema.Experiment) -> dict[str, Any]:
     self._set_kind(config)
     return super().fingerprint(config)
 
-  def model_name(self, role: str, config: ml_collections.ConfigDict) -> str:
+  def model_name(self, role: str, config: schema.Experiment) -> str:
     self._set_kind(config)
     return super().model_name(role, config)
 
   def _head_model(self, encoder, config, *, pooling, hidden_sizes, rngs):
-    if str(_get(config.data, "kind", "classification")) == "preference":
+    if config.data.kind == "preference":
       return preference_task.PairRewardModel(encoder, pooling=pooling, hidden_sizes=hidden_sizes, rngs=rngs)
     return tc.TextClassifier(encoder, num_classes(config), pooling=pooling, hidden_sizes=hidden_sizes, rngs=rngs)

@@ -47,13 +47,13 @@ import hashlib
 import os
 from typing import Any
 
-import ml_collections
 import numpy as np
 
+from w2sg_jax import config as schema
 from w2sg_jax.data import splits as splits_lib
 from w2sg_jax.data import tokenize as tokenize_lib
 from w2sg_jax.models import heads as heads_lib
-from w2sg_jax.data.task import Split
+from w2sg_jax.data.task import Split, split_sizes
 from w2sg_jax.log import log
 from w2sg_jax.tasks import pretrained_roles as roles_lib
 from w2sg_jax.tasks.pretrained_roles import tokenizer_fingerprint  # noqa: F401 (part of this module's API)
@@ -156,7 +156,7 @@ class PreferenceTask(roles_lib.PretrainedRolesTask):
   num_classes = 2
   model_kind = "reward model"
 
-  def _prepare_data(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]:
+  def _prepare_data(self, config: schema.Experiment, cache_dir: str) -> dict[str, Any]:
     return prepare(config, cache_dir)
 
   def _head_model(self, encoder, config, *, pooling, hidden_sizes, rngs) -> PairRewardModel:
@@ -171,7 +171,7 @@ def _none_if_empty(x: Any) -> Any:
   return None if x in (None, "") else x
 
 
-def load_pool(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, np.ndarray]:
+def load_pool(config: schema.Experiment, cache_dir: str) -> dict[str, np.ndarray]:
   """Every pair of ``data.source_splits``, concatenated, a pair id kept once.
 
   Returns:
@@ -179,19 +179,17 @@ def load_pool(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, np
   """
   from w2sg_jax.data import preference as preference_lib  # pylint: disable=g-import-not-at-top
 
-  cfg = config.data
-  if cfg.dataset not in DATASETS:
-    raise ValueError(f"data.dataset={cfg.dataset!r}; use one of {', '.join(DATASETS)}.")
-  data_dir = _none_if_empty(cfg.get("data_dir", "")) or os.path.join(cache_dir, "tfds")
-  manual_dir = _none_if_empty(cfg.get("manual_dir", ""))
+  cfg = config.data  # Its dataset is one of DATASETS (the schema's check).
+  data_dir = _none_if_empty(cfg.data_dir) or os.path.join(cache_dir, "tfds")
+  manual_dir = _none_if_empty(cfg.manual_dir)
   parts = [
       preference_lib.load_preferences(
           cfg.dataset,
-          _none_if_empty(cfg.get("subset", "")),
+          _none_if_empty(cfg.subset),
           str(split),
           data_dir=os.path.expanduser(data_dir),
           manual_dir=os.path.expanduser(manual_dir) if manual_dir else None,
-          download=bool(cfg.get("download", True)),
+          download=cfg.download,
       )
       for split in cfg.source_splits
   ]
@@ -203,7 +201,7 @@ def load_pool(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, np
   return {k: v[keep] for k, v in pool.items()}
 
 
-def load_presplit(config: ml_collections.ConfigDict, cache_dir: str, sizes: dict[str, int],
+def load_presplit(config: schema.Experiment, cache_dir: str, sizes: dict[str, int],
                   name: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
   """A source whose splits are weak_train, w2s_train and test, kept as given.
 
@@ -217,7 +215,7 @@ def load_presplit(config: ml_collections.ConfigDict, cache_dir: str, sizes: dict
   """
   per_split = {}
   for split in sizes:
-    one = _with_config(config, source_splits=(split,))
+    one = config.replace(data=config.data.replace(source_splits=(split,)))
     per_split[split] = load_pool(one, cache_dir)
     if sizes[split] > len(per_split[split]["id"]):
       raise ValueError(
@@ -232,14 +230,7 @@ def load_presplit(config: ml_collections.ConfigDict, cache_dir: str, sizes: dict
   return pool, parts
 
 
-def _with_config(config: ml_collections.ConfigDict, **data_overrides: Any) -> ml_collections.ConfigDict:
-  out = ml_collections.ConfigDict(config.to_dict())
-  for k, v in data_overrides.items():
-    out.data[k] = v
-  return out
-
-
-def prepare(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]:
+def prepare(config: schema.Experiment, cache_dir: str) -> dict[str, Any]:
   """Splits, presentation order and tokens of every split, plus the data fingerprint.
 
   Returns:
@@ -250,10 +241,8 @@ def prepare(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]
       message gives both numbers and the fix), or a bad config value.
   """
   cfg = config.data
-  sizes = {str(k): int(v) for k, v in cfg.sizes.items()}
-  if set(sizes) != {"weak_train", "w2s_train", "test"}:
-    raise ValueError(f"data.sizes must name weak_train, w2s_train and test; got {sorted(sizes)}.")
-  name = f"{cfg.dataset}" + (f"/{cfg.subset}" if _none_if_empty(cfg.get("subset", "")) else "")
+  sizes = split_sizes(cfg.sizes)
+  name = f"{cfg.dataset}" + (f"/{cfg.subset}" if cfg.subset else "")
   if set(cfg.source_splits) == set(sizes):  # The source is pre-split (hh_rlhf/harmless-single-turn): keep it.
     pool, parts = load_presplit(config, cache_dir, sizes, name)
   else:
@@ -265,9 +254,9 @@ def prepare(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]
           f" {len(pool['id'])} (after cleaning). Lower data.sizes to add up to at most {len(pool['id'])},"
           " or add a source split to data.source_splits."
       )
-    parts = splits_lib.split_indices(len(pool["id"]), sizes, seed=int(cfg.split_seed))
+    parts = splits_lib.split_indices(len(pool["id"]), sizes, seed=cfg.split_seed)
 
-  max_length = int(cfg.max_length)
+  max_length = cfg.max_length
   tokenizers, tok_hash = roles_lib.role_tokenizers(config)
   splits: dict[str, Split] = {}
   truncated: dict[str, dict[str, int]] = {}
@@ -275,7 +264,7 @@ def prepare(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]
   content = hashlib.sha256()
   for split, idx in parts.items():
     ids = pool["id"][idx].astype(str)
-    a, b, labels = present_pairs(pool["chosen"][idx], pool["rejected"][idx], a_is_chosen(ids, int(cfg.order_seed)))
+    a, b, labels = present_pairs(pool["chosen"][idx], pool["rejected"][idx], a_is_chosen(ids, cfg.order_seed))
     for row in zip(ids, a, b):
       content.update("\x00".join(row).encode("utf-8") + b"\x01")
     encoded = roles_lib.per_role(
@@ -294,12 +283,12 @@ def prepare(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]
   fingerprint = {
       "version": VERSION,
       "dataset": str(cfg.dataset),
-      "subset": str(cfg.get("subset", "")),
+      "subset": cfg.subset,
       "source_splits": [str(s) for s in cfg.source_splits],
       "pool_size": int(len(pool["id"])),
       "sizes": sizes,
-      "split_seed": int(cfg.split_seed),
-      "order_seed": int(cfg.order_seed),
+      "split_seed": cfg.split_seed,
+      "order_seed": cfg.order_seed,
       "max_length": max_length,
       "truncation_side": "left",
       "tokenizers": tok_hash,

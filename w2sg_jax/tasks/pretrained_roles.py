@@ -1,8 +1,9 @@
 """Pretrained Hugging Face models per role: what the tasks that fine-tune checkpoints share.
 
 A task of this kind (``preference``, ``text_classification``) gives each role
-(``weak``, ``strong``) a pretrained encoder with a task head. A role's block,
-built by ``config_lib.pretrained_model``, names:
+(``weak``, ``strong``) a pretrained encoder with a task head. A role's block
+(`config.PretrainedConfig`, its defaults filled by the schema; built in
+experiment files by ``config_lib.pretrained_model``) names:
 
 * ``checkpoint``: a local folder or hub id (``config.json``, safetensors,
   ``tokenizer.json``) of any family ``models.load_pretrained`` knows;
@@ -36,7 +37,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 import numpy as np
 
@@ -50,15 +50,6 @@ from w2sg_jax.models import pretrained as pretrained_lib
 from w2sg_jax.models import remat as remat_lib
 
 ROLES = ("weak", "strong")
-
-
-def _setting(cfg: ml_collections.ConfigDict, key: str) -> Any:
-  """The role's ``key``, or `config.PretrainedConfig`'s default when the block leaves it out.
-
-  From the schema, not a literal, so that a block without ``dtype`` computes
-  in the bfloat16 that validation, ``--describe`` and the README promise.
-  """
-  return cfg.get(key, getattr(schema.PretrainedConfig, key))
 
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -104,24 +95,19 @@ def _read_checkpoint(folder: str, sha256: str) -> Checkpoint:
   return Checkpoint(folder, pretrained_lib.load_tokenizer(folder), config, sha256)
 
 
-def checkpoint_revision(cfg: ml_collections.ConfigDict) -> str:
-  """The role's ``checkpoint_revision`` ('' when unset)."""
-  return str(_setting(cfg, "checkpoint_revision") or "")
-
-
-def role_checkpoint(config: ml_collections.ConfigDict, role: str) -> Checkpoint:
+def role_checkpoint(config: schema.Experiment, role: str) -> Checkpoint:
   """The checkpoint of ``config.<role>`` at its ``checkpoint_revision``."""
   cfg = role_config(config, role)
-  return checkpoint(str(cfg.checkpoint), checkpoint_revision(cfg))
+  return checkpoint(cfg.checkpoint, cfg.checkpoint_revision)
 
 
-def role_checkpoints(config: ml_collections.ConfigDict) -> dict[str, dict[str, str]]:
+def role_checkpoints(config: schema.Experiment) -> dict[str, dict[str, str]]:
   """``{role: checkpoint fingerprint}``: each role's files by content, and a hub id's commit.
 
   See ``models.pretrained.checkpoint_fingerprint``; no local path enters it.
   """
-  return {role: pretrained_lib.checkpoint_fingerprint(str(config[role].checkpoint),
-                                                      checkpoint_revision(config[role]))
+  return {role: pretrained_lib.checkpoint_fingerprint(role_config(config, role).checkpoint,
+                                                      role_config(config, role).checkpoint_revision)
           for role in ROLES}
 
 
@@ -130,11 +116,11 @@ def max_positions(hf_config: dict[str, Any]) -> int | None:
   return hf_config.get("n_positions", hf_config.get("max_position_embeddings"))
 
 
-def check_max_length(config: ml_collections.ConfigDict, role: str) -> None:
+def check_max_length(config: schema.Experiment, role: str) -> None:
   """Raises ValueError when ``data.max_length`` exceeds the role's checkpoint positions."""
   cfg = role_config(config, role)
   limit = max_positions(role_checkpoint(config, role).hf_config)
-  if limit is not None and int(config.data.max_length) > int(limit):
+  if limit is not None and config.data.max_length > int(limit):
     raise ValueError(
         f"data.max_length={config.data.max_length} exceeds the {role} checkpoint's {limit} positions"
         f" ({cfg.checkpoint}); set data.max_length <= {limit}."
@@ -155,26 +141,25 @@ def encoder_state(folder: str, sha256: str, layers: int | None, dtype_name: str)
   return graphdef, jax.tree.map(np.asarray, state)
 
 
-def lora_spec(cfg: ml_collections.ConfigDict) -> "lora_lib.LoRAConfig | None":
+def lora_spec(cfg: schema.PretrainedConfig) -> "lora_lib.LoRAConfig | None":
   """The role's LoRA adapters when ``finetune == "lora"`` (``cfg.lora``: rank, alpha, dropout, target_modules)."""
-  if str(_setting(cfg, "finetune")) != "lora":
+  if cfg.finetune != "lora":
     return None
-  block = {**schema.to_dict(schema.LoraConfig()), **dict(cfg.get("lora", None) or {})}  # The schema's defaults.
-  targets = tuple(block.pop("target_modules", ()) or ()) or None
-  return lora_lib.LoRAConfig(**block, target_modules=targets)
+  lora = cfg.lora
+  return lora_lib.LoRAConfig(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
+                             target_modules=tuple(lora.target_modules) or None)  # () = the family's projections.
 
 
-def role_config(config: ml_collections.ConfigDict, role: str) -> ml_collections.ConfigDict:
-  """``config.weak`` or ``config.strong``; any other role is an error."""
+def role_config(config: schema.Experiment, role: str) -> schema.PretrainedConfig:
+  """``config.weak`` or ``config.strong`` (the weak one a `config.PretrainedWeakConfig`); any other role is an error."""
   if role not in ROLES:
     raise ValueError(f"role={role!r}; expected 'weak' or 'strong'.")
-  return config[role]
+  return config.weak if role == "weak" else config.strong
 
 
-def num_layers(cfg: ml_collections.ConfigDict) -> int | None:
+def num_layers(cfg: schema.PretrainedConfig) -> int | None:
   """The role's ``num_layers``, with 0 (all layers) as None."""
-  n = int(_setting(cfg, "num_layers") or 0)
-  return n if n > 0 else None
+  return cfg.num_layers if cfg.num_layers > 0 else None
 
 
 # ------------------------------------------------------------ tokenizers
@@ -190,7 +175,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
   return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def role_tokenizers(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], dict[str, str]]:
+def role_tokenizers(config: schema.Experiment) -> tuple[dict[str, Any], dict[str, str]]:
   """``({role: tokenizer}, {role: tokenizer_fingerprint})`` of both roles' checkpoints."""
   tokenizers = {role: role_checkpoint(config, role).tokenizer for role in ROLES}
   return tokenizers, {role: tokenizer_fingerprint(t) for role, t in tokenizers.items()}
@@ -228,47 +213,54 @@ class PretrainedRolesTask(Task):
     self._prepared: dict[str, dict[str, Any]] = {}
 
   # -- data
-  def _prepare_data(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]:
+  def _prepare_data(self, config: schema.Experiment, cache_dir: str) -> dict[str, Any]:
     raise NotImplementedError
 
-  def _data_key(self, config: ml_collections.ConfigDict, cache_dir: str) -> str:
+  def _data_key(self, config: schema.Experiment, cache_dir: str) -> str:
+    """The key of this process's prepared data: what it was read from, paths included.
+
+    Not a cache key on disk: it tells apart two configs that one task object
+    prepares, so it holds the non-semantic settings too (``schema.to_dict``:
+    a CSV, a data folder or a checkpoint at another path reads other files),
+    which `config.semantic_dict` leaves out.
+    """
     return hashing.content_hash({
-        "data": config.data.to_dict(),
-        "checkpoints": [[str(config[r].checkpoint), checkpoint_revision(config[r]), role_checkpoint(config, r).sha256]
-                        for r in ROLES],
+        "data": schema.to_dict(config.data),
+        "checkpoints": [[role_config(config, r).checkpoint, role_config(config, r).checkpoint_revision,
+                         role_checkpoint(config, r).sha256] for r in ROLES],
         "cache_dir": os.path.abspath(cache_dir),
     })
 
-  def _prepare(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]:
+  def _prepare(self, config: schema.Experiment, cache_dir: str) -> dict[str, Any]:
     """Loads, splits and tokenizes once per process and config."""
     key = self._data_key(config, cache_dir)
     if key not in self._prepared:
       self._prepared[key] = self._prepare_data(config, cache_dir)
     return self._prepared[key]
 
-  def splits(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Split]:
+  def splits(self, config: schema.Experiment, cache_dir: str) -> dict[str, Split]:
     return self._prepare(config, cache_dir)["splits"]
 
-  def fingerprint(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+  def fingerprint(self, config: schema.Experiment) -> dict[str, Any]:
     """The data fingerprint plus ``checkpoints``: each role's checkpoint by content (and a hub id's commit)."""
     return {**self._prepare(config, config.cache_dir)["fingerprint"], "checkpoints": role_checkpoints(config)}
 
   # -- models
-  def _head_model(self, encoder: nnx.Module, config: ml_collections.ConfigDict, *, pooling: str | None,
+  def _head_model(self, encoder: nnx.Module, config: schema.Experiment, *, pooling: str | None,
                   hidden_sizes: tuple[int, ...], rngs: nnx.Rngs) -> nnx.Module:
     """The task's model around ``encoder``, its head under ``head``."""
     raise NotImplementedError
 
-  def make_model(self, role: str, config: ml_collections.ConfigDict):
+  def make_model(self, role: str, config: schema.Experiment):
     cfg = role_config(config, role)
     ckpt = role_checkpoint(config, role)
     check_max_length(config, role)
-    layers, dtype_name = num_layers(cfg), str(_setting(cfg, "dtype"))
-    pooling = _setting(cfg, "pooling") or None
-    hidden = tuple(int(h) for h in _setting(cfg, "head_hidden"))
+    layers, dtype_name = num_layers(cfg), cfg.dtype
+    pooling = cfg.pooling or None
+    hidden = tuple(cfg.head_hidden)
 
     lora = lora_spec(cfg)
-    remat = remat_lib.check_remat(str(_setting(cfg, "remat")))
+    remat = remat_lib.check_remat(cfg.remat)
     # Read the weights here, eagerly: the factory runs under jit/eval_shape traces.
     graphdef, host_state = encoder_state(ckpt.folder, ckpt.sha256, layers, dtype_name)
 
@@ -282,19 +274,19 @@ class PretrainedRolesTask(Task):
 
     return factory
 
-  def trainable(self, role: str, config: ml_collections.ConfigDict):
+  def trainable(self, role: str, config: schema.Experiment):
     cfg = role_config(config, role)
-    mode = str(_setting(cfg, "finetune"))
+    mode = cfg.finetune
     if mode == "lora":
       return lora_lib.lora_trainable_filter(("head",))  # The adapters and the head; the base is frozen.
-    return heads_lib.trainable_filter(mode, int(_setting(cfg, "top_layers")) if mode == "top" else 0)
+    return heads_lib.trainable_filter(mode, cfg.top_layers if mode == "top" else 0)
 
-  def model_name(self, role: str, config: ml_collections.ConfigDict) -> str:
+  def model_name(self, role: str, config: schema.Experiment) -> str:
     cfg = role_config(config, role)
-    name = os.path.basename(os.path.normpath(str(cfg.checkpoint)))
+    name = os.path.basename(os.path.normpath(cfg.checkpoint))
     layers = f", first {num_layers(cfg)} layers" if num_layers(cfg) else ""
-    mode = str(_setting(cfg, "finetune"))
-    mode = f"top {_setting(cfg, 'top_layers')} layers" if mode == "top" else mode
+    mode = cfg.finetune
+    mode = f"top {cfg.top_layers} layers" if mode == "top" else mode
     if mode == "lora":
       mode = f"LoRA rank {lora_spec(cfg).rank}"
     return f"{name} {self.model_kind} ({mode}{layers})"

@@ -14,29 +14,29 @@ from __future__ import annotations
 
 from typing import Any
 
-import ml_collections
 import numpy as np
 
+from w2sg_jax import config as schema
 from w2sg_jax.data import splits as splits_lib
 from w2sg_jax.models.heads import FeatureHead
-from w2sg_jax.data.task import Split, Task
+from w2sg_jax.data.task import Split, Task, split_sizes
 
 VERSION = "1.0.0"  # Bump when the generator changes: it is part of every hash.
 
 
-def generate(cfg: ml_collections.ConfigDict, num_examples: int) -> dict[str, np.ndarray]:
+def generate(cfg: schema.SyntheticDataConfig, num_examples: int) -> dict[str, np.ndarray]:
   """Features for both views and labels, a pure function of ``cfg.data_seed``."""
-  rng = np.random.default_rng(int(cfg.data_seed))
-  d, k = int(cfg.dim), int(cfg.weak_dim)
+  rng = np.random.default_rng(cfg.data_seed)
+  d, k = cfg.dim, cfg.weak_dim
   rule = rng.normal(size=d)
   rule /= np.linalg.norm(rule)
   rotation, _ = np.linalg.qr(rng.normal(size=(d, d)))
   projection = rng.normal(size=(d, k)) / np.sqrt(d)
   z = rng.normal(size=(num_examples, d))
-  logit = z @ rule * float(cfg.label_sharpness) + rng.logistic(size=num_examples)
+  logit = z @ rule * cfg.label_sharpness + rng.logistic(size=num_examples)
   labels = (logit > 0).astype(np.int32)
   strong = z @ rotation
-  weak = z @ projection + float(cfg.weak_noise) * rng.normal(size=(num_examples, k))
+  weak = z @ projection + cfg.weak_noise * rng.normal(size=(num_examples, k))
   return {
       "strong": strong.astype(np.float32),
       "weak": weak.astype(np.float32),
@@ -49,15 +49,15 @@ class SyntheticTask(Task):
   name = "synthetic"
   num_classes = 2
 
-  def fingerprint(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
-    return {"version": VERSION, **config.data.to_dict()}
+  def fingerprint(self, config: schema.Experiment) -> dict[str, Any]:
+    return {"version": VERSION, **schema.semantic_dict(config.data)}
 
-  def splits(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Split]:
+  def splits(self, config: schema.Experiment, cache_dir: str) -> dict[str, Split]:
     del cache_dir  # Regenerated in milliseconds; nothing to cache.
     cfg = config.data
-    sizes = {k: int(v) for k, v in cfg.sizes.items()}
+    sizes = split_sizes(cfg.sizes)
     data = generate(cfg, sum(sizes.values()))
-    parts = splits_lib.split_indices(len(data["labels"]), sizes, seed=int(cfg.split_seed))
+    parts = splits_lib.split_indices(len(data["labels"]), sizes, seed=cfg.split_seed)
     return {
         name: Split(
             ids=data["ids"][idx],
@@ -67,16 +67,21 @@ class SyntheticTask(Task):
         for name, idx in parts.items()
     }
 
-  def strong_features(self, config: ml_collections.ConfigDict) -> bool:
+  def strong_features(self, config: schema.Experiment) -> bool:
     return True
 
-  def make_model(self, role: str, config: ml_collections.ConfigDict):
-    cfg = config.data
-    in_dim = int(cfg.weak_dim if role == "weak" else cfg.dim)
-    hidden = tuple(config[role].head_hidden)
+  def make_model(self, role: str, config: schema.Experiment):
+    in_dim = config.data.weak_dim if role == "weak" else config.data.dim
+    hidden = _role(config, role).head_hidden
     return lambda rngs: FeatureHead(in_dim, hidden, self.num_classes, rngs=rngs)
 
-  def model_name(self, role: str, config: ml_collections.ConfigDict) -> str:
-    cfg = config.data
-    dim = cfg.weak_dim if role == "weak" else cfg.dim
-    return f"mlp{list(config[role].head_hidden)} on {role} view ({dim}-d)"
+  def model_name(self, role: str, config: schema.Experiment) -> str:
+    dim = config.data.weak_dim if role == "weak" else config.data.dim
+    return f"mlp{list(_role(config, role).head_hidden)} on {role} view ({dim}-d)"
+
+
+def _role(config: schema.Experiment, role: str) -> schema.HeadModelConfig:
+  """``config.weak`` or ``config.strong``; this task has no other model (no intermediate one to bootstrap through)."""
+  if role not in ("weak", "strong"):
+    raise ValueError(f"role={role!r}; the synthetic task has a 'weak' and a 'strong' model.")
+  return config.weak if role == "weak" else config.strong

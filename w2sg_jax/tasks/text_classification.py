@@ -36,13 +36,13 @@ import hashlib
 import os
 from typing import Any
 
-import ml_collections
 import numpy as np
 
+from w2sg_jax import config as schema
 from w2sg_jax.data import splits as splits_lib
 from w2sg_jax.data import tokenize as tokenize_lib
 from w2sg_jax.data import tweets as tweets_lib
-from w2sg_jax.data.task import SPLITS, Split
+from w2sg_jax.data.task import Split, split_sizes
 from w2sg_jax.log import log
 from w2sg_jax.models import heads as heads_lib
 from w2sg_jax.tasks import pretrained_roles as roles_lib
@@ -52,12 +52,9 @@ VERSION = "1.0.0"  # Bump when the example construction changes: it is part of e
 INPUT_KEYS = ("input_ids", "attention_mask")
 
 
-def num_classes(config: ml_collections.ConfigDict) -> int:
-  """Classes of ``data.task``; an unknown task is an error naming the known ones."""
-  task = str(config.data.task)
-  if task not in tweets_lib.LABEL_NAMES:
-    raise ValueError(f"data.task={task!r}; use one of {', '.join(tweets_lib.LABEL_NAMES)}.")
-  return len(tweets_lib.LABEL_NAMES[task])
+def num_classes(config: schema.Experiment) -> int:
+  """Classes of ``data.task`` (one of ``tweets_lib.LABEL_NAMES``: the schema's check)."""
+  return len(tweets_lib.LABEL_NAMES[config.data.task])
 
 
 class TextClassifier(heads_lib.SequenceClassifier):
@@ -78,22 +75,7 @@ def encode_fixed(tokenizer, texts, *, max_length: int) -> tuple[dict[str, np.nda
   return {"input_ids": np.pad(enc.input_ids, pad), "attention_mask": np.pad(enc.attention_mask, pad)}, enc.num_truncated
 
 
-def _sizes(config: ml_collections.ConfigDict) -> dict[str, int]:
-  """``data.sizes`` in name order (test, w2s_train, weak_train): the order ``split_indices`` takes its chunks in.
-
-  A ConfigDict lists its keys sorted, so the ``tweets`` task takes the same
-  order: equal sizes and seed put the same tweets in each split.
-  """
-  sizes = {str(k): int(v) for k, v in sorted(config.data.sizes.items())}
-  if set(sizes) != set(SPLITS):
-    raise ValueError(f"data.sizes must name weak_train, w2s_train and test; got {sorted(sizes)}.")
-  bad = {k: v for k, v in sizes.items() if v < 1}
-  if bad:
-    raise ValueError(f"data.sizes must be >= 1 each; got {bad}.")
-  return sizes
-
-
-def prepare(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]:
+def prepare(config: schema.Experiment, cache_dir: str) -> dict[str, Any]:
   """Splits and per-role tokens of the tweets, plus the data fingerprint.
 
   Returns:
@@ -103,17 +85,18 @@ def prepare(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]
     tokenizers are identical.
 
   Raises:
-    ValueError: an unknown ``data.task``, ``data.sizes`` that add up to more
-      tweets than the task has, or ``data.max_length`` beyond a checkpoint's
-      positions (each message names the key and the fix).
+    ValueError: ``data.sizes`` that add up to more tweets than the task has,
+      or ``data.max_length`` beyond a checkpoint's positions (each message
+      names the key and the fix).
   """
   cfg = config.data
-  task = str(cfg.task)
+  task = cfg.task
   classes = num_classes(config)
-  sizes = _sizes(config)
+  # In name order, as the ``tweets`` task takes them: equal sizes and seed put the same tweets in each split.
+  sizes = split_sizes(cfg.sizes)
   for role in roles_lib.ROLES:  # Before any tokenizing.
     roles_lib.check_max_length(config, role)
-  csv_path = os.path.expanduser(str(cfg.get("csv_path", "") or "")) or None
+  csv_path = os.path.expanduser(cfg.csv_path) or None
   data_dir = os.path.join(cache_dir, "tfds")
   data = tweets_lib.load_tweets(task, data_dir=data_dir, csv_path=csv_path)
   total = len(data["id"])
@@ -123,9 +106,9 @@ def prepare(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]
         f" Lower data.sizes to add up to at most {total}"
         + (" (or use data.task='ternary', which keeps the neutral tweets)." if task == "binary" else ".")
     )
-  parts = splits_lib.split_indices(total, sizes, seed=int(cfg.split_seed))
+  parts = splits_lib.split_indices(total, sizes, seed=cfg.split_seed)
 
-  max_length = int(cfg.max_length)
+  max_length = cfg.max_length
   tokenizers, tok_hash = roles_lib.role_tokenizers(config)
   splits: dict[str, Split] = {}
   truncated: dict[str, dict[str, int]] = {}
@@ -151,7 +134,7 @@ def prepare(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]
       "csv_sha256": str(cleanup.get("source_sha256", "")),
       "num_examples": int(total),
       "sizes": sizes,
-      "split_seed": int(cfg.split_seed),
+      "split_seed": cfg.split_seed,
       "max_length": max_length,
       "truncation_side": "right",
       "tokenizers": tok_hash,
@@ -168,10 +151,10 @@ class TextClassificationTask(roles_lib.PretrainedRolesTask):
   num_classes = 2
   model_kind = "classifier"
 
-  def _prepare_data(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Any]:
+  def _prepare_data(self, config: schema.Experiment, cache_dir: str) -> dict[str, Any]:
     return prepare(config, cache_dir)
 
-  def splits(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Split]:
+  def splits(self, config: schema.Experiment, cache_dir: str) -> dict[str, Split]:
     self.num_classes = num_classes(config)  # The truth stores one-hot with it.
     return super().splits(config, cache_dir)
 

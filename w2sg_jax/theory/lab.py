@@ -20,7 +20,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from w2sg_jax import cache as cache_lib
@@ -100,7 +99,7 @@ class LabRun:
 class Lab:
   """Trains groups of student heads for the theory sections, one vmapped program per (section, loss)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, stages: stages_lib.Stages, data: stages_lib.DataResult):
+  def __init__(self, config: schema.Experiment, stages: stages_lib.Stages, data: stages_lib.DataResult):
     self.config = config
     self.stages = stages
     self.data = data
@@ -108,9 +107,7 @@ class Lab:
     self.batch_size = int(self.train_cfg.batch_size)
     train = data.splits["w2s_train"]
     self.n_train = len(train)
-    # The schema fills epochs / num_steps a block leaves out; `TrainConfig.steps_for` is the rule's one home.
-    self.student_steps = schema.resolve_block(schema.TrainConfig, self.train_cfg, "student.train.").steps_for(
-        self.n_train)
+    self.student_steps = self.train_cfg.steps_for(self.n_train)  # `TrainConfig.steps_for`: the rule's one home.
     self.test_labels = np.asarray(data.splits["test"].labels)
     self.computed_groups = 0
 
@@ -261,9 +258,11 @@ def equivalence_section(preds: Mapping[tuple[str, float, int], np.ndarray]) -> d
   return out
 
 
-def _theory_cfg(config) -> schema.TheoryConfig:
-  """``config.theory`` resolved by the schema: its defaults fill a section or key the config leaves out."""
-  return schema.resolve_block(schema.TheoryConfig, config.theory, "theory.")
+def _theory_cfg(config: schema.Experiment) -> schema.TheoryConfig:
+  """``config.theory``; the schema filled the defaults of a section or key the config leaves out."""
+  if config.theory is None:
+    raise ValueError("config.theory is missing; the theory lab reads it (experiments/tweets_theory.py shows one).")
+  return config.theory
 
 
 def fixed_step_sections(lab: Lab, clean: WeakLabelStore, weak_acc: float, ceiling_acc: float) -> tuple[list, list]:
@@ -326,17 +325,15 @@ def trajectory_section(lab: Lab, clean: WeakLabelStore) -> list:
 # ======================================================================
 
 
-def _validate(config) -> None:
-  th = _theory_cfg(config)  # Raises `config.ConfigError` for a bad section (trajectory.points < 1, ...).
+def _validate(config: schema.Experiment) -> None:
+  th = _theory_cfg(config)
   for loss in list(th.losses) + list(config.student.losses):
     own_divergence(loss, dict(config.student.loss_hparams.get(loss, {})))
-  if int(config.seeds) < 1:
-    raise ValueError(f"config.seeds={config.seeds}; it must be at least 1.")
   if engines.resolve_engine(str(config.student.engine)) != "vmap":
     raise ValueError("the theory lab trains heads on the vmapped engine; set student.engine='vmap'.")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run(config: schema.Experiment, workdir: str) -> dict[str, Any]:
   """Runs the theory lab of ``config`` into ``workdir``: theory.json, theory.md and the figures.
 
   They are written with ``config.json`` at the end, as the pipeline's are (`w2sg_jax.workdir`).
@@ -348,7 +345,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return _run(config, outputs)
 
 
-def _run(config: ml_collections.ConfigDict, outputs) -> dict[str, Any]:
+def _run(config: schema.Experiment, outputs) -> dict[str, Any]:
   from w2sg_jax import tasks
 
   t_start = time.perf_counter()
