@@ -121,6 +121,22 @@ def test_make_experiment_with_a_missing_name_lists_the_experiments():
   assert "pip" not in proc.stdout + proc.stderr  # Checked before the setup step could run.
 
 
+def test_ctrl_c_inside_an_extension_import_is_still_an_interrupt():
+  """A SIGINT during an extension module's initialisation surfaces as an ImportError raised from the
+  KeyboardInterrupt (seen in CI at array_record's first import); it is the user's Ctrl-C: exit 130."""
+  from w2sg_jax import main as main_lib
+
+  try:
+    try:
+      raise KeyboardInterrupt
+    except KeyboardInterrupt as interrupt:
+      raise ImportError("initialization failed") from interrupt
+  except ImportError as wrapped:
+    paragraph, status = main_lib.explain(wrapped, ["main"])
+  assert status == 130 and paragraph.startswith("interrupted.")
+  assert main_lib.explain(ImportError("initialization failed"), ["main"]) is None  # Not from Ctrl-C: a bug.
+
+
 def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path):
   cmd = [sys.executable, "-m", "w2sg_jax.main", SMOKE, f"--workdir={tmp_path / 'run'}",
          f"--config.cache_dir={tmp_path / 'cache'}", "--config.seeds=1"]

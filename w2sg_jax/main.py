@@ -315,6 +315,22 @@ def resume_command(argv) -> str:
   return here + shlex.join([sys.executable, "-m", "w2sg_jax.main", *argv[1:]])
 
 
+def _interrupted(exc: BaseException | None) -> bool:
+  """Whether Ctrl-C caused ``exc``: a KeyboardInterrupt itself, or one that another exception wraps.
+
+  A SIGINT that lands while an extension module initialises (array_record's,
+  imported at the first store write) surfaces as ``ImportError: initialization
+  failed`` raised from the KeyboardInterrupt; it is still the user's Ctrl-C.
+  """
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    if isinstance(exc, KeyboardInterrupt):
+      return True
+    seen.add(id(exc))
+    exc = exc.__cause__ or exc.__context__
+  return False
+
+
 def explain(exc: BaseException, argv) -> tuple[str, int] | None:
   """``(paragraph, exit status)`` for an expected failure; None for a bug (shown with its traceback)."""
   import pickle
@@ -327,7 +343,7 @@ def explain(exc: BaseException, argv) -> tuple[str, int] | None:
   from w2sg_jax.labels import store as store_lib
 
   debug = "(Rerun with --debug or W2SG_DEBUG=1 to see the traceback.)"
-  if isinstance(exc, KeyboardInterrupt):
+  if _interrupted(exc):
     return (f"interrupted. {kept_summary(_cache_dir_of_run())} Finished stages and runs are reused and an "
             "interrupted data-parallel run continues from its last checkpoint; to resume, run the same command "
             f"again:\n  {resume_command(argv)}"), 130
