@@ -201,6 +201,7 @@ def test_a_damaged_best_step_makes_the_run_train_again_to_the_same_selection(tmp
   _assert_same_run(resumed, clean_selected)
 
 
+@pytest.mark.slow
 def test_a_best_step_damaged_during_the_run_is_refused_not_returned(tmp_path, clean_selected, monkeypatch):
   """Damage after the best step was saved and before `fit` restores it: an error, and a rerun recovers."""
   real_restore, flipped = train._Best.restore, []

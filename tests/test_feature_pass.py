@@ -36,7 +36,7 @@ def test_pack_sequences_places_every_sequence_once_without_overlap():
     tweets.pack_sequences([17], 16)
 
 
-@pytest.mark.parametrize("num_chains", [1, 2])
+@pytest.mark.parametrize("num_chains", [pytest.param(1, marks=pytest.mark.slow), 2])  # 1 chain: slow suite.
 def test_packed_features_equal_unpacked_ones(num_chains):
   """Block-diagonal attention and restarted positions: each text's features as if it were alone."""
   rng = np.random.default_rng(1)

@@ -174,6 +174,7 @@ def test_trainable_parameters_are_a_small_fraction():
   assert trained / total < 0.08, (trained, total)
 
 
+@pytest.mark.slow
 def test_merge_gives_the_same_logits(batch):
   clf = apply_lora(_classifier(), LoRAConfig(rank=4, alpha=8), rngs=nnx.Rngs(1))
   _steps(clf, batch, lora_trainable_filter(), n=3, lr=5e-2)

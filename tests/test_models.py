@@ -386,6 +386,7 @@ def _changed_after_step(model, filt, ids, mask):
   return {k for k in before if not np.array_equal(before[k], after[k])}, set(before)
 
 
+@pytest.mark.slow
 def test_trainable_filter_top_layers_gpt2(gpt2_ref):
   cfg = GPT2Config(vocab_size=300, n_embd=16, n_layer=4, n_head=2, n_positions=64)
   clf = _random_module(

@@ -124,7 +124,7 @@ def _constraints(lowered) -> int:
   return len(re.findall(r"sharding_constraint|custom_call @Sharding", lowered.as_text()))
 
 
-@pytest.mark.parametrize("mode", ["replicated", "fsdp"])
+@pytest.mark.parametrize("mode", ["replicated", pytest.param("fsdp", marks=pytest.mark.slow)])  # fsdp: slow suite.
 def test_trainer_traces_under_the_mesh(mode):
   """The lowered step and prediction carry the models' constrain_batch: one per block, plus the embeddings."""
   mesh = parallel.make_mesh(8)

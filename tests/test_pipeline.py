@@ -149,6 +149,7 @@ def test_noise_gets_its_own_store(synthetic_run):
   assert flipped.mean() == pytest.approx(0.2, abs=0.01)
 
 
+@pytest.mark.slow
 def test_data_parallel_engine_streams_weak_labels_from_the_store(tmp_path, monkeypatch):
   calls = []
   real = stream_lib.LabelStream.host_batches

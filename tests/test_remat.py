@@ -68,6 +68,7 @@ def test_remat_in_bfloat16_agrees_to_bfloat16_precision():
     np.testing.assert_allclose(np.asarray(b, np.float32), np.asarray(a, np.float32), atol=2e-2 * scale, rtol=0)
 
 
+@pytest.mark.slow
 def test_full_remat_saves_only_block_inputs():
   """What the backward pass keeps from the forward: per block, its input instead of its intermediates."""
   from jax.ad_checkpoint import print_saved_residuals  # pylint: disable=g-import-not-at-top

@@ -91,8 +91,9 @@ def _reference_rows(tokenizer_path: Path, text: str, max_length: int) -> list[in
   return tok.encode(text).ids
 
 
-@pytest.mark.parametrize("fixture,role,model", [("smoke", "weak", "tiny_qwen2"), ("mixed", "weak", "tiny_bert"),
-                                                ("mixed", "strong", "tiny_llama")])
+@pytest.mark.parametrize("fixture,role,model", [  # One fast case; the other two tokenizers run in the slow suite.
+    ("smoke", "weak", "tiny_qwen2"), pytest.param("mixed", "weak", "tiny_bert", marks=pytest.mark.slow),
+    pytest.param("mixed", "strong", "tiny_llama", marks=pytest.mark.slow)])
 def test_tokens_are_each_roles_right_truncated_tokenizer_output(fixture, role, model, request, cache_dir):
   config, prepared = request.getfixturevalue(fixture)
   text_of = dict(zip(*(tweets(cache_dir)[k] for k in ("id", "text"))))
