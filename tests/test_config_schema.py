@@ -356,3 +356,17 @@ def test_stage_keys_come_from_the_resolved_config(tmp_path):
   assert changed["strong"] != base["strong"] and changed["weak"] == base["weak"]
   assert keys(_load("synthetic", "smoke", **{"weak.train.optimizer.eps": 1e-6}))["weak"] != base["weak"]
   assert cache_lib.FORMAT_VERSION == 3  # Bumped once when keys moved from raw subtrees to resolved blocks.
+
+
+def test_below_the_boundary_a_raw_config_is_refused_with_where_to_convert(tmp_path):
+  from w2sg_jax import cache as cache_lib
+  from w2sg_jax import stages as stages_lib
+  from w2sg_jax import tasks
+  from w2sg_jax import train
+
+  raw = _load("synthetic", "smoke")
+  with pytest.raises(TypeError, match=r"config must be a config.Experiment, not ConfigDict: convert once at the "
+                     r"boundary \(config.Experiment.from_configdict"):
+    stages_lib.Stages(raw, tasks.get("synthetic"), cache_lib.Cache(str(tmp_path)))
+  with pytest.raises(TypeError, match=r"opt must be a config.OptimizerConfig, not dict"):
+    train.make_optimizer({"learning_rate": 1e-3}, 10)

@@ -71,7 +71,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 __all__ = [
-    "CeilingConfig", "ConfigError", "DataConfig", "Experiment", "HeadModelConfig", "HeadWeakConfig", "LoraConfig",
+    "CeilingConfig", "ConfigError", "apply_overrides", "expect", "filled", "settable", "with_defaults", "DataConfig", "Experiment", "HeadModelConfig", "HeadWeakConfig", "LoraConfig",
     "FilesDataConfig", "MiniLMConfig", "NoiseConfig", "OptimizerConfig", "PreferenceDataConfig", "PretrainedConfig",
     "PretrainedWeakConfig", "ReportConfig", "SelectConfig", "SizesConfig", "StudentConfig", "SyntheticDataConfig",
     "METHODS", "MethodsConfig", "TASK_BLOCKS", "TheoryConfig", "TrainConfig", "TweetsDataConfig", "TweetsWeakConfig", "UnknownKeyError",
@@ -1321,6 +1321,20 @@ def resolve(config: Any, *, where: str = "") -> tuple[Experiment | None, list[st
     _COLLECT.reset(token)
 
 
+def expect(value: Any, cls: type, what: str) -> None:
+  """Raises a TypeError unless ``value`` is a ``cls`` (a block of this schema).
+
+  Below the boundary every setting is read as an attribute of a checked block
+  with its defaults filled; a raw ``ConfigDict`` or dict there would lose those
+  defaults, or key a cache entry differently, so it is stopped with a message
+  that says where to convert.
+  """
+  if not isinstance(value, cls):
+    raise TypeError(f"{what} must be a config.{cls.__name__}, not {type(value).__name__}: convert once at the "
+                    f"boundary (config.Experiment.from_configdict, or config.resolve_block(config.{cls.__name__}, "
+                    "raw, prefix)), which fills the defaults and checks the values.")
+
+
 def resolve_block(cls: type, raw: Any, prefix: str = "") -> Any:
   """One block (e.g. `StudentConfig`) from its raw mapping at dotted ``prefix``, defaults filled; `ConfigError`
   lists every problem. For code that holds one subtree of an already validated config."""
@@ -1468,28 +1482,24 @@ def parse_override(text: str, kind: Any) -> Any:
     return text
 
 
-def _filled(cls: type, raw: Any, override: Mapping[str, type] | None = None) -> Any:
-  """``raw`` (a block's mapping) as plain data with every field it leaves out at the schema's default; unchecked."""
+def with_defaults(cls: type, raw: Any, override: Mapping[str, type] | None = None) -> Any:
+  """``raw`` (a block's mapping) as plain data with every field it leaves out at the schema's default, nested
+  blocks too; nothing is checked (`Experiment.from_configdict` does that). ``override``: a field's block class
+  where the task decides it (`TASK_BLOCKS`)."""
   if not _is_mapping(raw):
     return raw
   hints = _hints(cls)
-  out = {str(k): _plain_tree(v) for k, v in _items(raw)}
+  out = _plain(raw)
   for f in dataclasses.fields(cls):
     subs = [(override or {}).get(f.name)] if (override or {}).get(f.name) else _blocks_of(hints[f.name])
     if f.name in out:
       if subs and _is_mapping(out[f.name]):
-        out[f.name] = _filled(subs[0], out[f.name])
+        out[f.name] = with_defaults(subs[0], out[f.name])
     elif f.default is not dataclasses.MISSING:
       out[f.name] = to_dict(f.default)
     elif f.default_factory is not dataclasses.MISSING:
       out[f.name] = to_dict(f.default_factory())
   return out
-
-
-def _plain_tree(node: Any) -> Any:
-  if _is_mapping(node):
-    return {str(k): _plain_tree(v) for k, v in _items(node)}
-  return node
 
 
 def filled(config: Any):
@@ -1505,7 +1515,7 @@ def filled(config: Any):
   if isinstance(task, str) and task in TASK_BLOCKS:
     data_cls, weak_cls, strong_cls = TASK_BLOCKS[task]
     override = {"data": data_cls, "weak": weak_cls, "strong": strong_cls}
-  return ml_collections.ConfigDict(_filled(Experiment, config, override))
+  return ml_collections.ConfigDict(with_defaults(Experiment, config, override))
 
 
 def settable(config: Any, dotted: str) -> bool:

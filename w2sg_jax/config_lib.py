@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -24,18 +23,7 @@ def _block(cls: type, **given: Any) -> dict[str, Any]:
   """
   from w2sg_jax import config as schema  # pylint: disable=g-import-not-at-top
 
-  out = {}
-  for f in dataclasses.fields(cls):
-    if f.name in given:
-      out[f.name] = given[f.name]
-    elif f.default is not dataclasses.MISSING:
-      out[f.name] = schema.to_dict(f.default)
-    elif f.default_factory is not dataclasses.MISSING:
-      out[f.name] = schema.to_dict(f.default_factory())
-  unknown = set(given) - {f.name for f in dataclasses.fields(cls)}
-  if unknown:
-    raise TypeError(f"{cls.__name__} has no field {', '.join(sorted(unknown))}.")
-  return out
+  return schema.with_defaults(cls, given)
 
 
 def _set(**kwargs: Any) -> dict[str, Any]:

@@ -184,7 +184,7 @@ def train_runs(
   """
   started = time.perf_counter()
   engine = resolve_engine(engine)
-  train_lib.expect_block(train_cfg, schema.TrainConfig, "train_cfg")
+  schema.expect(train_cfg, schema.TrainConfig, "train_cfg")
   cfg = train_cfg
   batch_size = int(cfg.batch_size)
   select = selection_lib.Selection.from_config(cfg)
@@ -300,7 +300,7 @@ def _check_overrides(run: RunSpec) -> dict[str, Any]:
 def run_optimizer(opt: schema.OptimizerConfig, run: RunSpec) -> schema.OptimizerConfig:
   """The optimizer config of one run: the group's ``opt`` with ``run.optimizer`` merged in, checked as any
   `config.OptimizerConfig` is (a ValueError names the run's seed)."""
-  train_lib.expect_block(opt, schema.OptimizerConfig, "opt")
+  schema.expect(opt, schema.OptimizerConfig, "opt")
   over = _check_overrides(run)
   if not over:
     return opt
@@ -685,7 +685,7 @@ def train_vmap(
   compile one program, not one each. Then ``step_cost`` is that of ``loss_fn``'s own step (its program
   traced and costed, not compiled), since XLA would count every branch of the conditional.
   """
-  train_lib.expect_block(opt, schema.OptimizerConfig, "opt")
+  schema.expect(opt, schema.OptimizerConfig, "opt")
   num_runs = len(data.seeds)
   chunk_steps = chunk_steps or chunk_steps_for(num_steps)
   # Runs that read the same batches train side by side in the program (`_vmap_program`'s ``share``):

@@ -134,9 +134,9 @@ def _debug_requested(argv) -> bool:
   return any(a in ("--debug", "--debug=true", "--debug=True", "--debug=1") for a in argv[1:])
 
 
-def _config_args(argv) -> tuple[str | None, list[str]]:
-  """``(spec, [override keys])`` from ``--config=SPEC`` and ``--config.KEY=VALUE`` (or ``--flag VALUE``)."""
-  spec, keys = None, []
+def _config_spec(argv) -> str | None:
+  """``SPEC`` of ``--config=SPEC`` (or ``--config SPEC``)."""
+  spec = None
   args = list(argv[1:])
   for i, arg in enumerate(args):
     if arg == "--":
@@ -144,9 +144,7 @@ def _config_args(argv) -> tuple[str | None, list[str]]:
     name, eq, value = arg.partition("=")
     if name == "--config":
       spec = value if eq else (args[i + 1] if i + 1 < len(args) else None)
-    elif name.startswith("--config."):
-      keys.append(name[len("--config."):])
-  return spec, keys
+  return spec
 
 
 def experiment_names(folder: str = "experiments") -> list[str]:
@@ -172,7 +170,7 @@ def check_arguments(argv):
   from w2sg_jax import config_lib
 
   _resolved = None
-  spec, _ = _config_args(argv)
+  spec = _config_spec(argv)
   if not spec:
     return None  # absl reports the missing required flag itself.
   path = spec.partition(":")[0]
@@ -200,41 +198,30 @@ def _config_overrides(argv) -> list[tuple[str, str | None]]:
   return [(key, value) for key, value, _ in _override_spans(argv)]
 
 
-def _override_spans(argv) -> list[tuple[str, str | None, int]]:
-  """``(key, raw value, tokens)`` of each override: 1 token for ``--config.KEY=VALUE`` or a bare flag, 2 for
-  ``--config.KEY VALUE``."""
+def _override_spans(argv) -> list[tuple[str, str | None, range]]:
+  """``(key, raw value, positions in argv)`` of each override: one position for ``--config.KEY=VALUE`` or a
+  bare flag, two for ``--config.KEY VALUE``."""
   out = []
-  args = list(argv[1:])
-  for i, arg in enumerate(args):
+  for i in range(1, len(argv)):
+    arg = argv[i]
     if arg == "--":
       break
     name, eq, value = arg.partition("=")
     if name.startswith("--config."):
-      nxt = args[i + 1] if i + 1 < len(args) else None
+      nxt = argv[i + 1] if i + 1 < len(argv) else None
       if eq:
-        out.append((name[len("--config."):], value, 1))
+        out.append((name[len("--config."):], value, range(i, i + 1)))
       elif nxt is None or nxt.startswith("--"):
-        out.append((name[len("--config."):], None, 1))
+        out.append((name[len("--config."):], None, range(i, i + 1)))
       else:
-        out.append((name[len("--config."):], nxt, 2))
+        out.append((name[len("--config."):], nxt, range(i, i + 2)))
   return out
 
 
 def without_overrides(argv) -> list[str]:
   """``argv`` less its ``--config.KEY`` overrides (`check_arguments` applied them): what absl parses."""
-  argv, out, i = list(argv), [], 0
-  while i < len(argv):
-    arg = argv[i]
-    if i and arg == "--":
-      out += argv[i:]
-      break
-    if i and arg.partition("=")[0].startswith("--config."):
-      takes_next = "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--")
-      i += 2 if takes_next else 1
-      continue
-    out.append(arg)
-    i += 1
-  return out
+  dropped = {i for _, _, span in _override_spans(argv) for i in span}
+  return [arg for i, arg in enumerate(argv) if i not in dropped]
 
 
 def last_config_only(argv) -> list[str]:

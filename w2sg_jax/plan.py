@@ -381,9 +381,9 @@ def _train_key(role: str) -> str:
 
 
 def _sizes(config) -> dict[str, int]:
-  from w2sg_jax import config as schema  # pylint: disable=g-import-not-at-top
+  from w2sg_jax.data import task as task_lib  # pylint: disable=g-import-not-at-top
 
-  return {str(k): int(v) for k, v in schema.to_dict(config.data.sizes).items()}
+  return task_lib.split_sizes(config.data.sizes)
 
 
 @dataclasses.dataclass

@@ -59,9 +59,7 @@ class Selection:
   @classmethod
   def from_config(cls, train_cfg: schema.TrainConfig) -> Selection:
     """The selection of a typed training block (its ``select``, defaults filled by the schema)."""
-    if not isinstance(train_cfg, schema.TrainConfig):
-      raise TypeError(f"Selection.from_config takes a config.TrainConfig, not {type(train_cfg).__name__}: convert "
-                      "at the boundary (config.resolve_block(config.TrainConfig, raw, prefix)).")
+    schema.expect(train_cfg, schema.TrainConfig, "train_cfg")
     block = train_cfg.select
     return cls(metric=block.metric, holdout=int(block.holdout), every=int(block.every))
 

@@ -344,9 +344,7 @@ class Stages:
   RUN_ENTRY_FORMAT = RUN_ENTRY_FORMAT
 
   def __init__(self, config: schema.Experiment, task: Task, cache: cache_lib.Cache):
-    if not isinstance(config, schema.Experiment):
-      raise TypeError(f"Stages takes the typed config (config.Experiment.from_configdict(c)), not "
-                      f"{type(config).__name__}: the schema fills defaults and checks values once, at the boundary.")
+    schema.expect(config, schema.Experiment, "config")
     self.config = config
     self.task = task
     self.cache = cache
@@ -719,7 +717,7 @@ class Stages:
   @_profiled("students")
   def students(self, data: DataResult, weak: WeakResult) -> StudentRuns:
     """Every (method, loss, noise, seed) student; the runs of one (method, loss) train together."""
-    student = self.student_settings
+    student = self.config.student
     seeds = self.student_seeds
     rates = [spec.rate for spec in self.noise_specs()]
     cells = [(rate, seed) for rate in rates for seed in seeds]
@@ -802,7 +800,7 @@ class Stages:
   def grid_default_points(self) -> dict[str, dict[str, float]]:
     """Per loss, the config's own setting on each of the grid's axes that apply to it (what ``grid_point``
     {} stands for): for tables and figures that place the default among the points."""
-    student = self.student_settings
+    student = self.config.student
     optimizer = self.config.student.train.optimizer
     out = {}
     for loss in student.losses:
@@ -864,16 +862,11 @@ class Stages:
         {k: getattr(run, k) for k in ("test_accuracy", "test_auroc", "misfit_kl", "misfit_tv")}))
     return run
 
-  @property
-  def student_settings(self) -> schema.StudentConfig:
-    """``config.student``, typed."""
-    return self.config.student
-
   @functools.cached_property
   def student_loss_table(self) -> tuple[losses_lib.LossFn, ...]:
     """Every student loss at its configured hparams: on the vmap engine the groups of these losses share
     one compiled training loop (`engines.train_vmap`'s ``loss_table``), which differs only in the loss."""
-    student = self.student_settings
+    student = self.config.student
     table = []
     for loss in student.losses:
       base = dict(student.loss_hparams.get(loss, {}))
@@ -887,7 +880,7 @@ class Stages:
   @property
   def grid_active(self) -> bool:
     """Whether ``student.grid`` lists settings to tune."""
-    return bool(self.student_settings.grid)
+    return bool(self.config.student.grid)
 
   def strong_semantic(self) -> Any:
     """The strong model's settings as they enter keys."""

@@ -58,27 +58,13 @@ ApplyFn = Callable[[PyTree, PyTree, Mapping[str, jax.Array], jax.Array], jax.Arr
 # ------------------------------------------------------------------ optimizer
 
 
-def expect_block(value: Any, cls: type, what: str) -> None:
-  """Raises a TypeError unless ``value`` is a ``cls`` (a `config` block).
-
-  Below the boundary every setting is read as an attribute of a checked block
-  with its defaults filled; a raw ``ConfigDict`` or dict here would lose those
-  defaults (or fail on the first missing key), so it is stopped with a message
-  that says where to convert.
-  """
-  if not isinstance(value, cls):
-    raise TypeError(f"{what} must be a config.{cls.__name__}, not {type(value).__name__}: convert once at the "
-                    f"boundary (config.Experiment.from_configdict, or config.resolve_block(config.{cls.__name__}, "
-                    "raw, prefix)), which fills the defaults and checks the values.")
-
-
 def make_schedule(opt: schema.OptimizerConfig, num_steps: int) -> optax.Schedule:
   """Learning-rate schedule from ``opt.schedule`` in {cosine, linear, constant}.
 
   ``opt.warmup_steps`` of linear warm-up from 0 precede the decay; cosine and
   linear decay to ``opt.end_lr_factor`` of the peak at the end.
   """
-  expect_block(opt, schema.OptimizerConfig, "opt")
+  schema.expect(opt, schema.OptimizerConfig, "opt")
   lr = float(opt.learning_rate)
   warmup = int(opt.warmup_steps)
   kind = opt.schedule
@@ -158,7 +144,7 @@ def make_optimizer(
   hyperparameters in ``opt_state``. At the config's own values the updates
   equal those of ``inject=False`` (adam and sgd have no weight decay to set).
   """
-  expect_block(opt, schema.OptimizerConfig, "opt")
+  schema.expect(opt, schema.OptimizerConfig, "opt")
   accum = int(opt.accum_steps)  # >= 1, and every value below, checked by `config.OptimizerConfig`.
   updates = max(num_steps // accum, 1)
   schedule = _traced_schedule(opt, updates) if inject else make_schedule(opt, updates)

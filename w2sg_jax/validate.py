@@ -42,7 +42,6 @@ __all__ = [
     "all_keys",
     "check_config",
     "check_paths",
-    "has_key",
     "lookup",
     "min_gap",
     "seed_keys",
@@ -55,9 +54,6 @@ SELECT_KEYS = tuple(f.name for f in dataclasses.fields(schema.SelectConfig))
 OPTIMIZER_KEYS = tuple(f.name for f in dataclasses.fields(schema.OptimizerConfig))
 _ = (CEILING_SPLITS, PRETRAINED_TASKS, REMATS, RUNNERS, SEED_MAX, SPLITS)  # Re-exported for older callers.
 
-_MISSING = object()  # A key that is not in the config.
-_RAISE = object()
-
 
 class PathError(ConfigError):
   """A workdir or cache folder that cannot be created: a file, under a file, or not writable."""
@@ -69,22 +65,14 @@ class PathError(ConfigError):
 _is_mapping = schema._is_mapping  # pylint: disable=protected-access
 
 
-def lookup(config: Any, key: str, default: Any = _RAISE) -> Any:
-  """``config`` at the dotted ``key``; ``default`` (or UnknownKeyError) when absent."""
+def lookup(config: Any, key: str) -> Any:
+  """``config`` at the dotted ``key``; UnknownKeyError when absent."""
   node = config
   for part in key.split("."):
-    if _is_mapping(node) and part in node:
-      node = node[part]
-    elif default is not _RAISE:
-      return default
-    else:
+    if not (_is_mapping(node) and part in node):
       raise UnknownKeyError(key, config)
+    node = node[part]
   return node
-
-
-def has_key(config: Any, key: str) -> bool:
-  """Whether the dotted ``key`` exists in ``config``."""
-  return lookup(config, key, default=_MISSING) is not _MISSING
 
 
 # ------------------------------------------------ checks on data, devices and files

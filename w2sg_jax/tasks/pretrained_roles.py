@@ -106,9 +106,8 @@ def role_checkpoints(config: schema.Experiment) -> dict[str, dict[str, str]]:
 
   See ``models.pretrained.checkpoint_fingerprint``; no local path enters it.
   """
-  return {role: pretrained_lib.checkpoint_fingerprint(role_config(config, role).checkpoint,
-                                                      role_config(config, role).checkpoint_revision)
-          for role in ROLES}
+  blocks = {role: role_config(config, role) for role in ROLES}
+  return {role: pretrained_lib.checkpoint_fingerprint(b.checkpoint, b.checkpoint_revision) for role, b in blocks.items()}
 
 
 def max_positions(hf_config: dict[str, Any]) -> int | None:
